@@ -1,0 +1,17 @@
+"""The ``flask loyalty ...`` command group."""
+
+from __future__ import annotations
+
+import click
+from flask.cli import AppGroup
+
+from .state import get_state
+
+loyalty_cli = AppGroup("loyalty", help="flask_loyalty: tables, plan, dispatch, coupons, consent ...")
+
+
+@loyalty_cli.command("init-db")
+def init_db_command() -> None:
+    """Create the loyalty_* tables (what loyalty.create_all() does)."""
+    get_state().extension.create_all()
+    click.echo("loyalty tables are ready")

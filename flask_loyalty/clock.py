@@ -1,0 +1,80 @@
+"""Time: aware UTC in storage, the shop's time zone for what shoppers see."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta, timezone
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .errors import InvalidInput
+
+UTC = timezone.utc
+
+
+def utcnow() -> datetime:
+    """The current time, aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def resolve_now(now: datetime | None, *, field: str = "now") -> datetime:
+    """``now`` as aware UTC, or the real current time when ``None``."""
+    if now is None:
+        return utcnow()
+    return ensure_aware(now, field=field)
+
+
+def ensure_aware(value: object, *, field: str) -> datetime:
+    """Refuse naive datetimes (:class:`InvalidInput`) and convert aware ones to UTC."""
+    if not isinstance(value, datetime):
+        raise InvalidInput.field(field, "Not a valid datetime.")
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        raise InvalidInput.field(field, "Datetime must be timezone-aware.")
+    return value.astimezone(UTC)
+
+
+def shop_zone(name: str) -> ZoneInfo:
+    """The ``ZoneInfo`` for ``LOYALTY_TIMEZONE``; a clear error for a bad name."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput.field("LOYALTY_TIMEZONE", f"Unknown time zone {name!r}.") from None
+
+
+def end_of_local_day(day: date, zone: ZoneInfo) -> datetime:
+    """The last instant of ``day`` in ``zone`` (exclusive end: next local midnight), in UTC.
+
+    Computed from the next local midnight so it stays right on DST days.
+    """
+    next_midnight = datetime.combine(day + timedelta(days=1), time(0, 0), tzinfo=zone)
+    return (next_midnight - timedelta(microseconds=1)).astimezone(UTC)
+
+
+def start_of_local_day(day: date, zone: ZoneInfo) -> datetime:
+    """Local midnight at the start of ``day`` in ``zone``, in UTC."""
+    return datetime.combine(day, time(0, 0), tzinfo=zone).astimezone(UTC)
+
+
+def local_date(moment: datetime, zone: ZoneInfo) -> date:
+    """The calendar date of ``moment`` in the shop's zone."""
+    return moment.astimezone(zone).date()
+
+
+def as_deadline(value: object, zone: ZoneInfo, *, field: str) -> datetime | None:
+    """An expiry given as a ``date`` (end of that local day) or an aware ``datetime``."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return ensure_aware(value, field=field)
+    if isinstance(value, date):
+        return end_of_local_day(value, zone)
+    raise InvalidInput.field(field, "Not a valid date or datetime.")
+
+
+def as_start(value: object, zone: ZoneInfo, *, field: str) -> datetime | None:
+    """A start given as a ``date`` (local midnight) or an aware ``datetime``."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return ensure_aware(value, field=field)
+    if isinstance(value, date):
+        return start_of_local_day(value, zone)
+    raise InvalidInput.field(field, "Not a valid date or datetime.")

@@ -1,0 +1,128 @@
+"""The :class:`Loyalty` Flask extension."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from flask import Flask
+from sqlalchemy import select
+
+from flask_loyalty.models.base import table_of
+
+from .clock import shop_zone
+from .config import apply_defaults
+from .errors import LoyaltyError
+from .models import Customer, Purchase, metadata
+from .models.lock import WriteLock
+from .money import check_currency
+from .services import purchases
+from .state import EXTENSION_KEY, LoyaltyState, get_state
+from .transaction import configure_engine, insert_ignore
+
+if TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
+
+GuardT = TypeVar("GuardT", bound=Callable[[], bool])
+
+#: Modules whose ``setup(state)`` runs at ``init_app`` (hooks, config checks, blueprints).
+AREA_MODULES: tuple[str, ...] = ()
+
+
+class Loyalty:
+    """The flask_loyalty extension.
+
+    ``Loyalty(app, db)`` or ``Loyalty()`` followed by ``init_app(app, db)``
+    (app factory).  Per-app state lives in ``app.extensions["loyalty"]``; this
+    object only holds the facades, so one instance can serve several apps.
+    """
+
+    def __init__(self, app: Flask | None = None, db: SQLAlchemy | None = None) -> None:
+        self._admin_guard: Callable[[], bool] | None = None
+        if app is not None:
+            if db is None:
+                raise LoyaltyError("Loyalty(app, db): pass the host's flask_sqlalchemy.SQLAlchemy too")
+            self.init_app(app, db)
+
+    # --- set-up -----------------------------------------------------------
+    def init_app(self, app: Flask, db: SQLAlchemy) -> None:
+        """Register the extension on ``app`` using the host's ``db``."""
+        if EXTENSION_KEY in app.extensions:
+            raise LoyaltyError(f"flask_loyalty is already registered on app {app.name!r}")
+        if "sqlalchemy" not in app.extensions:
+            raise LoyaltyError("call db.init_app(app) before loyalty.init_app(app, db)")
+        apply_defaults(app.config)
+        shop_zone(app.config["LOYALTY_TIMEZONE"])
+        check_currency(app.config["LOYALTY_CURRENCY"], field="LOYALTY_CURRENCY")
+        state = LoyaltyState(app=app, db=db, extension=self)
+        app.extensions[EXTENSION_KEY] = state
+        with app.app_context():
+            for engine in db.engines.values():
+                configure_engine(engine, float(app.config["LOYALTY_SQLITE_BUSY_TIMEOUT"]))
+        for name in AREA_MODULES:
+            importlib.import_module(name).setup(state)
+        from .web import register_blueprints
+
+        register_blueprints(app, state)
+        from .cli import loyalty_cli
+
+        app.cli.add_command(loyalty_cli)
+
+    def create_all(self) -> None:
+        """Create the ``loyalty_*`` tables that do not exist yet (idempotent)."""
+        state = get_state()
+        engine = state.db.engine
+        metadata.create_all(bind=engine)
+        with state.app.app_context():
+            insert_ignore(state, table_of(WriteLock), {"id": 1, "counter": 0}, ["id"])
+            state.session.commit()
+
+    def admin_guard(self, fn: GuardT) -> GuardT:
+        """Register ``fn()`` deciding whether the current request may see the dashboard.
+
+        Usable as a decorator.  Until a guard is registered (here or with
+        ``LOYALTY_ADMIN_GUARD``), every admin URL answers 403.
+        """
+        if not callable(fn):
+            raise TypeError("admin_guard needs a callable returning bool")
+        self._admin_guard = fn
+        return fn
+
+    # --- the checkout hook ---------------------------------------------------
+    def upsert_customer(self, customer_ref: str, *, email: str | None = None,
+                        name: str | None = None, locale: str | None = None,
+                        birthday: Any = None, commit: bool = True) -> Customer:
+        """Create or update a customer (``None`` leaves a field as it is)."""
+        return purchases.upsert_customer(get_state(), customer_ref, email=email, name=name,
+                                         locale=locale, birthday=birthday, commit=commit)
+
+    def record_purchase(self, order_ref: str, customer_ref: str, total: Any, *,
+                        currency: str | None = None, email: str | None = None,
+                        placed_at: datetime | None = None,
+                        items: Iterable[Mapping[str, Any]] = (), channel: str = "online",
+                        referral_code: str | None = None, commit: bool = True) -> Purchase:
+        """Record an order from the checkout; idempotent on ``order_ref``."""
+        return purchases.record_purchase(
+            get_state(), order_ref, customer_ref, total, currency=currency, email=email,
+            placed_at=placed_at, items=items, channel=channel, referral_code=referral_code,
+            commit=commit)
+
+    def record_refund(self, order_ref: str, *, amount: Any = None, commit: bool = True) -> Purchase:
+        """Refund an order in whole (``amount=None``) or part; never past its total."""
+        return purchases.record_refund(get_state(), order_ref, amount=amount, commit=commit)
+
+    def customer(self, customer_ref: str) -> Customer | None:
+        """The stored customer with the host's reference, or ``None``."""
+        return get_state().session.execute(
+            select(Customer).where(Customer.ref == customer_ref)).scalar_one_or_none()
+
+    def purchase(self, order_ref: str) -> Purchase | None:
+        """The stored purchase with ``order_ref``, or ``None``."""
+        return purchases.get_purchase(get_state(), order_ref)
+
+    @property
+    def state(self) -> LoyaltyState:
+        """The current app's loyalty state (raises when ``init_app`` was not called)."""
+        return get_state()

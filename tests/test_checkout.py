@@ -1,0 +1,172 @@
+"""The checkout hook: customers, purchases, refunds, points (CONTRACT §2, §3)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+
+from flask_loyalty import InvalidInput, LoyaltyError
+from flask_loyalty.models import Customer, PointsEntry, Purchase
+from flask_loyalty.signals import points_changed, purchase_recorded, purchase_refunded
+
+ITEMS = [
+    {"sku": "TEA-1", "name": "Green tea", "quantity": 2, "unit_price": "10.00", "category": "tea"},
+    {"sku": "MUG-1", "name": "Mug", "quantity": 1, "unit_price": "5.50", "unit_cost": "2.00"},
+]
+
+
+def test_record_purchase_creates_customer_and_points(shop):
+    p = shop.loyalty.record_purchase("o1", "c1", Decimal("25.50"), email="a@example.com", items=ITEMS,
+                                     channel="store")
+    assert p.order_ref == "o1" and p.customer_ref == "c1"
+    assert p.total == Decimal("25.50") and isinstance(p.total, Decimal)
+    assert p.refunded_total == Decimal("0.00") and p.currency == "EUR"
+    assert p.points_earned == 25 and p.channel == "store"
+    assert p.placed_at.tzinfo is not None
+    c = shop.loyalty.customer("c1")
+    assert c.email == "a@example.com" and c.orders_count == 1 and c.total_spent == Decimal("25.50")
+    assert c.first_purchase_at == c.last_purchase_at == p.placed_at
+    assert c.points_balance == 25
+    assert [i.sku for i in p.items] == ["TEA-1", "MUG-1"]
+
+
+def test_money_is_exact(shop):
+    p = shop.loyalty.record_purchase("o1", "c1", "0.1", currency="usd")
+    shop.loyalty.record_purchase("o2", "c1", "0.2")
+    assert p.total == Decimal("0.10") and p.currency == "USD"
+    assert shop.loyalty.customer("c1").total_spent == Decimal("0.30")
+    total = shop.db.session.execute(select(func.sum(Purchase.total))).scalar_one()
+    assert total == Decimal("0.30")
+
+
+def test_record_purchase_is_idempotent(shop):
+    seen = []
+    with purchase_recorded.connected_to(lambda app, **kw: seen.append(kw["purchase"].order_ref), shop.app):
+        a = shop.loyalty.record_purchase("o1", "c1", 10)
+        b = shop.loyalty.record_purchase("o1", "c1", 99)
+    assert a.id == b.id and b.total == Decimal("10.00")
+    assert seen == ["o1"]
+    c = shop.loyalty.customer("c1")
+    assert c.orders_count == 1 and c.points_balance == 10
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"total": 1.5}, None),
+    ({"total": "-1"}, "total"),
+    ({"total": "abc"}, "total"),
+    ({"total": "10", "currency": "XXY"}, "currency"),
+    ({"total": "10", "placed_at": datetime(2026, 1, 1)}, "placed_at"),
+    ({"total": "10", "order_ref": ""}, "order_ref"),
+    ({"total": "10", "order_ref": "x" * 65}, "order_ref"),
+    ({"total": "10", "items": [{"sku": "a", "name": "b", "quantity": 0, "unit_price": "1"}]}, "items"),
+    ({"total": "10", "channel": "pigeon"}, "channel"),
+    ({"total": "10", "email": "not-an-email"}, "email"),
+])
+def test_bad_input_writes_nothing(shop, kwargs, field):
+    args = {"order_ref": "o1", "customer_ref": "c1", **kwargs}
+    order_ref, customer_ref, total = args.pop("order_ref"), args.pop("customer_ref"), args.pop("total")
+    if field is None:
+        with pytest.raises(TypeError):
+            shop.loyalty.record_purchase(order_ref, customer_ref, total, **args)
+    else:
+        with pytest.raises(InvalidInput) as info:
+            shop.loyalty.record_purchase(order_ref, customer_ref, total, **args)
+        assert field in info.value.errors
+        assert isinstance(info.value, LoyaltyError) and isinstance(info.value, ValueError)
+    assert shop.db.session.execute(select(func.count(Purchase.id))).scalar_one() == 0
+    assert shop.db.session.execute(select(func.count(Customer.id))).scalar_one() == 0
+
+
+def test_refund_partial_and_full(shop):
+    events = []
+    with purchase_refunded.connected_to(lambda app, **kw: events.append(kw["amount"]), shop.app):
+        shop.loyalty.record_purchase("o1", "c1", "100.00")
+        p = shop.loyalty.record_refund("o1", amount="30")
+        assert p.refunded_total == Decimal("30.00") and p.points_earned == 100
+        assert shop.loyalty.customer("c1").points_balance == 70
+        p = shop.loyalty.record_refund("o1")
+        assert p.refunded_total == Decimal("100.00")
+        p = shop.loyalty.record_refund("o1")
+        p = shop.loyalty.record_refund("o1", amount="5")
+    assert p.refunded_total == p.total
+    assert events == [Decimal("30.00"), Decimal("70.00")]
+    c = shop.loyalty.customer("c1")
+    assert c.points_balance == 0 and c.total_spent == Decimal("0")
+
+
+def test_refund_unknown_order(shop):
+    with pytest.raises(InvalidInput) as info:
+        shop.loyalty.record_refund("nope")
+    assert "order_ref" in info.value.errors
+    with pytest.raises(TypeError):
+        shop.loyalty.record_refund("nope", amount=1.0)
+
+
+def test_commit_false_joins_host_transaction(shop):
+    shop.db.session.add(shop.host_order(ref="o1"))
+    shop.loyalty.record_purchase("o1", "c1", 10, commit=False)
+    shop.db.session.rollback()
+    assert shop.db.session.execute(select(func.count(Purchase.id))).scalar_one() == 0
+    assert shop.db.session.execute(select(func.count(Customer.id))).scalar_one() == 0
+    shop.db.session.add(shop.host_order(ref="o2"))
+    shop.loyalty.record_purchase("o2", "c1", 10, commit=False)
+    shop.db.session.commit()
+    assert shop.loyalty.purchase("o2") is not None
+
+
+def test_signals_have_app_as_sender(shop):
+    got = []
+    with points_changed.connected_to(lambda sender, **kw: got.append((sender, kw["delta"])), shop.app):
+        shop.loyalty.record_purchase("o1", "c1", 7)
+    assert got == [(shop.app, 7)]
+
+
+def test_upsert_customer(shop):
+    c = shop.loyalty.upsert_customer("c1", email="x@example.com", locale="ro", birthday="1990-05-04")
+    assert c.locale == "ro" and c.birthday.isoformat() == "1990-05-04"
+    c = shop.loyalty.upsert_customer("c1", name="Ana")
+    assert c.email == "x@example.com" and c.name == "Ana"
+    with pytest.raises(InvalidInput):
+        shop.loyalty.upsert_customer("c2", birthday="not a date")
+    assert shop.loyalty.customer("c2") is None
+
+
+def test_placed_at_orders_first_and_last(shop):
+    t0 = datetime(2026, 1, 10, 12, tzinfo=timezone.utc)
+    shop.loyalty.record_purchase("o2", "c1", 5, placed_at=t0 + timedelta(days=5))
+    shop.loyalty.record_purchase("o1", "c1", 5, placed_at=t0)
+    c = shop.loyalty.customer("c1")
+    assert c.first_purchase_at == t0 and c.last_purchase_at == t0 + timedelta(days=5)
+
+
+def test_same_order_from_16_threads(make_shop):
+    s = make_shop()
+    barrier = threading.Barrier(16)
+    errors, ids = [], []
+
+    def worker():
+        with s.app.app_context():
+            try:
+                barrier.wait()
+                ids.append(s.loyalty.record_purchase("same", "c1", "12.00").id)
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+            finally:
+                s.db.session.remove()
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(set(ids)) == 1
+    with s.app.app_context():
+        assert s.db.session.execute(select(func.count(Purchase.id))).scalar_one() == 1
+        c = s.loyalty.customer("c1")
+        assert c.orders_count == 1 and c.points_balance == 12
+        assert s.db.session.execute(select(func.count(PointsEntry.id))).scalar_one() == 1
