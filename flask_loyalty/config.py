@@ -35,7 +35,14 @@ SETTINGS: list[Setting] = [
     Setting("LOYALTY_SQLITE_BUSY_TIMEOUT", 30.0, "Seconds a SQLite writer waits for the database lock before giving up."),
     Setting("LOYALTY_POINTS_PER_UNIT", 1, "Points earned per whole currency unit of a purchase's total (0 disables points)."),
     Setting("LOYALTY_REF_MAX_LENGTH", 64, "Longest accepted customer or order reference."),
+    Setting("LOYALTY_TOKEN_MAX_AGE", {}, "Per-purpose maximum age of signed links in seconds, e.g. {'survey': 2592000}; unsubscribe links always live at least 60 days."),
     Setting("LOYALTY_IP_HASH_SALT", None, "Salt for hashing IP addresses; defaults to a value derived from SECRET_KEY."),
+    # --- coupons and gift cards ----------------------------------------
+    # --- consent --------------------------------------------------------
+    # --- survey ---------------------------------------------------------
+    # --- plan and delivery ----------------------------------------------
+    # --- customer value and rewards -------------------------------------
+    # --- dashboard ------------------------------------------------------
 ]
 
 DEFAULTS: dict[str, Any] = {s.key: s.default for s in SETTINGS}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask
@@ -25,10 +26,37 @@ from .transaction import configure_engine, insert_ignore
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
 
+    from .services.analytics import Analytics
+    from .services.consent import Consent
+    from .services.coupons import Coupons
+    from .services.dispatch import DispatchReport
+    from .services.gift_cards import GiftCards
+    from .services.links import Links
+    from .services.outbox import Messages
+    from .services.points import Points
+    from .services.segments import Segments
+    from .services.surveys import Surveys
+    from .services.tiers import Tiers
+
 GuardT = TypeVar("GuardT", bound=Callable[[], bool])
 
-#: Modules whose ``setup(state)`` runs at ``init_app`` (hooks, config checks, blueprints).
-AREA_MODULES: tuple[str, ...] = ()
+#: Modules whose ``setup(state)`` runs at ``init_app``, in this order: services
+#: register their in-transaction hooks and check their config; web modules
+#: register their blueprints.
+AREA_MODULES: tuple[str, ...] = (
+    "flask_loyalty.services.coupons",
+    "flask_loyalty.services.consent",
+    "flask_loyalty.services.surveys",
+    "flask_loyalty.services.plan",
+    "flask_loyalty.services.analytics",
+    "flask_loyalty.services.rewards",
+    "flask_loyalty.web.wallet",
+    "flask_loyalty.web.api",
+    "flask_loyalty.web.consent",
+    "flask_loyalty.web.survey",
+    "flask_loyalty.web.tracking",
+    "flask_loyalty.web.admin",
+)
 
 
 class Loyalty:
@@ -62,7 +90,13 @@ class Loyalty:
             for engine in db.engines.values():
                 configure_engine(engine, float(app.config["LOYALTY_SQLITE_BUSY_TIMEOUT"]))
         for name in AREA_MODULES:
-            importlib.import_module(name).setup(state)
+            try:
+                module = importlib.import_module(name)
+            except ModuleNotFoundError as exc:  # area not built yet in this tree
+                if exc.name != name:
+                    raise
+                continue
+            module.setup(state)
         from .web import register_blueprints
 
         register_blueprints(app, state)
@@ -121,6 +155,89 @@ class Loyalty:
     def purchase(self, order_ref: str) -> Purchase | None:
         """The stored purchase with ``order_ref``, or ``None``."""
         return purchases.get_purchase(get_state(), order_ref)
+
+    # --- facades (one object per area, bound to the current app on each call) ---
+    @cached_property
+    def links(self) -> Links:
+        """Signed links shoppers follow: survey, preferences, unsubscribe, wallet."""
+        from .services.links import Links
+
+        return Links(self)
+
+    @cached_property
+    def coupons(self) -> Coupons:
+        """Coupons: create, validate, redeem, release, a customer's usable coupons."""
+        from .services.coupons import Coupons
+
+        return Coupons(self)
+
+    @cached_property
+    def gift_cards(self) -> GiftCards:
+        """Gift cards: issue, balance, charge, refund."""
+        from .services.gift_cards import GiftCards
+
+        return GiftCards(self)
+
+    @cached_property
+    def consent(self) -> Consent:
+        """Per-purpose consent with an append-only proof ledger, export and erasure."""
+        from .services.consent import Consent
+
+        return Consent(self)
+
+    @cached_property
+    def surveys(self) -> Surveys:
+        """The post-purchase survey and its figures."""
+        from .services.surveys import Surveys
+
+        return Surveys(self)
+
+    @cached_property
+    def messages(self) -> Messages:
+        """The outbox: messages scheduled, sent, deferred or suppressed per customer."""
+        from .services.outbox import Messages
+
+        return Messages(self)
+
+    @cached_property
+    def analytics(self) -> Analytics:
+        """Customer value: RFM, lifetime value, Pareto report, loyalty stage."""
+        from .services.analytics import Analytics
+
+        return Analytics(self)
+
+    @cached_property
+    def points(self) -> Points:
+        """Points balance and redemption into coupons."""
+        from .services.points import Points
+
+        return Points(self)
+
+    @cached_property
+    def tiers(self) -> Tiers:
+        """Tiers of the cumulative programme and their standing discount."""
+        from .services.tiers import Tiers
+
+        return Tiers(self)
+
+    @cached_property
+    def segments(self) -> Segments:
+        """Named customer segments defined by JSON rules."""
+        from .services.segments import Segments
+
+        return Segments(self)
+
+    def plan(self, *, now: datetime | None = None) -> int:
+        """Schedule the time-based steps of the plan (birthday, replenish, win-back ...)."""
+        from .services.plan import run_plan
+
+        return run_plan(get_state(), now=now)
+
+    def dispatch(self, *, limit: int | None = None, now: datetime | None = None) -> DispatchReport:
+        """Send the messages that are due; safe with several dispatchers at once."""
+        from .services.dispatch import dispatch
+
+        return dispatch(get_state(), limit=limit, now=now)
 
     @property
     def state(self) -> LoyaltyState:

@@ -5,21 +5,16 @@ from __future__ import annotations
 from flask import Blueprint, Flask
 
 from ..state import LoyaltyState
-from .common import install_error_handlers
+from .common import install_error_handlers, make_blueprint
 
-#: Functions returning the blueprints each area registers (appended per area).
-BLUEPRINT_FACTORIES: list[str] = [
-    "flask_loyalty.web.common:make_blueprint",
-]
+
+def register_blueprint(state: LoyaltyState, blueprint: Blueprint) -> None:
+    """Register an area's blueprint under ``LOYALTY_URL_PREFIX`` with the friendly error pages."""
+    prefix = state.config["LOYALTY_URL_PREFIX"].rstrip("/")
+    install_error_handlers(blueprint)
+    state.app.register_blueprint(blueprint, url_prefix=prefix + (blueprint.url_prefix or ""))
 
 
 def register_blueprints(app: Flask, state: LoyaltyState) -> None:
-    """Register every loyalty blueprint under ``LOYALTY_URL_PREFIX``."""
-    import importlib
-
-    prefix = app.config["LOYALTY_URL_PREFIX"].rstrip("/")
-    for spec in BLUEPRINT_FACTORIES:
-        module_name, func = spec.split(":")
-        blueprint: Blueprint = getattr(importlib.import_module(module_name), func)()
-        install_error_handlers(blueprint)
-        app.register_blueprint(blueprint, url_prefix=prefix + (blueprint.url_prefix or ""))
+    """Register the shared ``loyalty`` blueprint (static files, templates)."""
+    register_blueprint(state, make_blueprint())
