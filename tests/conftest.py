@@ -55,6 +55,7 @@ def postgres_url_or_skip() -> str:
 
 @pytest.fixture(params=DATABASES)
 def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """The database of a test: a SQLite file in tmp_path, or the PostgreSQL test database."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'shop.db'}"
     return postgres_url_or_skip()
@@ -74,7 +75,8 @@ def _truncate_postgres(db: SQLAlchemy) -> None:
 def make_shop(db_url: str) -> Iterator[Callable[..., Shop]]:
     made: list[Shop] = []
 
-    def factory(**config: Any) -> Shop:
+    def factory(*, fresh: bool = False, **config: Any) -> Shop:
+        """A new app; ``fresh=True`` starts from an empty database even if an app was made before."""
         class Base(DeclarativeBase):
             pass
 
@@ -86,21 +88,25 @@ def make_shop(db_url: str) -> Iterator[Callable[..., Shop]]:
             ref: Mapped[str] = mapped_column(String(64), unique=True)
 
         app = Flask(f"shop{len(made)}")
-        app.config.update(SECRET_KEY="test-secret", SQLALCHEMY_DATABASE_URI=db_url, TESTING=True,
+        url = db_url
+        if fresh and url.startswith("sqlite:///"):
+            url = url.replace(".db", f"-{len(made)}.db")
+        app.config.update(SECRET_KEY="test-secret", SQLALCHEMY_DATABASE_URI=url, TESTING=True,
                           LOYALTY_BASE_URL="http://shop.test", SERVER_NAME=None)
         app.config.update(config)
         db.init_app(app)
         loyalty = Loyalty()
         loyalty.init_app(app, db)
         with app.app_context():
-            if db_url.startswith("postgresql") and not made:
+            reset = url.startswith("postgresql") and (fresh or not made)
+            if reset:
                 _truncate_postgres(db)
             db.create_all()
             loyalty.create_all()
-            if db_url.startswith("postgresql") and not made:
+            if reset:
                 _truncate_postgres(db)
                 loyalty.create_all()
-        shop = Shop(app, db, loyalty, db_url, HostOrder)
+        shop = Shop(app, db, loyalty, url, HostOrder)
         made.append(shop)
         return shop
 
