@@ -9,3 +9,28 @@ from .points import PointsEntry
 from .purchase import CHANNELS, Purchase, PurchaseItem
 
 __all__ = ["CHANNELS", "Base", "Customer", "PointsEntry", "Purchase", "PurchaseItem", "metadata"]
+from .audit import AdminAuditEntry
+
+__all__ += ["AdminAuditEntry"]
+from .coupon import COUPON_KINDS, Coupon, Redemption  # noqa: E402
+from .gift_card import GiftCard, GiftCardMovement  # noqa: E402
+
+__all__ += ["COUPON_KINDS", "Coupon", "GiftCard", "GiftCardMovement", "Redemption"]
+from .rewards import (  # noqa: E402
+    Campaign,
+    CampaignMember,
+    CustomerTier,
+    Raffle,
+    RaffleEntry,
+    Referral,
+    ReferralCode,
+)
+
+__all__ += ["Campaign", "CampaignMember", "CustomerTier", "Raffle", "RaffleEntry", "Referral", "ReferralCode"]
+from .message import STATUSES as MESSAGE_STATUSES  # noqa: E402
+from .message import Engagement, Message, MessageEvent  # noqa: E402
+
+__all__ += ["MESSAGE_STATUSES", "Engagement", "Message", "MessageEvent"]
+from .consent import ConsentEvent, ConsentEventIp, ConsentStatus, ConsentSuppression, ConsentWording  # noqa: E402
+
+__all__ += ["ConsentEvent", "ConsentEventIp", "ConsentStatus", "ConsentSuppression", "ConsentWording"]
