@@ -124,12 +124,13 @@ def enqueue(state: LoyaltyState, kind: str, customer: Customer, *, due_at: datet
         raise InvalidInput.field("kind", f"Unknown message kind {kind!r}.")
     due = ensure_aware(due_at, field="due_at") if due_at is not None else utcnow()
     table = table_of(Message)
-    values = {
+    created = utcnow()
+    values: dict[str, Any] = {
         "customer_id": customer.id, "kind": kind, "purpose": spec.purpose, "marketing": spec.marketing,
         "priority": spec.priority, "order_ref": order_ref, "payload": dict(payload or {}),
         "dedupe_key": dedupe_key, "status": "scheduled", "reason": reason, "due_at": due, "first_due_at": due,
         "attempts": 0, "message_id": f"<{uuid.uuid4().hex}.{kind}@{message_id_domain(state)}>",
-        "created_at": utcnow(),
+        "created_at": created,
     }
     name = dialect_name(state)
     stmt: Any
@@ -143,7 +144,7 @@ def enqueue(state: LoyaltyState, kind: str, customer: Customer, *, due_at: datet
     if row is None:
         return None
     message_pk = int(row[0])
-    add_event(state, message_pk, "scheduled", reason, at=values["created_at"],
+    add_event(state, message_pk, "scheduled", reason, at=created,
               detail=f"due {due.isoformat()}")
     return state.session.get(Message, message_pk)
 
