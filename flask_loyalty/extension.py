@@ -96,7 +96,9 @@ class Loyalty:
                 if exc.name != name:
                     raise
                 continue
-            module.setup(state)
+            setup = getattr(module, "setup", None)
+            if setup is not None:  # STRICT-AT-INTEGRATION: every area module defines setup
+                setup(state)
         from .web import register_blueprints
 
         register_blueprints(app, state)

@@ -68,6 +68,18 @@ def insert_ignore(state: LoyaltyState, table: Any, values: Mapping[str, Any] | l
     return int(result.rowcount or 0)  # type: ignore[attr-defined]  # pragma: no cover
 
 
+def insert_or_none(state: LoyaltyState, table: Any, values: Mapping[str, Any],
+                   index_elements: list[str]) -> Any | None:
+    """Insert one row unless it conflicts on ``index_elements``; its primary key, or ``None``."""
+    name = dialect_name(state)
+    dialect_insert = postgresql.insert if name == "postgresql" else sqlite.insert
+    pk = list(table.primary_key.columns)[0]
+    stmt = (dialect_insert(table).values(values)
+            .on_conflict_do_nothing(index_elements=index_elements).returning(pk))
+    row = state.session.execute(stmt).first()
+    return None if row is None else row[0]
+
+
 def configure_engine(engine: Engine, busy_timeout: float) -> None:
     """Make a SQLite engine wait for locks instead of failing with "database is locked".
 

@@ -39,7 +39,7 @@ class Purchase(CreatedAt, Base):
     points_reversed: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     referral_code: Mapped[str | None] = mapped_column(String(64))
 
-    customer: Mapped[Customer] = relationship(lazy="joined", innerjoin=True)
+    customer: Mapped[Customer] = relationship()
     items: Mapped[list[PurchaseItem]] = relationship(
         back_populates="purchase", cascade="all, delete-orphan", order_by="PurchaseItem.id")
 

@@ -6,19 +6,21 @@ from collections.abc import Iterable, Mapping
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, insert, select, update
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from flask_loyalty.models.base import table_of
 
 from ..clock import utcnow
 from ..errors import InvalidInput
-from ..models import Customer, Purchase, PurchaseItem
+from ..models import Customer, PointsEntry, Purchase, PurchaseItem
 from ..schemas import load
 from ..schemas.purchase import CustomerSchema, PurchaseSchema, RefundSchema
 from ..signals import purchase_recorded, purchase_refunded
 from ..state import LoyaltyState
-from ..transaction import PendingSignal, begin_write, dialect_name, finish, insert_ignore
-from .ledger import change_points
+from ..transaction import PendingSignal, begin_write, dialect_name, finish, insert_ignore, insert_or_none
+from .ledger import PointsChange, change_points
 
 _customer_schema = CustomerSchema()
 _purchase_schema = PurchaseSchema()
@@ -41,12 +43,14 @@ def get_purchase(state: LoyaltyState, order_ref: str) -> Purchase | None:
 
 def ensure_customer(state: LoyaltyState, customer_ref: str, **fields: Any) -> Customer:
     """Create the customer if missing (race-free), then set the given non-``None`` fields."""
-    insert_ignore(state, table_of(Customer),
-                  {"ref": customer_ref, "created_at": utcnow(), "orders_count": 0,
-                   "total_spent": Decimal(0), "points_balance": 0},
-                  ["ref"])
     customer = get_customer(state, customer_ref)
-    assert customer is not None
+    if customer is None:
+        insert_ignore(state, table_of(Customer),
+                      {"ref": customer_ref, "created_at": utcnow(), "orders_count": 0,
+                       "total_spent": Decimal(0), "points_balance": 0},
+                      ["ref"])
+        customer = get_customer(state, customer_ref)
+        assert customer is not None
     changes = {k: v for k, v in fields.items() if v is not None and getattr(customer, k) != v}
     if changes:
         if changes.get("email") is not None:
@@ -110,37 +114,49 @@ def record_purchase(state: LoyaltyState, order_ref: str, customer_ref: str, tota
     customer = ensure_customer(state, data["customer_ref"], email=data.get("email"))
     placed = data.get("placed_at") or utcnow()
     points = points_for(state, data["total"], customer)
-    inserted = insert_ignore(state, table_of(Purchase), {
+    row = {
         "order_ref": data["order_ref"], "customer_id": customer.id, "total": data["total"],
         "refunded_total": Decimal(0), "currency": data["currency"], "placed_at": placed,
         "channel": data["channel"], "points_earned": points, "points_reversed": 0,
-        "referral_code": data.get("referral_code"), "created_at": utcnow()}, ["order_ref"])
-    purchase = get_purchase(state, data["order_ref"])
-    assert purchase is not None
-    if not inserted:            # another caller recorded the same order first
-        return purchase
+        "referral_code": data.get("referral_code"), "created_at": utcnow()}
+    purchase_id = insert_or_none(state, table_of(Purchase), row, ["order_ref"])
+    if purchase_id is None:     # another caller recorded the same order first
+        existing = get_purchase(state, data["order_ref"])
+        assert existing is not None
+        return existing
 
-    for item in data["items"]:
-        session.add(PurchaseItem(purchase_id=purchase.id, **item))
+    if data["items"]:
+        session.execute(insert(table_of(PurchaseItem)), [
+            {"purchase_id": purchase_id, "category": None, "unit_cost": None, "replenish_after_days": None,
+             **item} for item in data["items"]])
     table = table_of(Customer)
-    session.execute(update(table).where(table.c.id == customer.id).values(
+    counters = session.execute(update(table).where(table.c.id == customer.id).values(
         orders_count=table.c.orders_count + 1,
         total_spent=table.c.total_spent + data["total"],
+        points_balance=table.c.points_balance + points,
         first_purchase_at=case((table.c.first_purchase_at.is_(None), placed),
                                (table.c.first_purchase_at > placed, placed),
                                else_=table.c.first_purchase_at),
         last_purchase_at=case((table.c.last_purchase_at.is_(None), placed),
                               (table.c.last_purchase_at < placed, placed),
-                              else_=table.c.last_purchase_at)))
-    session.flush()
-    session.refresh(customer)
+                              else_=table.c.last_purchase_at),
+    ).returning(table.c.orders_count, table.c.total_spent, table.c.points_balance,
+                table.c.first_purchase_at, table.c.last_purchase_at)).one()
+    for key, value in counters._mapping.items():
+        set_committed_value(customer, key, value)
+    orders_count, balance = counters.orders_count, counters.points_balance
     signals: list[PendingSignal] = []
-    change = change_points(state, customer.id, points, reason="earn", purchase_id=purchase.id)
-    if change is not None:
-        signals += change.signal(customer.ref)
-    session.refresh(purchase, ["items"])
+    if points:
+        entry = PointsEntry(customer_id=customer.id, delta=points, balance_after=balance, reason="earn",
+                            purchase_id=purchase_id, created_at=utcnow())
+        session.add(entry)
+        signals += PointsChange(entry, points, balance).signal(customer.ref)
+    # The row was just written with these values: put it in the session without reading it back.
+    purchase = Purchase(id=purchase_id, **row)
+    make_transient_to_detached(purchase)
+    session.add(purchase)
     state.run_hooks("purchase", purchase=purchase, customer=customer,
-                    first=customer.orders_count == 1, signals=signals)
+                    first=orders_count == 1, signals=signals)
     finish(state, commit=commit,
            signals=[(purchase_recorded, {"purchase": purchase, "customer": customer}), *signals])
     return purchase
