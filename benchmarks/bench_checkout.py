@@ -29,8 +29,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flask_loyalty import Loyalty  # noqa: E402
-from flask_loyalty.models import metadata  # noqa: E402
+from flask_loyalty import Loyalty
+from flask_loyalty.models import metadata
 
 ITEMS = [
     {"sku": "TEA-1", "name": "Green tea", "quantity": 2, "unit_price": "12.50", "category": "tea"},

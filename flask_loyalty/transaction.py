@@ -73,7 +73,7 @@ def insert_or_none(state: LoyaltyState, table: Any, values: Mapping[str, Any],
     """Insert one row unless it conflicts on ``index_elements``; its primary key, or ``None``."""
     name = dialect_name(state)
     dialect_insert = postgresql.insert if name == "postgresql" else sqlite.insert
-    pk = list(table.primary_key.columns)[0]
+    pk = next(iter(table.primary_key.columns))
     stmt = (dialect_insert(table).values(values)
             .on_conflict_do_nothing(index_elements=index_elements).returning(pk))
     row = state.session.execute(stmt).first()
