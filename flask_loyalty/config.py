@@ -54,6 +54,10 @@ SETTINGS: list[Setting] = [
     Setting("LOYALTY_OPT_IN_MAX_SENDS", 3, "Most confirmation mails sent for one pending grant (re-granting asks again at most this often)."),
     Setting("LOYALTY_CONSENT_FORM_MAX_AGE", 86400, "Seconds a rendered consent form (capture fields, preference-center forms) stays valid for submission."),
     # --- survey ---------------------------------------------------------
+    Setting("LOYALTY_SURVEY_QUESTIONS", None, "The survey's questions: None for the default set (source, experience, ease, recommend, comment) or a list of question dicts {'id', 'type' (choice, scale, text, yes_no), 'label', ...} and/or ids of default questions; validated at init_app."),
+    Setting("LOYALTY_SURVEY_EXTRA_QUESTIONS", (), "Questions appended to the survey's set (same form as LOYALTY_SURVEY_QUESTIONS), e.g. to extend the default set."),
+    Setting("LOYALTY_SURVEY_REWARD", None, "Coupon rule issued once per answered order when the shopper completes the survey, e.g. {'kind': 'percent', 'value': '5', 'valid_days': 60} (coupons.create rules plus valid_days); None for no reward."),
+    Setting("LOYALTY_ALERT_EMAIL", None, "Address that gets a detractor_alert mail when a survey answer shows an unhappy customer (recommend <= 6 or experience <= 2); None: signal only."),
     # --- plan and delivery ----------------------------------------------
     Setting("LOYALTY_PLAN", {}, "Steps of the communication plan: step name -> False (switched off) or a dict overriding its defaults, e.g. {'usage_guide': {'delay_days': 5}, 'win_back': False}. Steps: thank_you, usage_guide, survey_invite, replenish, birthday, win_back."),
     Setting("LOYALTY_WELCOME_COUPON", {"kind": "percent", "value": "10", "valid_days": 60}, "Personal coupon in the thank-you mail after a first purchase (coupons.create rules plus valid_days); None for no coupon."),
@@ -80,6 +84,16 @@ SETTINGS: list[Setting] = [
     Setting("LOYALTY_DISPATCH_BATCH", 100, "Rows a dispatcher claims at once."),
     Setting("LOYALTY_TRACKING", True, "Record opens (pixel) and clicks (signed redirects) of marketing mails; False switches tracking off for the shop."),
     # --- customer value and rewards -------------------------------------
+    # value: profiles, RFM, lifetime value, stage, segments (services/analytics.py, segments.py)
+    Setting("LOYALTY_DEFAULT_MARGIN", "0.30", "Gross margin (fraction of the price, 0-1) assumed for items without unit_cost and orders without items; used for lifetime value and profit."),
+    Setting("LOYALTY_CLV_HORIZON_DAYS", 365, "Days ahead over which predicted lifetime value and expected purchases are computed."),
+    Setting("LOYALTY_CLV_DISCOUNT_RATE", "0.10", "Yearly discount rate applied to future profit in predicted lifetime value (0.10 = 10% a year)."),
+    Setting("LOYALTY_CLV_MIN_CUSTOMERS", 200, "Fewest buyers needed to fit the BG/NBD and Gamma-Gamma models; with fewer, profiles use the documented heuristic."),
+    Setting("LOYALTY_CLV_MIN_REPEAT_CUSTOMERS", 50, "Fewest buyers with a repeat purchase (on a later day) needed to fit the models."),
+    Setting("LOYALTY_CLV_FIT_SAMPLE", 200000, "At most this many buyers (a fixed-seed random sample) are used to fit the models; predictions cover every buyer."),
+    Setting("LOYALTY_REWARD_TOP_SHARE", "0.30", "Top share of buyers by lifetime value that the 'reward' stage and the built-in segment top_30_clv take."),
+    Setting("LOYALTY_LOYAL_SUBSCRIBED_DAYS", 183, "Loyalty indicator: marketing consent held at least this many days and a purchase in that many last days."),
+    Setting("LOYALTY_RECOMPUTE_WORK_MEM", "256MB", "PostgreSQL work_mem set for the recompute transaction only (SET LOCAL); None keeps the server's setting."),
     # rewards: points, tiers, referrals, raffles, campaigns (services/points.py, tiers.py, referrals.py ...)
     Setting("LOYALTY_POINTS_REDEMPTION", {"points": 100, "value": "5.00"}, "Points redemption rate: each multiple of 'points' turns into a personal fixed coupon worth 'value' (in LOYALTY_CURRENCY)."),
     Setting("LOYALTY_POINTS_COUPON_VALID_DAYS", 365, "Days a coupon bought with points stays valid (None: no expiry)."),
