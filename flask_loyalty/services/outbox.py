@@ -59,6 +59,10 @@ KINDS: dict[str, MessageKind] = {}
 CHECKS: dict[str, list[Callable[[LoyaltyState, Message, datetime], str | None]]] = {}
 
 
+#: Extra template context per kind: ``provider(state, message, customer, locale) -> dict``.
+CONTEXTS: dict[str, Callable[[LoyaltyState, Message, Customer, str], dict[str, Any]]] = {}
+
+
 def register_kind(name: str, kind: MessageKind) -> None:
     """Register (or redefine) a kind of message; call it at import time of a service module."""
     if not name or len(name) > 32 or not name.replace("_", "").isalnum():
@@ -69,6 +73,12 @@ def register_kind(name: str, kind: MessageKind) -> None:
 def register_check(name: str, check: Callable[[LoyaltyState, Message, datetime], str | None]) -> None:
     """Add a send-time check for messages of kind ``name`` (returns a cancel reason or ``None``)."""
     CHECKS.setdefault(name, []).append(check)
+
+
+def register_context(name: str,
+                     provider: Callable[[LoyaltyState, Message, Customer, str], dict[str, Any]]) -> None:
+    """Add template context for messages of kind ``name`` (computed at render time)."""
+    CONTEXTS[name] = provider
 
 
 _MARKETING = "email_marketing"

@@ -1,0 +1,204 @@
+"""Rendering messages into localized multipart mails (text + HTML).
+
+Templates: ``loyalty/mail/<kind>.subject.txt``, ``<kind>.txt`` and
+``<kind>.html`` (a host overrides any of them with its own template of the
+same name).  They are rendered in the customer's locale with the context
+``customer, message, payload, links, unsubscribe_url, preferences_url,
+shop_name, _, ngettext, format_money, format_date``.
+
+Marketing mails get ``List-Unsubscribe`` (the signed https link, plus a
+``mailto:`` when ``LOYALTY_UNSUBSCRIBE_MAILTO`` is set) and
+``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058); when
+tracking is on, their HTML links go through signed click redirects and an
+open pixel is added.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr, parseaddr
+from typing import Any
+
+from .. import tokens
+from ..i18n import choose_locale, render, translator
+from ..models import Customer, Message
+from ..state import LoyaltyState
+from .links import absolute
+from .outbox import CONTEXTS, KINDS
+
+_HREF = re.compile(r'href="(https?://[^"]+)"', re.IGNORECASE)
+_SPACES = re.compile(r"\s+")
+
+
+@dataclass
+class Rendered:
+    """A rendered mail as stored on the message row."""
+
+    locale: str
+    to_address: str
+    from_address: str
+    subject: str
+    body_text: str
+    body_html: str
+    links: list[str]
+
+
+def template_names(kind: str) -> tuple[str, str, str]:
+    """The subject, text and HTML templates of ``kind``."""
+    base = f"loyalty/mail/{kind}"
+    return f"{base}.subject.txt", f"{base}.txt", f"{base}.html"
+
+
+def recipient(state: LoyaltyState, message: Message, customer: Customer) -> str | None:
+    """The address the message goes to (``to_config`` kinds go to a configured address)."""
+    spec = KINDS.get(message.kind)
+    if spec is not None and spec.to_config:
+        value = state.config.get(spec.to_config)
+        return str(value) if value else None
+    return customer.email or None
+
+
+def sender(state: LoyaltyState, message: Message) -> str:
+    """From address: the marketing sender for marketing kinds, else the transactional one."""
+    config = state.config
+    if message.marketing and config.get("LOYALTY_MARKETING_SENDER"):
+        return str(config["LOYALTY_MARKETING_SENDER"])
+    return str(config["LOYALTY_MAIL_SENDER"])
+
+
+def tracking_on(state: LoyaltyState, message: Message) -> bool:
+    """Whether this message's opens and clicks are tracked (marketing mails, shop opt-in)."""
+    return bool(state.config.get("LOYALTY_TRACKING")) and message.marketing
+
+
+def track_url(state: LoyaltyState, what: str, message_pk: int, index: int | None = None) -> str:
+    """Signed open-pixel (``what="o"``) or click (``"c"``) URL of one message."""
+    payload: dict[str, int] = {"m": message_pk}
+    if index is not None:
+        payload["i"] = index
+    token = tokens.make("track", payload, state=state)
+    return absolute(state, f"/t/{what}/{token}")
+
+
+def _rewrite_links(state: LoyaltyState, message_pk: int, body: str,
+                   untracked: set[str]) -> tuple[str, list[str]]:
+    targets: list[str] = []
+
+    def swap(match: re.Match[str]) -> str:
+        url = html.unescape(match.group(1))
+        if url in untracked:
+            return match.group(0)
+        if url not in targets:
+            targets.append(url)
+        return f'href="{html.escape(track_url(state, "c", message_pk, targets.index(url)))}"'
+
+    body = _HREF.sub(swap, body)
+    pixel = (f'<img src="{html.escape(track_url(state, "o", message_pk))}" width="1" height="1" '
+             'alt="" style="display:block;border:0;width:1px;height:1px">')
+    if "</body>" in body:
+        body = body.replace("</body>", pixel + "</body>", 1)
+    else:
+        body += pixel
+    return body, targets
+
+
+def coupon_context(payload: dict[str, Any], locale: str, state: LoyaltyState) -> dict[str, Any] | None:
+    """The coupon a message carries (payload keys ``coupon_*``) with a localized label."""
+    code = payload.get("coupon_code")
+    if not code:
+        return None
+    tr = translator(locale, state=state)
+    _ = tr.gettext
+    kind, value = payload.get("coupon_kind"), payload.get("coupon_value")
+    currency = payload.get("coupon_currency") or state.config["LOYALTY_CURRENCY"]
+    if kind == "percent" and value is not None:
+        label = _("%(value)s%% off your next order", value=format(Decimal(str(value)).normalize(), "f"))
+    elif kind == "fixed" and value is not None:
+        label = _("%(amount)s off your next order", amount=tr.money(Decimal(str(value)), str(currency)))
+    elif kind == "free_shipping":
+        label = _("Free shipping on your next order")
+    else:
+        label = _("A gift with your next order")
+    expires = payload.get("coupon_expires_at")
+    return {"code": code, "kind": kind, "label": label,
+            "expires_at": datetime.fromisoformat(expires) if expires else None}
+
+
+def render_message(state: LoyaltyState, message: Message, customer: Customer) -> Rendered | None:
+    """Render ``message`` for ``customer``; ``None`` when it has no recipient address."""
+    to = recipient(state, message, customer)
+    if not to:
+        return None
+    spec = KINDS.get(message.kind)
+    to_config = spec is not None and spec.to_config is not None
+    locale = choose_locale(None if to_config else customer.locale, state=state)
+    links = state.extension.links
+    unsubscribe_url = links.unsubscribe(customer.ref, message.purpose) if message.purpose else None
+    preferences_url = links.preferences(customer.ref) if not to_config else None
+    context: dict[str, Any] = {
+        "customer": customer, "message": message, "payload": message.payload or {}, "links": links,
+        "unsubscribe_url": unsubscribe_url, "preferences_url": preferences_url,
+        "marketing": message.marketing, "shop_url": state.config.get("LOYALTY_BASE_URL"),
+        "coupon": coupon_context(message.payload or {}, locale, state),
+    }
+    provider = CONTEXTS.get(message.kind)
+    if provider is not None:
+        context.update(provider(state, message, customer, locale))
+    subject_t, text_t, html_t = template_names(message.kind)
+    subject = _SPACES.sub(" ", render(subject_t, locale=locale, **context)).strip()[:300]
+    text = render(text_t, locale=locale, **context).strip() + "\n"
+    body_html = render(html_t, locale=locale, **context)
+    targets: list[str] = []
+    if tracking_on(state, message):
+        untracked = {u for u in (unsubscribe_url, preferences_url) if u}
+        body_html, targets = _rewrite_links(state, message.id, body_html, untracked)
+    if not to_config and customer.name:
+        to = formataddr((customer.name, to))
+    return Rendered(locale=locale, to_address=to, from_address=sender(state, message), subject=subject,
+                    body_text=text, body_html=body_html, links=targets)
+
+
+def _address(value: str) -> Address | str:
+    name, addr = parseaddr(value)
+    if not addr or "@" not in addr:
+        return value
+    user, _, domain = addr.rpartition("@")
+    return Address(display_name=name, username=user, domain=domain)
+
+
+def build_email(state: LoyaltyState, *, now: datetime, message_id: str, kind: str, marketing: bool,
+                purpose: str | None, customer_ref: str, locale: str | None, to_address: str | None,
+                from_address: str | None, subject: str | None, body_text: str | None,
+                body_html: str | None) -> EmailMessage:
+    """The ``EmailMessage`` of a rendered message (its stable ``Message-ID`` on every attempt)."""
+    if not to_address or subject is None or body_text is None:
+        raise ValueError("build_email needs a rendered message")
+    mail = EmailMessage()
+    mail["From"] = _address(from_address or str(state.config["LOYALTY_MAIL_SENDER"]))
+    mail["To"] = _address(to_address)
+    mail["Subject"] = subject
+    mail["Date"] = format_datetime(now)
+    mail["Message-ID"] = message_id
+    mail["X-Loyalty-Kind"] = kind
+    if marketing and purpose:
+        entries = [f"<{state.extension.links.unsubscribe(customer_ref, purpose)}>"]
+        mailto = state.config.get("LOYALTY_UNSUBSCRIBE_MAILTO")
+        if mailto:
+            entries.append(f"<mailto:{mailto}?subject=unsubscribe>")
+        mail["List-Unsubscribe"] = ", ".join(entries)
+        mail["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        mail["Precedence"] = "bulk"
+    elif not marketing:
+        mail["Auto-Submitted"] = "auto-generated"
+    if locale:
+        mail["Content-Language"] = locale
+    mail.set_content(body_text, cte="quoted-printable")
+    if body_html:
+        mail.add_alternative(body_html, subtype="html", cte="quoted-printable")
+    return mail
