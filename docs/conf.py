@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 project = "flask_loyalty"
 author = "flask_loyalty developers"
 copyright = "2026, flask_loyalty developers"
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "myst_parser", "loyalty_config"]
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "myst_parser", "loyalty_config", "loyalty_screenshots"]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
