@@ -315,6 +315,8 @@ def create_coupon(state: LoyaltyState, *, commit: bool = True, **raw: Any) -> Co
     length = int(state.config["LOYALTY_COUPON_CODE_LENGTH"])
     if code is None and length < codes.MIN_LENGTH:
         raise InvalidInput.field("LOYALTY_COUPON_CODE_LENGTH", f"At least {codes.MIN_LENGTH}.")
+    if raw.get("segment") is not None:
+        begin_write(state)   # segment hooks read; take the SQLite write lock before any read
     row = _rules(state, raw)
     now = resolve_now(None)
     begin_write(state)
