@@ -1,0 +1,145 @@
+"""Customer profiles computed by ``loyalty.analytics.recompute()`` and the fitted value model."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, SmallInteger, String
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from .base import Base, CreatedAt
+from .customer import Customer
+from .purchase import CHANNELS
+from .types import Money, UTCDateTime
+
+
+class CustomerProfile(Base):
+    """One row per customer: RFM, lifetime value, engagement, loyalty stage.
+
+    Rewritten as a whole by every recompute (set-wise, in SQL); read by the
+    dashboard, segments and the plan.  Money columns are exact
+    :class:`~decimal.Decimal`; day counts are whole UTC days.
+    """
+
+    __tablename__ = "loyalty_customer_profile"
+    __table_args__ = (
+        Index("ix_loyalty_customer_profile_segment", "segment"),
+        Index("ix_loyalty_customer_profile_stage", "stage"),
+    )
+
+    customer_id: Mapped[int] = mapped_column(
+        ForeignKey("loyalty_customer.id", ondelete="CASCADE"), primary_key=True)
+    #: Days since the last purchase kept (not fully refunded); ``None`` without one.
+    recency_days: Mapped[int | None] = mapped_column(Integer)
+    #: Orders kept (not fully refunded).
+    frequency: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    #: Net revenue: order totals minus refunds.
+    monetary: Mapped[Decimal] = mapped_column(Money(), nullable=False, default=Decimal(0))
+    r_score: Mapped[int | None] = mapped_column(SmallInteger)
+    f_score: Mapped[int | None] = mapped_column(SmallInteger)
+    m_score: Mapped[int | None] = mapped_column(SmallInteger)
+    #: The three scores as a string, e.g. ``"545"``.
+    rfm: Mapped[str | None] = mapped_column(String(3))
+    #: Named RFM segment (``champions``, ``loyal`` ... see ``analytics.RFM_SEGMENTS``).
+    segment: Mapped[str | None] = mapped_column(String(32))
+    first_purchase_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_purchase_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Mean days between distinct purchase days; ``None`` with fewer than two.
+    avg_interval_days: Mapped[float | None] = mapped_column(Float)
+    #: BG/NBD inputs: repeat purchases (distinct days after the first) and days since the first.
+    repeat_purchases: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    tenure_days: Mapped[int | None] = mapped_column(Integer)
+    orders_online: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    orders_store: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    orders_catalog: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    orders_phone: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    #: The channel of most orders (ties: online, store, catalog, phone).
+    main_channel: Mapped[str | None] = mapped_column(String(16))
+    #: Mail engagement once delivery records it (``None`` when not tracked).
+    opens: Mapped[int | None] = mapped_column(Integer)
+    clicks: Mapped[int | None] = mapped_column(Integer)
+    #: Usual hour (0-23, shop time zone) at which the customer opens mails.
+    reading_hour: Mapped[int | None] = mapped_column(SmallInteger)
+    #: Latest survey answers (``None`` when never answered or surveys are not installed).
+    survey_recommend: Mapped[int | None] = mapped_column(SmallInteger)
+    survey_experience: Mapped[int | None] = mapped_column(SmallInteger)
+    #: Marketing consent (``email_marketing``) at recompute time; ``None`` when consent is not installed.
+    consent: Mapped[bool | None] = mapped_column(Boolean)
+    #: Subscribed for more than six months and bought in that time.
+    loyal_indicator: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    refunds: Mapped[Decimal] = mapped_column(Money(), nullable=False, default=Decimal(0))
+    discounts: Mapped[Decimal] = mapped_column(Money(), nullable=False, default=Decimal(0))
+    #: Margin on what was kept, before discounts.
+    margin: Mapped[Decimal] = mapped_column(Money(), nullable=False, default=Decimal(0))
+    #: Margin minus discounts: the profit the customer brought so far.
+    historical_clv: Mapped[Decimal] = mapped_column(Money(), nullable=False, default=Decimal(0))
+    #: Discounted profit expected over ``LOYALTY_CLV_HORIZON_DAYS``.
+    predicted_clv: Mapped[Decimal] = mapped_column(Money(), nullable=False, default=Decimal(0))
+    #: ``historical_clv + predicted_clv``: what the customer is worth over the whole relationship.
+    total_clv: Mapped[Decimal] = mapped_column(Money(), nullable=False, default=Decimal(0))
+    #: Share of buyers ranked above this one by ``total_clv`` (0 = the most valuable).
+    clv_top_share: Mapped[float | None] = mapped_column(Float)
+    p_alive: Mapped[float | None] = mapped_column(Float)
+    #: Purchases expected over the horizon (undiscounted).
+    expected_purchases: Mapped[float | None] = mapped_column(Float)
+    #: Expected value of one future order.
+    expected_order_value: Mapped[Decimal | None] = mapped_column(Money())
+    #: ``"bgnbd"`` (fitted model) or ``"heuristic"``.
+    clv_method: Mapped[str | None] = mapped_column(String(16))
+    #: ``"trust"``, ``"relationship"`` or ``"reward"``.
+    stage: Mapped[str] = mapped_column(String(16), nullable=False)
+    #: Reason codes behind the stage (see ``analytics.STAGE_REASONS``).
+    stage_reasons: Mapped[list[str]] = mapped_column(JSON, nullable=False)
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+    customer: Mapped[Customer] = relationship(lazy="joined", innerjoin=True)
+
+    @property
+    def customer_ref(self) -> str:
+        """The host's reference of the customer."""
+        return self.customer.ref
+
+    @property
+    def channel_mix(self) -> dict[str, int]:
+        """Orders per channel, e.g. ``{"online": 3, "store": 1, "catalog": 0, "phone": 0}``."""
+        return {name: int(getattr(self, f"orders_{name}")) for name in CHANNELS}
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able view (money as strings), for export and the API."""
+        data: dict[str, Any] = {"customer_ref": self.customer_ref}
+        for column in self.__table__.columns:
+            if column.key == "customer_id":
+                continue
+            value = getattr(self, column.key)
+            if isinstance(value, Decimal):
+                value = str(value)
+            elif isinstance(value, datetime):
+                value = value.isoformat()
+            data[column.key] = value
+        data["channel_mix"] = self.channel_mix
+        return data
+
+    def __repr__(self) -> str:
+        return f"<CustomerProfile {self.customer_id} {self.rfm} {self.segment} {self.stage}>"
+
+
+class ModelFit(CreatedAt, Base):
+    """One recompute's value model: the fitted parameters, or why the heuristic was used."""
+
+    __tablename__ = "loyalty_model_fit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: ``"bgnbd_gamma_gamma"`` or ``"heuristic"``.
+    method: Mapped[str] = mapped_column(String(32), nullable=False)
+    #: Why the heuristic was used (too little history, fit failed, numpy/scipy missing).
+    reason: Mapped[str | None] = mapped_column(String(300))
+    #: ``{"r", "alpha", "a", "b", "p", "q", "gamma"}`` when fitted, else ``None``.
+    params: Mapped[dict[str, float] | None] = mapped_column(JSON)
+    customers: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    repeat_customers: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    log_likelihood: Mapped[float | None] = mapped_column(Float)
+    horizon_days: Mapped[int] = mapped_column(Integer, nullable=False)
+    discount_rate: Mapped[float] = mapped_column(Float, nullable=False)
+    fitted_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)

@@ -1,0 +1,822 @@
+"""Customer value: RFM, lifetime value, the Pareto report and the loyalty stage.
+
+``loyalty.analytics.recompute()`` rewrites the profile table
+(:class:`~flask_loyalty.models.profile.CustomerProfile`) in three steps:
+
+1. **Aggregate in SQL** into a temporary table: one ``GROUP BY`` over the
+   purchases (with their items and coupon discounts) gives, per customer, the
+   orders kept, net revenue, refunds, margin, discounts, first/last purchase,
+   distinct purchase days, the value of the first day and orders per channel.
+2. **Fit the value model** (when numpy/scipy are installed and there is
+   enough history): one pass over the aggregated rows (not one query per
+   customer) fits BG/NBD and Gamma-Gamma and computes each buyer's
+   probability of being alive, expected purchases and predicted value; the
+   results go back in bulk (``COPY`` on PostgreSQL).
+3. **Score, segment, stage in SQL**: one ``INSERT ... SELECT ... ON CONFLICT
+   DO UPDATE`` ranks customers into quintiles (window functions), names the
+   RFM segment, joins engagement, survey and consent, computes historical and
+   predicted value (or the heuristic) and the loyalty stage with its reasons.
+
+Definitions (all documented in ``docs/value.md``):
+
+* A purchase is *kept* unless fully refunded.  Recency is in whole UTC days
+  since the last kept purchase; frequency counts kept orders; monetary is the
+  net revenue (totals minus refunds).
+* Scores 1-5: ``1 + 5 * (rank - 1) // buyers`` with ``rank`` the SQL
+  ``RANK()`` (ties share the lower score) by last purchase day (R), kept
+  orders (F) and net revenue (M); exactly quintiles when values are distinct.
+* Named segments: :data:`RFM_SEGMENTS` on R and ``FM = (F + M + 1) // 2``.
+* Historical value: the margin on what was kept (items' ``unit_price -
+  unit_cost``; ``LOYALTY_DEFAULT_MARGIN`` of the price without a cost, and of
+  the total for orders without items; scaled by the share not refunded)
+  minus the coupon discounts on the customer's orders.
+* Predicted value: discounted expected purchases over
+  ``LOYALTY_CLV_HORIZON_DAYS`` times the expected order value times the
+  customer's own profit rate (historical value / revenue, clamped to 0-1).
+* Heuristic (too little history, or numpy/scipy missing):
+  ``p_alive = 1`` while the days since the last purchase do not exceed the
+  customer's usual interval (the horizon for one-day buyers), then
+  ``interval / recency``; expected purchases = ``p_alive * purchase days /
+  max(tenure, horizon) * horizon``; value per purchase day = revenue / days;
+  discounted once at mid-horizon.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from marshmallow import Schema, fields, validate
+from sqlalchemy import Float, Integer, bindparam, delete, desc, func, select, text
+from sqlalchemy.sql.elements import TextClause
+
+from ..clock import resolve_now
+from ..errors import InvalidInput, NotFound
+from ..i18n import N_
+from ..models import Customer, CustomerProfile, ModelFit, metadata
+from ..models.base import table_of
+from ..models.types import UTCDateTime
+from ..schemas import load
+from ..schemas.fields import AwareDateTime
+from ..state import LoyaltyState
+from ..transaction import begin_write, dialect_name, finish
+from .base import Facade
+
+if TYPE_CHECKING:
+    from ..models import Customer as CustomerModel
+
+log = logging.getLogger(__name__)
+
+#: RFM segment -> (label, rule on R and FM = (F + M + 1) // 2), checked top to bottom.
+RFM_SEGMENTS: dict[str, tuple[str, str]] = {
+    "champions": (N_("Champions"), "R = 5 and FM >= 4"),
+    "loyal": (N_("Loyal"), "R in 3-4 and FM >= 4"),
+    "potential_loyalists": (N_("Potential loyalists"), "R >= 4 and FM in 2-3"),
+    "new": (N_("New"), "R = 5 and FM = 1"),
+    "promising": (N_("Promising"), "R = 4 and FM = 1"),
+    "need_attention": (N_("Need attention"), "R = 3 and FM = 3"),
+    "about_to_sleep": (N_("About to sleep"), "R = 3 and FM <= 2"),
+    "cant_lose": (N_("Can't lose"), "R <= 2 and FM = 5"),
+    "at_risk": (N_("At risk"), "R <= 2 and FM in 3-4"),
+    "hibernating": (N_("Hibernating"), "R = 2 and FM <= 2"),
+    "lost": (N_("Lost"), "R = 1 and FM <= 2"),
+}
+
+#: Loyalty stages, in the order a shop should act on them.
+STAGES: dict[str, str] = {
+    "trust": N_("Trust"),
+    "relationship": N_("Relationship"),
+    "reward": N_("Reward"),
+}
+
+#: Reason codes kept in ``stage_reasons`` with their labels.
+STAGE_REASONS: dict[str, str] = {
+    "no_purchase": N_("No purchase yet"),
+    "first_purchase": N_("Bought only once"),
+    "dissatisfied": N_("Unhappy in the survey (recommend 0-6 or experience 1-2)"),
+    "lapsed": N_("Lapsed (RFM segment hibernating or lost)"),
+    "top_value": N_("Among the most valuable customers"),
+    "promoter": N_("Would recommend the shop (9-10)"),
+    "happy_experience": N_("Rated the experience 4-5"),
+    "recent_repeat_buyer": N_("Buys again and bought recently"),
+    "repeat_buyer": N_("Has bought more than once"),
+    "engaged": N_("Opens or clicks the shop's mails"),
+    "subscribed": N_("Subscribed to marketing mails"),
+    "loyal_indicator": N_("Subscribed for over six months and bought in that time"),
+    "not_top_value": N_("Not yet among the most valuable customers"),
+    "satisfaction_unknown": N_("No sign of satisfaction yet"),
+}
+
+_SATISFIED = ("(s.survey_recommend >= 9"
+              " OR (s.survey_recommend IS NULL AND s.survey_experience >= 4)"
+              " OR (s.survey_recommend IS NULL AND s.survey_experience IS NULL"
+              " AND s.frequency >= 2 AND s.r_score >= 3))")
+
+#: Stage rules: (stage, gate) checked in order; the first whose gate holds wins.
+#: Each stage keeps every one of its reasons whose condition holds.
+STAGE_RULES: list[tuple[str, str, list[tuple[str, str]]]] = [
+    ("trust",
+     "(s.buyer = 0 OR s.frequency = 1 OR s.survey_recommend <= 6 OR s.survey_experience <= 2"
+     " OR s.segment IN ('hibernating', 'lost'))",
+     [("no_purchase", "s.buyer = 0"),
+      ("first_purchase", "s.frequency = 1"),
+      ("dissatisfied", "(s.survey_recommend <= 6 OR s.survey_experience <= 2)"),
+      ("lapsed", "s.segment IN ('hibernating', 'lost')")]),
+    ("reward",
+     f"(s.clv_top_share < :top_share AND {_SATISFIED})",
+     [("top_value", "s.clv_top_share < :top_share"),
+      ("promoter", "s.survey_recommend >= 9"),
+      ("happy_experience", "(s.survey_recommend IS NULL AND s.survey_experience >= 4)"),
+      ("recent_repeat_buyer", "(s.frequency >= 2 AND s.r_score >= 3)"),
+      ("loyal_indicator", "s.loyal_indicator")]),
+    ("relationship",
+     "(1 = 1)",
+     [("repeat_buyer", "s.frequency >= 2"),
+      ("engaged", "(COALESCE(s.opens, 0) + COALESCE(s.clicks, 0) > 0)"),
+      ("subscribed", "s.consent"),
+      ("loyal_indicator", "s.loyal_indicator"),
+      ("not_top_value", "s.clv_top_share >= :top_share"),
+      ("satisfaction_unknown", f"(s.clv_top_share < :top_share AND NOT {_SATISFIED})")]),
+]
+
+PROFILE_COLUMNS = (
+    "customer_id", "recency_days", "frequency", "monetary", "r_score", "f_score", "m_score", "rfm", "segment",
+    "first_purchase_at", "last_purchase_at", "avg_interval_days", "repeat_purchases", "tenure_days",
+    "orders_online", "orders_store", "orders_catalog", "orders_phone", "main_channel",
+    "opens", "clicks", "reading_hour", "survey_recommend", "survey_experience", "consent", "loyal_indicator",
+    "refunds", "discounts", "margin", "historical_clv", "predicted_clv", "total_clv", "clv_top_share",
+    "p_alive", "expected_purchases", "expected_order_value", "clv_method", "stage", "stage_reasons",
+    "computed_at",
+)
+
+_AGG = "loyalty_tmp_value_agg"
+_PRED = "loyalty_tmp_value_pred"
+_EPOCH_DAY = 86400
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    """One point of the Pareto curve: the top ``customer_share`` bring these shares."""
+
+    customer_share: float
+    revenue_share: float
+    profit_share: float
+
+
+@dataclass(frozen=True)
+class ParetoReport:
+    """How much of revenue and profit the most valuable customers bring.
+
+    Buyers are ranked by historical lifetime value (profit), then net revenue.
+    ``customers`` is how many make up the top ``top_share``; the shares are
+    fractions in ``[0, 1]`` (``profit_share`` is 0 when the shop made no
+    profit, and capped at 1 when the others lost money).
+    """
+
+    top_share: float
+    customers: int
+    revenue_share: float
+    profit_share: float
+    buyers: int
+    revenue: Decimal
+    profit: Decimal
+    top_revenue: Decimal
+    top_profit: Decimal
+    curve: list[ParetoPoint] = field(default_factory=list)
+
+
+class _RecomputeSchema(Schema):
+    now = AwareDateTime(allow_none=True, load_default=None)
+
+
+class _ParetoSchema(Schema):
+    top_share = fields.Float(required=True, validate=validate.Range(min=0, max=1, min_inclusive=False),
+                             allow_nan=False)
+
+
+def _fraction(state: LoyaltyState, key: str, *, upper: float | None = 1.0) -> float:
+    raw = state.config[key]
+    if isinstance(raw, bool):
+        raise InvalidInput.field(key, "Must be a number.")
+    try:
+        value = float(Decimal(str(raw)))
+    except ArithmeticError:
+        raise InvalidInput.field(key, "Must be a number.") from None
+    if not math.isfinite(value) or value < 0 or (upper is not None and value > upper):
+        raise InvalidInput.field(key, f"Must be between 0 and {upper}." if upper else "Must not be negative.")
+    return value
+
+
+def _positive_int(state: LoyaltyState, key: str) -> int:
+    value = state.config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInput.field(key, "Must be a whole number of at least 1.")
+    return value
+
+
+@dataclass(frozen=True)
+class _Settings:
+    margin: float
+    horizon: int
+    discount_rate: float
+    min_customers: int
+    min_repeat: int
+    fit_sample: int
+    top_share: float
+    loyal_days: int
+    work_mem: str | None
+
+
+def _settings(state: LoyaltyState) -> _Settings:
+    work_mem = state.config["LOYALTY_RECOMPUTE_WORK_MEM"]
+    if work_mem is not None and (not isinstance(work_mem, str) or not work_mem.replace(" ", "").isalnum()):
+        raise InvalidInput.field("LOYALTY_RECOMPUTE_WORK_MEM", "Must be like '256MB' or None.")
+    return _Settings(
+        margin=_fraction(state, "LOYALTY_DEFAULT_MARGIN"),
+        horizon=_positive_int(state, "LOYALTY_CLV_HORIZON_DAYS"),
+        discount_rate=_fraction(state, "LOYALTY_CLV_DISCOUNT_RATE", upper=None),
+        min_customers=_positive_int(state, "LOYALTY_CLV_MIN_CUSTOMERS"),
+        min_repeat=_positive_int(state, "LOYALTY_CLV_MIN_REPEAT_CUSTOMERS"),
+        fit_sample=_positive_int(state, "LOYALTY_CLV_FIT_SAMPLE"),
+        top_share=_fraction(state, "LOYALTY_REWARD_TOP_SHARE"),
+        loyal_days=_positive_int(state, "LOYALTY_LOYAL_SUBSCRIBED_DAYS"),
+        work_mem=work_mem,
+    )
+
+
+# --- SQL building blocks ----------------------------------------------------
+def _has_columns(table: str, *columns: str) -> bool:
+    found = metadata.tables.get(table)
+    return found is not None and all(c in found.c for c in columns)
+
+
+def _day(dialect: str, column: str) -> str:
+    """Whole UTC days since 1970-01-01 of a stored datetime column."""
+    if dialect == "postgresql":
+        return f"CAST(FLOOR(EXTRACT(EPOCH FROM {column}) / {_EPOCH_DAY}) AS BIGINT)"
+    return f"CAST(julianday({column}) - 2440587.5 AS INTEGER)"
+
+
+def _aggregate_sql(dialect: str) -> str:
+    """CREATE TEMP TABLE with one row of purchase aggregates per customer."""
+    kept = "(p.refunded_total < p.total OR p.total = 0)"
+    day = _day(dialect, "p.placed_at")
+    discounts_join = ""
+    discount = "0"
+    if _has_columns("loyalty_redemption", "order_ref", "discount", "released_at"):
+        discounts_join = ("LEFT JOIN (SELECT r.order_ref AS order_ref, SUM(r.discount) AS discount "
+                          "FROM loyalty_redemption r WHERE r.released_at IS NULL GROUP BY r.order_ref) d "
+                          "ON d.order_ref = p.order_ref")
+        discount = "COALESCE(d.discount, 0)"
+    channels = ", ".join(
+        f"SUM(CASE WHEN o.kept = 1 AND o.channel = '{name}' THEN 1 ELSE 0 END) AS orders_{name}"
+        for name in ("online", "store", "catalog", "phone"))
+    return f"""
+CREATE TEMP TABLE {_AGG} AS
+SELECT o.customer_id AS customer_id,
+       SUM(o.kept) AS frequency,
+       SUM(o.total - o.refunded_total) AS revenue,
+       SUM(o.refunded_total) AS refunds,
+       SUM(o.margin) AS margin,
+       SUM(o.discount) AS discounts,
+       MIN(o.first_day) AS first_day,
+       MAX(CASE WHEN o.kept = 1 THEN o.day END) AS last_day,
+       COUNT(DISTINCT CASE WHEN o.kept = 1 THEN o.day END) AS days,
+       SUM(CASE WHEN o.kept = 1 AND o.day = o.first_day THEN o.total - o.refunded_total ELSE 0 END)
+         AS first_day_value,
+       {channels},
+       MIN(CASE WHEN o.kept = 1 THEN o.placed_at END) AS first_at,
+       MAX(CASE WHEN o.kept = 1 THEN o.placed_at END) AS last_at
+FROM (
+  SELECT p.customer_id AS customer_id, p.placed_at AS placed_at, p.channel AS channel,
+         p.total AS total, p.refunded_total AS refunded_total,
+         {day} AS day,
+         CASE WHEN {kept} THEN 1 ELSE 0 END AS kept,
+         CASE WHEN p.total > 0
+              THEN COALESCE(it.margin, p.total * :margin)
+                   * CAST(p.total - p.refunded_total AS DOUBLE PRECISION) / p.total
+              ELSE 0 END AS margin,
+         {discount} AS discount,
+         MIN(CASE WHEN {kept} THEN {day} END) OVER (PARTITION BY p.customer_id) AS first_day
+  FROM loyalty_purchase p
+  LEFT JOIN (
+    SELECT i.purchase_id AS purchase_id,
+           SUM(CASE WHEN i.unit_cost IS NULL THEN i.quantity * i.unit_price * :margin
+                    ELSE CAST(i.quantity * (i.unit_price - i.unit_cost) AS DOUBLE PRECISION) END) AS margin
+    FROM loyalty_purchase_item i GROUP BY i.purchase_id
+  ) it ON it.purchase_id = p.id
+  {discounts_join}
+  WHERE p.placed_at <= :now
+) o
+GROUP BY o.customer_id
+"""
+
+
+def _model_input_sql() -> str:
+    """Per buyer: id, x, t_x, T, mean repeat day value, profit rate (no NULLs)."""
+    return f"""
+SELECT CAST(a.customer_id AS BIGINT) AS customer_id,
+       CAST(a.days - 1 AS BIGINT) AS x,
+       CAST(a.last_day - a.first_day AS BIGINT) AS t_x,
+       CAST(CASE WHEN :now_day - a.first_day > a.last_day - a.first_day
+                 THEN :now_day - a.first_day ELSE a.last_day - a.first_day END AS BIGINT) AS big_t,
+       CAST(CASE WHEN a.days > 1 THEN CAST(a.revenue - a.first_day_value AS DOUBLE PRECISION) / (a.days - 1)
+                 ELSE 0 END AS DOUBLE PRECISION) AS m,
+       CAST(CASE WHEN a.revenue > 0 THEN (a.margin - a.discounts) / CAST(a.revenue AS DOUBLE PRECISION)
+                 ELSE :margin END AS DOUBLE PRECISION) AS rate
+FROM {_AGG} a WHERE a.frequency > 0
+"""
+
+
+def _sources(dialect: str) -> tuple[str, dict[str, str]]:
+    """LEFT JOINs of the optional areas (engagement, survey, consent) and their column expressions."""
+    joins: list[str] = []
+    cols = {"opens": "CAST(NULL AS INTEGER)", "clicks": "CAST(NULL AS INTEGER)",
+            "reading_hour": "CAST(NULL AS INTEGER)", "survey_recommend": "CAST(NULL AS INTEGER)",
+            "survey_experience": "CAST(NULL AS INTEGER)", "consent": "CAST(NULL AS BOOLEAN)", "loyal": "FALSE"}
+    if _has_columns("loyalty_engagement", "customer_id", "event", "hour", "at"):
+        joins.append("""
+LEFT JOIN (SELECT e.customer_id AS customer_id,
+                  SUM(CASE WHEN e.event = 'open' THEN 1 ELSE 0 END) AS opens,
+                  SUM(CASE WHEN e.event = 'click' THEN 1 ELSE 0 END) AS clicks
+           FROM loyalty_engagement e WHERE e.at <= :now GROUP BY e.customer_id) eng
+  ON eng.customer_id = c.id
+LEFT JOIN (SELECT h.customer_id AS customer_id, h.hour AS hour FROM (
+             SELECT e.customer_id AS customer_id, e.hour AS hour,
+                    ROW_NUMBER() OVER (PARTITION BY e.customer_id ORDER BY COUNT(*) DESC, e.hour) AS rn
+             FROM loyalty_engagement e WHERE e.at <= :now GROUP BY e.customer_id, e.hour) h
+           WHERE h.rn = 1) rh
+  ON rh.customer_id = c.id""")
+        cols.update(opens="COALESCE(eng.opens, 0)", clicks="COALESCE(eng.clicks, 0)", reading_hour="rh.hour")
+    if (_has_columns("loyalty_survey_answer", "response_id", "question", "number")
+            and _has_columns("loyalty_survey_response", "id", "customer_id", "answered_at")):
+        joins.append("""
+LEFT JOIN (SELECT x.customer_id AS customer_id,
+                  MAX(CASE WHEN x.question = 'recommend' THEN x.number END) AS recommend,
+                  MAX(CASE WHEN x.question = 'experience' THEN x.number END) AS experience
+           FROM (SELECT r.customer_id AS customer_id, a.question AS question, a.number AS number,
+                        ROW_NUMBER() OVER (PARTITION BY r.customer_id, a.question
+                                           ORDER BY r.answered_at DESC, r.id DESC) AS rn
+                 FROM loyalty_survey_answer a JOIN loyalty_survey_response r ON r.id = a.response_id
+                 WHERE a.question IN ('recommend', 'experience') AND a.number IS NOT NULL
+                   AND r.answered_at <= :now) x
+           WHERE x.rn = 1 GROUP BY x.customer_id) sv
+  ON sv.customer_id = c.id""")
+        cols.update(survey_recommend="sv.recommend", survey_experience="sv.experience")
+    if _has_columns("loyalty_consent_status", "customer_id", "purpose", "status", "since"):
+        joins.append("""
+LEFT JOIN (SELECT cs.customer_id AS customer_id, cs.since AS since FROM loyalty_consent_status cs
+           WHERE cs.purpose = 'email_marketing' AND cs.status = 'granted') con
+  ON con.customer_id = c.id""")
+        cols.update(
+            consent="CASE WHEN con.customer_id IS NOT NULL THEN TRUE ELSE FALSE END",
+            loyal="CASE WHEN con.since <= :loyal_cutoff AND a.last_at >= :loyal_cutoff THEN TRUE ELSE FALSE END")
+    return "\n".join(joins), cols
+
+
+def _stage_sql(dialect: str) -> tuple[str, str]:
+    """The stage and the JSON array of reasons, as SQL over the scored row ``s``."""
+    stage = "CASE " + " ".join(f"WHEN {gate} THEN '{name}'" for name, gate, _ in STAGE_RULES) + " END"
+    parts = []
+    for _name, gate, reasons in STAGE_RULES:
+        pieces = " || ".join(f"CASE WHEN {cond} THEN '\"{code}\",' ELSE '' END" for code, cond in reasons)
+        parts.append(f"WHEN {gate} THEN '[' || RTRIM({pieces}, ',') || ']'")
+    reasons_sql = "CASE " + " ".join(parts) + " END"
+    if dialect == "postgresql":
+        reasons_sql = f"CAST({reasons_sql} AS JSON)"
+    return stage, reasons_sql
+
+
+def _segment_sql() -> str:
+    r, fm = "v.r_score", "((v.f_score + v.m_score + 1) / 2)"
+    return f"""CASE WHEN v.buyer = 0 THEN NULL
+      WHEN {r} = 5 AND {fm} >= 4 THEN 'champions'
+      WHEN {r} IN (3, 4) AND {fm} >= 4 THEN 'loyal'
+      WHEN {r} >= 4 AND {fm} IN (2, 3) THEN 'potential_loyalists'
+      WHEN {r} = 5 AND {fm} = 1 THEN 'new'
+      WHEN {r} = 4 AND {fm} = 1 THEN 'promising'
+      WHEN {r} = 3 AND {fm} = 3 THEN 'need_attention'
+      WHEN {r} = 3 AND {fm} <= 2 THEN 'about_to_sleep'
+      WHEN {r} <= 2 AND {fm} = 5 THEN 'cant_lose'
+      WHEN {r} <= 2 AND {fm} >= 3 THEN 'at_risk'
+      WHEN {r} = 2 THEN 'hibernating'
+      ELSE 'lost' END"""
+
+
+def _score(column: str) -> str:
+    return (f"CASE WHEN u.buyer = 1 THEN 1 + (5 * (RANK() OVER (PARTITION BY u.buyer ORDER BY {column}) - 1))"
+            f" / COUNT(*) OVER (PARTITION BY u.buyer) END")
+
+
+def _profile_sql(dialect: str, *, with_model: bool) -> str:
+    """INSERT ... SELECT ... ON CONFLICT DO UPDATE writing every profile."""
+    joins, src = _sources(dialect)
+    greatest_tenure = ("CASE WHEN :now_day - a.first_day > :horizon THEN :now_day - a.first_day "
+                       "ELSE :horizon END")
+    interval = ("CASE WHEN a.days > 1 THEN CAST(a.last_day - a.first_day AS DOUBLE PRECISION) / (a.days - 1) "
+                "ELSE CAST(:horizon AS DOUBLE PRECISION) END")
+    recency = "(:now_day - a.last_day)"
+    h_alive = f"CASE WHEN {recency} <= {interval} THEN 1.0 ELSE {interval} / {recency} END"
+    h_expected = f"({h_alive}) * a.days * CAST(:horizon AS DOUBLE PRECISION) / ({greatest_tenure})"
+    h_value = "CAST(a.revenue AS DOUBLE PRECISION) / a.days"
+    rate = ("CASE WHEN a.revenue > 0 THEN CASE WHEN a.margin - a.discounts <= 0 THEN 0.0 "
+            "WHEN a.margin - a.discounts >= a.revenue THEN 1.0 "
+            "ELSE (a.margin - a.discounts) / CAST(a.revenue AS DOUBLE PRECISION) END ELSE :margin END")
+    h_clv = f"({h_expected}) * ({h_value}) * ({rate}) * :half_discount"
+    if with_model:
+        pred_join = f"LEFT JOIN {_PRED} pr ON pr.customer_id = c.id"
+        p_alive, expected = "pr.p_alive", "pr.expected_purchases"
+        order_value, predicted, method = "pr.expected_order_value", "pr.predicted_clv", "'bgnbd'"
+    else:
+        pred_join = ""
+        p_alive, expected = h_alive, h_expected
+        order_value = f"CAST(ROUND({h_value}) AS BIGINT)"
+        predicted, method = f"CAST(ROUND({h_clv}) AS BIGINT)", "'heuristic'"
+    stage, reasons = _stage_sql(dialect)
+    main_channel = ("CASE WHEN a.frequency IS NULL OR a.frequency = 0 THEN NULL "
+                    "WHEN a.orders_online >= a.orders_store AND a.orders_online >= a.orders_catalog "
+                    "AND a.orders_online >= a.orders_phone THEN 'online' "
+                    "WHEN a.orders_store >= a.orders_catalog AND a.orders_store >= a.orders_phone THEN 'store' "
+                    "WHEN a.orders_catalog >= a.orders_phone THEN 'catalog' ELSE 'phone' END")
+    varchar = "VARCHAR(1)"
+    updates = ", ".join(f"{c} = excluded.{c}" for c in PROFILE_COLUMNS if c != "customer_id")
+    return f"""
+INSERT INTO loyalty_customer_profile ({", ".join(PROFILE_COLUMNS)})
+SELECT s.customer_id, s.recency_days, s.frequency, s.monetary, s.r_score, s.f_score, s.m_score,
+       CASE WHEN s.buyer = 1 THEN CAST(s.r_score AS {varchar}) || CAST(s.f_score AS {varchar})
+                                  || CAST(s.m_score AS {varchar}) END,
+       s.segment, s.first_purchase_at, s.last_purchase_at, s.avg_interval_days, s.repeat_purchases,
+       s.tenure_days, s.orders_online, s.orders_store, s.orders_catalog, s.orders_phone, s.main_channel,
+       s.opens, s.clicks, s.reading_hour, s.survey_recommend, s.survey_experience, s.consent, s.loyal_indicator,
+       s.refunds, s.discounts, s.margin, s.historical_clv, s.predicted_clv, s.total_clv, s.clv_top_share,
+       s.p_alive, s.expected_purchases, s.expected_order_value, s.clv_method,
+       {stage}, {reasons}, :computed_at
+FROM (
+  SELECT v.*,
+         {_segment_sql()} AS segment,
+         CASE WHEN v.buyer = 1 THEN
+           CAST(RANK() OVER (PARTITION BY v.buyer ORDER BY v.total_clv DESC) - 1 AS DOUBLE PRECISION)
+           / COUNT(*) OVER (PARTITION BY v.buyer) END AS clv_top_share
+  FROM (
+    SELECT u.*, u.historical_clv + u.predicted_clv AS total_clv,
+           {_score("u.last_day")} AS r_score,
+           {_score("u.frequency")} AS f_score,
+           {_score("u.monetary")} AS m_score
+    FROM (
+      SELECT c.id AS customer_id,
+             CASE WHEN COALESCE(a.frequency, 0) > 0 THEN 1 ELSE 0 END AS buyer,
+             a.last_day AS last_day,
+             CASE WHEN a.frequency > 0 THEN {recency} END AS recency_days,
+             COALESCE(a.frequency, 0) AS frequency,
+             COALESCE(a.revenue, 0) AS monetary,
+             a.first_at AS first_purchase_at, a.last_at AS last_purchase_at,
+             CASE WHEN a.days > 1 THEN {interval} END AS avg_interval_days,
+             CASE WHEN a.frequency > 0 THEN a.days - 1 ELSE 0 END AS repeat_purchases,
+             CASE WHEN a.frequency > 0 THEN :now_day - a.first_day END AS tenure_days,
+             COALESCE(a.orders_online, 0) AS orders_online, COALESCE(a.orders_store, 0) AS orders_store,
+             COALESCE(a.orders_catalog, 0) AS orders_catalog, COALESCE(a.orders_phone, 0) AS orders_phone,
+             {main_channel} AS main_channel,
+             {src["opens"]} AS opens, {src["clicks"]} AS clicks, {src["reading_hour"]} AS reading_hour,
+             {src["survey_recommend"]} AS survey_recommend, {src["survey_experience"]} AS survey_experience,
+             {src["consent"]} AS consent, {src["loyal"]} AS loyal_indicator,
+             COALESCE(a.refunds, 0) AS refunds, COALESCE(a.discounts, 0) AS discounts,
+             CAST(ROUND(COALESCE(a.margin, 0)) AS BIGINT) AS margin,
+             CAST(ROUND(COALESCE(a.margin, 0)) AS BIGINT) - COALESCE(a.discounts, 0) AS historical_clv,
+             CASE WHEN a.frequency > 0 THEN COALESCE({predicted}, 0) ELSE 0 END AS predicted_clv,
+             CASE WHEN a.frequency > 0 THEN {p_alive} END AS p_alive,
+             CASE WHEN a.frequency > 0 THEN {expected} END AS expected_purchases,
+             CASE WHEN a.frequency > 0 THEN {order_value} END AS expected_order_value,
+             CASE WHEN a.frequency > 0 THEN {method} END AS clv_method
+      FROM loyalty_customer c
+      LEFT JOIN {_AGG} a ON a.customer_id = c.id
+      {pred_join}
+      {joins}
+      WHERE c.erased_at IS NULL
+    ) u
+  ) v
+) s
+WHERE 1 = 1
+ON CONFLICT (customer_id) DO UPDATE SET {updates}
+"""
+
+
+def _text(sql: str, **types: Any) -> TextClause:
+    clause = text(sql)
+    binds = [bindparam(name, type_=type_) for name, type_ in types.items() if f":{name}" in sql]
+    return clause.bindparams(*binds) if binds else clause
+
+
+# --- the value model (numpy/scipy) -------------------------------------------
+@dataclass
+class _Fit:
+    method: str
+    reason: str | None
+    params: dict[str, float] | None
+    customers: int
+    repeat_customers: int
+    log_likelihood: float | None
+
+
+def _read_model_input(state: LoyaltyState, dialect: str, now_day: int, margin: float) -> Any:
+    """The buyers' model inputs as a numpy structured array (binary COPY on PostgreSQL)."""
+    import numpy as np
+
+    sql = _model_input_sql()
+    names = ["customer_id", "x", "t_x", "big_t", "m", "rate"]
+    if dialect == "postgresql":
+        literal = (sql.replace(":now_day", str(int(now_day))).replace(":margin", repr(float(margin))))
+        raw = state.session.connection().connection.dbapi_connection
+        assert raw is not None
+        buffer = io.BytesIO()
+        with raw.cursor() as cur, cur.copy(  # type: ignore[attr-defined]
+                f"COPY ({literal}) TO STDOUT (FORMAT BINARY)") as copy:
+            for chunk in copy:
+                buffer.write(chunk)
+        data = buffer.getvalue()
+        dtype = np.dtype([("n", ">i2"), ("l0", ">i4"), ("customer_id", ">i8"), ("l1", ">i4"), ("x", ">i8"),
+                          ("l2", ">i4"), ("t_x", ">i8"), ("l3", ">i4"), ("big_t", ">i8"),
+                          ("l4", ">i4"), ("m", ">f8"), ("l5", ">i4"), ("rate", ">f8")])
+        body = data[19:-2]
+        rows = np.frombuffer(body, dtype=dtype) if body else np.zeros(0, dtype=dtype)
+        out = np.zeros(len(rows), dtype=[(n, "f8") for n in names])
+        for n in names:
+            out[n] = rows[n]
+        return out
+    result = state.session.execute(text(sql), {"now_day": now_day, "margin": margin})
+    chunks = []
+    while True:
+        batch = result.fetchmany(50000)
+        if not batch:
+            break
+        chunks.append(np.array([tuple(float(v) for v in row) for row in batch],
+                               dtype=[(n, "f8") for n in names]))
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=[(n, "f8") for n in names])
+
+
+def _write_predictions(state: LoyaltyState, dialect: str, ids: Any, p_alive: Any, expected: Any,
+                       order_value: Any, predicted: Any) -> None:
+    import numpy as np
+
+    session = state.session
+    if dialect == "postgresql":
+        session.execute(text(f"CREATE TEMP TABLE {_PRED} (customer_id BIGINT PRIMARY KEY, p_alive DOUBLE PRECISION,"
+                             " expected_purchases DOUBLE PRECISION, expected_order_value BIGINT,"
+                             " predicted_clv BIGINT) ON COMMIT DROP"))
+        dtype = np.dtype([("n", ">i2"), ("l0", ">i4"), ("customer_id", ">i8"), ("l1", ">i4"), ("p", ">f8"),
+                          ("l2", ">i4"), ("e", ">f8"), ("l3", ">i4"), ("v", ">i8"), ("l4", ">i4"), ("c", ">i8")])
+        rows = np.zeros(len(ids), dtype=dtype)
+        rows["n"] = 5
+        for length in ("l0", "l1", "l2", "l3", "l4"):
+            rows[length] = 8
+        rows["customer_id"], rows["p"], rows["e"] = ids, p_alive, expected
+        rows["v"], rows["c"] = order_value, predicted
+        payload = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8 + rows.tobytes() + b"\xff\xff"
+        raw = session.connection().connection.dbapi_connection
+        assert raw is not None
+        with raw.cursor() as cur, cur.copy(  # type: ignore[attr-defined]
+                f"COPY {_PRED} (customer_id, p_alive, expected_purchases, expected_order_value, predicted_clv)"
+                " FROM STDIN (FORMAT BINARY)") as copy:
+            view = memoryview(payload)
+            for start in range(0, len(payload), 1 << 22):
+                copy.write(view[start:start + (1 << 22)])
+        session.execute(text(f"ANALYZE {_PRED}"))
+        return
+    session.execute(text(f"CREATE TEMP TABLE {_PRED} (customer_id INTEGER PRIMARY KEY, p_alive REAL,"
+                         " expected_purchases REAL, expected_order_value INTEGER, predicted_clv INTEGER)"))
+    insert = text(f"INSERT INTO {_PRED} VALUES (:i, :p, :e, :v, :c)")
+    batch: list[dict[str, Any]] = []
+    for i, p, e, v, c in zip(ids.tolist(), p_alive.tolist(), expected.tolist(), order_value.tolist(),
+                             predicted.tolist(), strict=True):
+        batch.append({"i": int(i), "p": p, "e": e, "v": int(v), "c": int(c)})
+        if len(batch) >= 20000:
+            session.execute(insert, batch)
+            batch = []
+    if batch:
+        session.execute(insert, batch)
+
+
+def _fit_model(state: LoyaltyState, dialect: str, settings: _Settings, now_day: int) -> _Fit:
+    """Fit BG/NBD + Gamma-Gamma and write the predictions, or say why the heuristic is used."""
+    try:
+        import numpy as np
+
+        from . import clv
+    except ImportError:
+        return _Fit("heuristic", "numpy/scipy are not installed: pip install 'flask-loyalty[value]'",
+                    None, 0, 0, None)
+    data = _read_model_input(state, dialect, now_day, settings.margin)
+    buyers = len(data)
+    repeat = int(np.count_nonzero(data["x"] > 0)) if buyers else 0
+    if buyers < settings.min_customers or repeat < settings.min_repeat:
+        return _Fit("heuristic", f"too little history: {buyers} buyers ({settings.min_customers} needed), "
+                                 f"{repeat} repeat buyers ({settings.min_repeat} needed)", None, buyers, repeat, None)
+    x, t_x, big_t, m = data["x"], data["t_x"], data["big_t"], data["m"]
+    sample = np.arange(buyers)
+    if buyers > settings.fit_sample:
+        sample = np.sort(np.random.default_rng(0).choice(buyers, settings.fit_sample, replace=False))
+    try:
+        bg = clv.fit_bgnbd(x[sample], t_x[sample], big_t[sample])
+        gg = clv.fit_gamma_gamma(x[sample], m[sample])
+    except clv.FitError as exc:
+        return _Fit("heuristic", f"the model fit failed: {exc}", None, buyers, repeat, None)
+    p_alive = clv.probability_alive(bg, x, t_x, big_t)
+    expected, discounted = clv.discounted_purchases(bg, float(settings.horizon), settings.discount_rate,
+                                                    x, t_x, big_t)
+    spend = clv.expected_spend(gg, x, m)
+    rate = np.clip(data["rate"], 0.0, 1.0)
+    predicted = discounted * spend * rate
+    if not (np.all(np.isfinite(p_alive)) and np.all(np.isfinite(predicted)) and np.all(np.isfinite(spend))):
+        return _Fit("heuristic", "the fitted model gave non-finite predictions", None, buyers, repeat, None)
+    scale = 10_000.0
+    _write_predictions(state, dialect, data["customer_id"].astype(np.int64), p_alive, expected,
+                       np.rint(spend * scale).astype(np.int64), np.rint(predicted * scale).astype(np.int64))
+    params = {"r": bg.r, "alpha": bg.alpha, "a": bg.a, "b": bg.b, "p": gg.p, "q": gg.q, "gamma": gg.gamma}
+    return _Fit("bgnbd_gamma_gamma", None, params, buyers, repeat, bg.log_likelihood)
+
+
+# --- the service ------------------------------------------------------------
+def recompute(state: LoyaltyState, *, now: datetime | None = None) -> int:
+    """See :meth:`Analytics.recompute`."""
+    data = load(_RecomputeSchema(), {"now": now})
+    moment = resolve_now(data["now"])
+    settings = _settings(state)
+    session = state.session
+    dialect = dialect_name(state)
+    begin_write(state)
+    if dialect == "postgresql" and settings.work_mem:
+        session.execute(text(f"SET LOCAL work_mem = '{settings.work_mem}'"))
+    now_day = math.floor(moment.timestamp() / _EPOCH_DAY)
+    for name in (_AGG, _PRED):
+        session.execute(text(f"DROP TABLE IF EXISTS {name}"))
+    session.execute(_text(_aggregate_sql(dialect), now=UTCDateTime()),
+                    {"now": moment, "margin": settings.margin})
+    if dialect == "postgresql":
+        session.execute(text(f"ANALYZE {_AGG}"))
+    fit = _fit_model(state, dialect, settings, now_day)
+    half_discount = (1.0 + settings.discount_rate) ** (-(settings.horizon / 365.0) / 2.0)
+    params = {"now": moment, "now_day": now_day, "margin": settings.margin, "horizon": settings.horizon,
+              "half_discount": half_discount, "top_share": settings.top_share, "computed_at": moment,
+              "loyal_cutoff": moment - timedelta(days=settings.loyal_days)}
+    sql = _profile_sql(dialect, with_model=fit.params is not None)
+    result = session.execute(_text(sql, now=UTCDateTime(), computed_at=UTCDateTime(),
+                                   loyal_cutoff=UTCDateTime(), now_day=Integer(), horizon=Integer(),
+                                   margin=Float(), half_discount=Float(), top_share=Float()), params)
+    scored = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    profile = table_of(CustomerProfile)
+    session.execute(delete(profile).where(profile.c.computed_at != moment))
+    for name in (_AGG, _PRED):
+        session.execute(text(f"DROP TABLE IF EXISTS {name}"))
+    session.add(ModelFit(method=fit.method, reason=fit.reason, params=fit.params, customers=fit.customers,
+                         repeat_customers=fit.repeat_customers, log_likelihood=fit.log_likelihood,
+                         horizon_days=settings.horizon, discount_rate=settings.discount_rate, fitted_at=moment))
+    finish(state, commit=True)
+    if fit.reason:
+        log.info("flask_loyalty recompute used the heuristic: %s", fit.reason)
+    return scored
+
+
+def get_profile(state: LoyaltyState, customer_ref: str) -> CustomerProfile:
+    """See :meth:`Analytics.profile`."""
+    if not isinstance(customer_ref, str) or not customer_ref:
+        raise InvalidInput.field("customer_ref", "Not a valid customer reference.")
+    found = state.session.execute(
+        select(CustomerProfile).join(Customer, Customer.id == CustomerProfile.customer_id)
+        .where(Customer.ref == customer_ref)).unique().scalar_one_or_none()
+    if found is None:
+        raise NotFound(f"no profile for customer {customer_ref!r}: unknown customer, or run recompute first")
+    return found
+
+
+def pareto(state: LoyaltyState, *, top_share: float = 0.3) -> ParetoReport:
+    """See :meth:`Analytics.pareto`."""
+    if isinstance(top_share, bool) or not isinstance(top_share, (int, float, Decimal)):
+        raise InvalidInput.field("top_share", "Not a valid number.")
+    share = float(load(_ParetoSchema(), {"top_share": float(top_share)})["top_share"])
+    profile = table_of(CustomerProfile)
+    raw_money = {"monetary": profile.c.monetary, "profit": profile.c.historical_clv}
+    buyers_filter = profile.c.frequency > 0
+    totals = state.session.execute(
+        select(func.count(), func.sum(raw_money["monetary"]), func.sum(raw_money["profit"]))
+        .where(buyers_filter)).one()
+    buyers = int(totals[0] or 0)
+    revenue = totals[1] if totals[1] is not None else Decimal(0)
+    profit = totals[2] if totals[2] is not None else Decimal(0)
+    order = (desc(profile.c.historical_clv), desc(profile.c.monetary), profile.c.customer_id)
+    top_count = min(buyers, math.ceil(round(share * buyers, 9)))
+    top = select(profile.c.monetary, profile.c.historical_clv).where(buyers_filter).order_by(*order) \
+        .limit(top_count).subquery()
+    top_totals = state.session.execute(select(func.sum(top.c.monetary), func.sum(top.c.historical_clv))).one()
+    top_revenue = top_totals[0] if top_totals[0] is not None else Decimal(0)
+    top_profit = top_totals[1] if top_totals[1] is not None else Decimal(0)
+    curve = _curve(state, buyers, revenue, profit, order)
+    return ParetoReport(top_share=share, customers=top_count,
+                        revenue_share=_share(top_revenue, revenue), profit_share=_share(top_profit, profit),
+                        buyers=buyers, revenue=revenue, profit=profit, top_revenue=top_revenue,
+                        top_profit=top_profit, curve=curve)
+
+
+def _share(part: Decimal, whole: Decimal) -> float:
+    if whole <= 0:
+        return 0.0
+    return float(min(max(part / whole, Decimal(0)), Decimal(1)))
+
+
+def _curve(state: LoyaltyState, buyers: int, revenue: Decimal, profit: Decimal, order: Any) -> list[ParetoPoint]:
+    """Cumulative shares at (up to) 100 evenly sized groups of buyers, best first."""
+    if buyers == 0:
+        return []
+    profile = table_of(CustomerProfile)
+    buckets = min(100, buyers)
+    ranked = select(profile.c.monetary.label("monetary"), profile.c.historical_clv.label("profit"),
+                    func.ntile(buckets).over(order_by=order).label("bucket")) \
+        .where(profile.c.frequency > 0).subquery()
+    rows = state.session.execute(
+        select(ranked.c.bucket, func.count(), func.sum(ranked.c.monetary), func.sum(ranked.c.profit))
+        .group_by(ranked.c.bucket).order_by(ranked.c.bucket)).all()
+    points = [ParetoPoint(0.0, 0.0, 0.0)]
+    count, rev, prof = 0, Decimal(0), Decimal(0)
+    for _bucket, n, r, p in rows:
+        count += int(n)
+        rev += r if r is not None else Decimal(0)
+        prof += p if p is not None else Decimal(0)
+        points.append(ParetoPoint(count / buyers, _share(rev, revenue), _share(prof, profit)))
+    return points
+
+
+def model_params(state: LoyaltyState) -> dict[str, float] | None:
+    """See :meth:`Analytics.model_params`."""
+    latest = state.session.execute(select(ModelFit).order_by(ModelFit.id.desc()).limit(1)).scalar_one_or_none()
+    if latest is None or latest.params is None:
+        return None
+    return {key: float(latest.params[key]) for key in ("r", "alpha", "a", "b", "p", "q", "gamma")}
+
+
+def latest_fit(state: LoyaltyState) -> ModelFit | None:
+    """The latest recompute's model record (method, reason, parameters)."""
+    return state.session.execute(select(ModelFit).order_by(ModelFit.id.desc()).limit(1)).scalar_one_or_none()
+
+
+class Analytics(Facade):
+    """Customer value: profiles (RFM, lifetime value, stage), the Pareto report and the value model."""
+
+    def recompute(self, *, now: datetime | None = None) -> int:
+        """Rewrite every customer's profile as of ``now``; returns how many customers were scored.
+
+        Set-wise: aggregates are computed by the database, the value model
+        is fitted in one pass over the aggregated rows, and the profiles are
+        written with one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``.
+        Purchases placed after ``now`` are ignored.  Commits.
+        """
+        return recompute(self._state, now=now)
+
+    def profile(self, customer_ref: str) -> CustomerProfile:
+        """The customer's profile as of the last recompute (:class:`NotFound` when there is none)."""
+        return get_profile(self._state, customer_ref)
+
+    def pareto(self, *, top_share: float = 0.3) -> ParetoReport:
+        """Share of revenue and profit that the top ``top_share`` of buyers bring, plus the whole curve."""
+        return pareto(self._state, top_share=top_share)
+
+    def model_params(self) -> dict[str, float] | None:
+        """BG/NBD ``r, alpha (days), a, b`` and Gamma-Gamma ``p, q, gamma`` of the last recompute.
+
+        ``None`` before the first recompute and when the last one used the
+        heuristic (too little history, or numpy/scipy not installed).
+        """
+        return model_params(self._state)
+
+    def model(self) -> ModelFit | None:
+        """The last recompute's model record, including why the heuristic was used."""
+        return latest_fit(self._state)
+
+
+# --- hooks -------------------------------------------------------------------
+def _erase(state: LoyaltyState, *, customer: CustomerModel, **_: Any) -> None:
+    profile = table_of(CustomerProfile)
+    state.session.execute(delete(profile).where(profile.c.customer_id == customer.id))
+
+
+def _export(state: LoyaltyState, *, customer: CustomerModel, data: dict[str, Any], **_: Any) -> None:
+    found = state.session.execute(
+        select(CustomerProfile).where(CustomerProfile.customer_id == customer.id)).unique().scalar_one_or_none()
+    data["value"] = found.as_dict() if found is not None else None
+
+
+def setup(state: LoyaltyState) -> None:
+    """Check the value settings, register segment, erase and export hooks and the CLI commands."""
+    _settings(state)
+    from . import segments
+
+    segments.register_hooks(state)
+    state.add_hook("erase", _erase)
+    state.add_hook("export", _export)
+    from .. import cli_value  # noqa: F401  - registers `flask loyalty recompute` and `segments`
+
+
+__all__ = ["RFM_SEGMENTS", "STAGES", "STAGE_REASONS", "STAGE_RULES", "Analytics", "ParetoPoint", "ParetoReport",
+           "setup"]
