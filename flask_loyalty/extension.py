@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
 
     from .services.analytics import Analytics
+    from .services.campaigns import Campaigns
     from .services.consent import Consent
     from .services.coupons import Coupons
     from .services.dispatch import DispatchReport
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from .services.links import Links
     from .services.outbox import Messages
     from .services.points import Points
+    from .services.raffles import Raffles
+    from .services.referrals import Referrals
     from .services.segments import Segments
     from .services.surveys import Surveys
     from .services.tiers import Tiers
@@ -56,6 +59,7 @@ AREA_MODULES: tuple[str, ...] = (
     "flask_loyalty.web.survey",
     "flask_loyalty.web.tracking",
     "flask_loyalty.web.admin",
+    "flask_loyalty.web.rewards",
 )
 
 
@@ -221,6 +225,27 @@ class Loyalty:
         from .services.tiers import Tiers
 
         return Tiers(self)
+
+    @cached_property
+    def referrals(self) -> Referrals:
+        """Referral codes and links, and the outcome of referred orders."""
+        from .services.referrals import Referrals
+
+        return Referrals(self)
+
+    @cached_property
+    def raffles(self) -> Raffles:
+        """Raffles with a verifiable draw (seed hash published before, seed after)."""
+        from .services.raffles import Raffles
+
+        return Raffles(self)
+
+    @cached_property
+    def campaigns(self) -> Campaigns:
+        """Offers to a segment with a random holdout, and their incremental effect."""
+        from .services.campaigns import Campaigns
+
+        return Campaigns(self)
 
     @cached_property
     def segments(self) -> Segments:

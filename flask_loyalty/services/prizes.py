@@ -1,0 +1,105 @@
+"""Reward specifications shared by referrals, raffles and campaigns, and how they are issued.
+
+A reward spec is a JSON-storable dict::
+
+    {"kind": "fixed", "value": "5.00", "valid_days": 90, "min_order_total": None}
+
+``kind`` is a coupon kind (``fixed``, ``percent``, ``free_shipping``), or
+``gift_card`` (a gift card of ``value``) or ``points`` (``value`` whole points
+added to the balance).  Coupons and gift cards are personal (bound to the
+customer) and go through the public facades ``loyalty.coupons.create`` and
+``loyalty.gift_cards.issue`` with ``commit=False``, inside the caller's
+transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from ..errors import InvalidInput, LoyaltyError
+from ..models import Customer
+from ..schemas import load
+from ..schemas.fields import Money
+from ..state import LoyaltyState
+from ..transaction import PendingSignal
+from .ledger import change_points
+
+PRIZE_KINDS = ("fixed", "percent", "free_shipping", "gift_card", "points")
+
+
+class PrizeSchema(Schema):
+    """A reward spec (see the module docstring)."""
+
+    class Meta:
+        unknown = RAISE
+
+    kind = fields.String(required=True, validate=validate.OneOf(PRIZE_KINDS))
+    value = Money(allow_none=True, load_default=None)
+    valid_days = fields.Integer(allow_none=True, load_default=None, strict=True,
+                                validate=validate.Range(min=1, max=3650))
+    min_order_total = Money(allow_none=True, load_default=None)
+
+    @validates_schema
+    def _check_value(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        kind, value = data["kind"], data.get("value")
+        if kind == "free_shipping":
+            return
+        if value is None or value <= 0:
+            raise ValidationError("Must be greater than zero.", "value")
+        if kind == "percent" and value > 100:
+            raise ValidationError("A percentage is at most 100.", "value")
+        if kind == "points" and value != value.to_integral_value():
+            raise ValidationError("Points are whole numbers.", "value")
+
+
+_schema = PrizeSchema()
+
+
+def parse_prize(spec: object, *, field: str = "prize") -> dict[str, Any]:
+    """Validate a reward spec; returns it JSON-storable (amounts as strings)."""
+    if not isinstance(spec, Mapping):
+        raise InvalidInput.field(field, "Must be an object with a kind and a value.")
+    try:
+        data = load(_schema, dict(spec))
+    except InvalidInput as exc:
+        raise InvalidInput({field: exc.errors}) from None
+    return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in data.items()}
+
+
+def issue_prize(state: LoyaltyState, spec: Mapping[str, Any], customer: Customer, *, now: datetime,
+                campaign: str | None = None, note: str = "prize",
+                signals: list[PendingSignal] | None = None) -> str:
+    """Give ``customer`` the reward ``spec`` (already validated); returns its code.
+
+    For ``points`` the "code" is ``"+N points"``.  Nothing is committed.
+    """
+    ext = state.extension
+    kind = spec["kind"]
+    value = Decimal(spec["value"]) if spec.get("value") is not None else None
+    expires_at = now + timedelta(days=int(spec["valid_days"])) if spec.get("valid_days") else None
+    if kind == "points":
+        assert value is not None
+        change = change_points(state, customer.id, int(value), reason="bonus", note=note[:200])
+        if change is None:  # pragma: no cover - a positive delta always applies
+            raise LoyaltyError("could not add points")
+        if signals is not None:
+            signals += change.signal(customer.ref)
+        return f"+{int(value)} points"
+    if kind == "gift_card":
+        card = ext.gift_cards.issue(value, customer_ref=customer.ref, expires_at=expires_at, commit=False)
+        return str(card.code)
+    min_total = Decimal(spec["min_order_total"]) if spec.get("min_order_total") is not None else None
+    coupon = ext.coupons.create(kind=kind, value=value, customer_ref=customer.ref, max_uses=1,
+                                min_order_total=min_total, expires_at=expires_at, campaign=campaign,
+                                commit=False)
+    return str(coupon.code)
+
+
+def describe(spec: Mapping[str, Any]) -> dict[str, str | None]:
+    """A JSON-able summary of a spec for mail payloads: kind and value as strings."""
+    return {"kind": str(spec["kind"]), "value": None if spec.get("value") is None else str(spec["value"])}
