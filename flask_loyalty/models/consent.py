@@ -149,8 +149,6 @@ class ConsentStatus(Base):
     confirm_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     confirm_sends: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
 
-    event: Mapped[ConsentEvent | None] = relationship(foreign_keys=[event_id], lazy="joined")
-
 
 class ConsentSuppression(CreatedAt, Base):
     """A hashed, lower-cased e-mail address that asked to be forgotten.
