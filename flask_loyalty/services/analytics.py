@@ -112,10 +112,10 @@ STAGE_REASONS: dict[str, str] = {
     "satisfaction_unknown": N_("No sign of satisfaction yet"),
 }
 
-_SATISFIED = ("(s.survey_recommend >= 9"
-              " OR (s.survey_recommend IS NULL AND s.survey_experience >= 4)"
+_SATISFIED = ("(COALESCE(s.survey_recommend, -1) >= 9"
+              " OR (s.survey_recommend IS NULL AND COALESCE(s.survey_experience, -1) >= 4)"
               " OR (s.survey_recommend IS NULL AND s.survey_experience IS NULL"
-              " AND s.frequency >= 2 AND s.r_score >= 3))")
+              " AND s.frequency >= 2 AND COALESCE(s.r_score, 0) >= 3))")
 
 #: Stage rules: (stage, gate) checked in order; the first whose gate holds wins.
 #: Each stage keeps every one of its reasons whose condition holds.
