@@ -578,3 +578,16 @@ def test_status_table_agrees_with_the_ledger(shop, customer):
             last[row.purpose].action, "withdrawn")
     assert shop.db.session.execute(select(Customer.erased_at)).scalar_one() is not None
     assert shop.db.session.execute(select(func.count(Message.id))).scalar_one() == 1
+
+
+def test_confirmation_mail_goes_out_through_the_dispatcher(shop, customer):
+    shop.loyalty.consent.grant("c1", "email_marketing", source="signup")
+    shop.loyalty.dispatch()
+    (msg,) = _confirm_messages(shop)
+    assert msg.status == "sent", msg.reason
+    assert "Ana@Example.com" in msg.to_address and "confirm" in msg.subject.lower()
+    assert "/loyalty/consent/confirm/" in msg.body_text and "/loyalty/consent/confirm/" in msg.body_html
+    # the link in the mail works
+    link = next(w for w in msg.body_text.split() if "/consent/confirm/" in w)
+    assert shop.client.get(_path(link)).status_code == 200
+    assert shop.loyalty.consent.has("c1", "email_marketing")
