@@ -146,6 +146,7 @@ class _Batch:
         self.consent = consent
         self.table = table_of(Message)
         self.events: list[dict[str, Any]] = []
+        self.failed: list[tuple[int, str]] = []
 
     # --- helpers --------------------------------------------------------------
     def _event(self, message_pk: int, action: str, reason: str | None, detail: str | None = None) -> None:
@@ -157,11 +158,16 @@ class _Batch:
             self.state.session.execute(insert(table_of(MessageEvent)), self.events)
             self.events = []
 
-    def _close(self, message: Message, status: str, reason: str) -> None:
+    def _close(self, message: Message, status: str, reason: str, detail: str | None = None) -> None:
+        values: dict[str, Any] = {"status": status, "reason": reason, "lease_owner": None, "lease_until": None}
+        if detail:
+            values["last_error"] = detail[:500]
         self.state.session.execute(
             update(self.table).where(self.table.c.id == message.id, self.table.c.lease_owner == self.owner)
-            .values(status=status, reason=reason, lease_owner=None, lease_until=None))
-        self._event(message.id, status, reason)
+            .values(**values))
+        self._event(message.id, status, reason, detail)
+        if status == "failed":
+            self.failed.append((message.id, detail or reason))
         setattr(self.report, status, getattr(self.report, status) + 1)
         self.report._count(reason)
 
@@ -219,7 +225,12 @@ class _Batch:
                     continue
                 taken.append(self.now)
                 why += f"; weekly slot {len(taken)}/{cap}"
-            rendered = None if m.body_text is not None else render_message(state, m, customer)
+            try:
+                rendered = None if m.body_text is not None else render_message(state, m, customer)
+            except Exception as exc:  # a broken template must not block the queue: fail this one
+                log.exception("cannot render message %s (%s)", m.id, m.kind)
+                self._close(m, "failed", "render_error", f"{type(exc).__name__}: {exc}")
+                continue
             if m.body_text is None and rendered is None:
                 self._close(m, "suppressed", "no_address")
                 continue
@@ -240,6 +251,8 @@ class _Batch:
             session.execute(update(Message), renders)
         self._flush_events()
         session.commit()
+        for pk, error in self.failed:
+            message_failed.send(state.app, message=session.get(Message, pk), error=error)
         return ready
 
     def _defer(self, m: Message, slot: datetime, used: int, cap: int) -> None:

@@ -22,7 +22,7 @@ from datetime import datetime
 from decimal import Decimal
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, formataddr, parseaddr
+from email.utils import format_datetime, parseaddr
 from typing import Any
 
 from .. import tokens
@@ -159,7 +159,10 @@ def render_message(state: LoyaltyState, message: Message, customer: Customer) ->
         untracked = {u for u in (unsubscribe_url, preferences_url) if u}
         body_html, targets = _rewrite_links(state, message.id, body_html, untracked)
     if not to_config and customer.name:
-        to = formataddr((customer.name, to))
+        try:
+            to = str(Address(display_name=customer.name, addr_spec=to))
+        except (ValueError, IndexError):  # an address the header registry cannot parse: keep it bare
+            pass
     return Rendered(locale=locale, to_address=to, from_address=sender(state, message), subject=subject,
                     body_text=text, body_html=body_html, links=targets)
 
@@ -196,9 +199,9 @@ def build_email(state: LoyaltyState, *, now: datetime, message_id: str, kind: st
         mail["Precedence"] = "bulk"
     elif not marketing:
         mail["Auto-Submitted"] = "auto-generated"
-    if locale:
-        mail["Content-Language"] = locale
     mail.set_content(body_text, cte="quoted-printable")
     if body_html:
         mail.add_alternative(body_html, subtype="html", cte="quoted-printable")
+    if locale:  # after the body: set_content() drops Content-* headers
+        mail["Content-Language"] = locale
     return mail

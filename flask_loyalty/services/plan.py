@@ -285,7 +285,7 @@ def on_purchase(state: LoyaltyState, *, purchase: Purchase, customer: Customer, 
     if cfg is not None:
         delay = cfg.get("delay_days")
         if delay is None:
-            delay = state.config.get("LOYALTY_SURVEY_DELAY_DAYS", 10)
+            delay = state.config["LOYALTY_SURVEY_DELAY_DAYS"]
         due = placed + timedelta(days=float(delay))
         if not _recent_invite(state, customer.id, due, int(cfg.get("min_interval_days") or 0)):
             outbox.enqueue(state, "survey_invite", customer, due_at=due, order_ref=purchase.order_ref,

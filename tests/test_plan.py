@@ -1,0 +1,540 @@
+"""The communication plan and the dispatcher's send-time rules (CONTRACT §5, §7, §8)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import date, datetime, timedelta, timezone
+from email.message import EmailMessage
+
+import pytest
+from jinja2 import ChoiceLoader, DictLoader
+from sqlalchemy import func, select
+
+from flask_loyalty import InvalidInput, Loyalty
+from flask_loyalty.models import Engagement, Message
+from flask_loyalty.services import outbox
+from flask_loyalty.services.dispatch import backoff
+from flask_loyalty.services.mail import track_url
+from flask_loyalty.services.plan import guides
+from flask_loyalty.signals import message_failed, message_sent
+
+T0 = datetime(2027, 1, 4, 10, 0, tzinfo=timezone.utc)
+TEA = {"sku": "TEA-1", "name": "Green tea", "quantity": 1, "unit_price": "12.00", "category": "tea",
+       "replenish_after_days": 30}
+CONFIRM = {"label": "Newsletter", "confirm_url": "https://shop.test/confirm", "expires_days": 7}
+MUG = {"sku": "MUG-1", "name": "Mug", "quantity": 1, "unit_price": "8.00"}
+
+
+class Capture:
+    """A host transport callable that keeps the mails (or fails on demand)."""
+
+    def __init__(self) -> None:
+        self.mails: list[EmailMessage] = []
+        self.fail = False
+
+    def __call__(self, mail: EmailMessage) -> None:
+        if self.fail:
+            raise ConnectionError("mail relay is down")
+        self.mails.append(mail)
+
+
+@pytest.fixture
+def capture() -> Capture:
+    return Capture()
+
+
+@pytest.fixture
+def plan_shop(make_shop, capture):
+    shop = make_shop(LOYALTY_DOUBLE_OPT_IN=False, LOYALTY_MAIL_TRANSPORT=capture,
+                     LOYALTY_TIMEZONE="Europe/Madrid", LOYALTY_MAIL_SENDER="Shop <shop@shop.test>",
+                     LOYALTY_MARKETING_SENDER="Shop news <news@shop.test>",
+                     LOYALTY_UNSUBSCRIBE_MAILTO="unsubscribe@shop.test")
+    with shop.app.app_context():
+        yield shop
+
+
+def customer(shop, ref="c1", *, consent=("email_marketing", "surveys"), **fields):
+    fields.setdefault("email", f"{ref}@example.com")
+    shop.loyalty.upsert_customer(ref, **fields)
+    for purpose in consent:
+        shop.loyalty.consent.grant(ref, purpose, source="test")
+    return shop.loyalty.customer(ref)
+
+
+def kinds(shop, ref="c1"):
+    return [(m.kind, m.status) for m in shop.loyalty.messages.for_customer(ref)]
+
+
+def by_kind(shop, kind, ref="c1"):
+    return [m for m in shop.loyalty.messages.for_customer(ref) if m.kind == kind]
+
+
+# --------------------------------------------------------------------------- outbox
+def test_enqueue_is_idempotent_and_checks_kind(plan_shop):
+    c = customer(plan_shop)
+    state = plan_shop.loyalty.state
+    first = outbox.enqueue(state, "campaign", c, due_at=T0, payload={"x": "1"}, dedupe_key="k")
+    assert first is not None and first.status == "scheduled" and first.message_id.startswith("<")
+    assert outbox.enqueue(state, "campaign", c, due_at=T0, dedupe_key="k") is None
+    with pytest.raises(InvalidInput):
+        outbox.enqueue(state, "no_such_kind", c)
+    with pytest.raises(InvalidInput):
+        outbox.enqueue(state, "campaign", c, due_at=datetime(2027, 1, 1))
+    plan_shop.db.session.commit()
+    assert kinds(plan_shop) == [("campaign", "scheduled")]
+    assert plan_shop.loyalty.messages.for_customer("nobody") == []
+    [m] = plan_shop.loyalty.messages.for_customer("c1")
+    assert [e.action for e in plan_shop.loyalty.messages.history(m.id)] == ["scheduled"]
+
+
+def test_register_kind_validates_name():
+    with pytest.raises(ValueError):
+        outbox.register_kind("bad kind!", outbox.MessageKind(None, False, 0, None))
+
+
+# --------------------------------------------------------------------------- order-driven steps
+def test_first_purchase_schedules_thank_you_with_welcome_coupon(plan_shop):
+    customer(plan_shop)
+    plan_shop.loyalty.record_purchase("o1", "c1", "20.00", placed_at=T0, items=[TEA, MUG])
+    [thanks] = by_kind(plan_shop, "thank_you")
+    assert thanks.due_at == T0 and thanks.order_ref == "o1"
+    code = thanks.payload["coupon_code"]
+    assert thanks.payload["coupon_kind"] == "percent"
+    assert datetime.fromisoformat(thanks.payload["coupon_expires_at"]) == T0 + timedelta(days=60)
+    coupon = next(c for c in plan_shop.loyalty.coupons.for_customer("c1") if c.code == code)
+    assert coupon is not None
+    plan_shop.loyalty.record_purchase("o2", "c1", "20.00", placed_at=T0 + timedelta(days=1))
+    assert len(by_kind(plan_shop, "thank_you")) == 1
+    assert [m.due_at for m in by_kind(plan_shop, "survey_invite")] == [T0 + timedelta(days=10)]
+    assert [m.due_at for m in by_kind(plan_shop, "replenish")] == [T0 + timedelta(days=27)]
+
+
+def test_commit_false_rollback_leaves_no_message(plan_shop):
+    customer(plan_shop)
+    plan_shop.loyalty.record_purchase("o1", "c1", "20.00", placed_at=T0, commit=False)
+    plan_shop.db.session.rollback()
+    assert kinds(plan_shop) == []
+
+
+def test_usage_guide_from_registry_and_templates(plan_shop):
+    app = plan_shop.app
+    app.jinja_env.loader = ChoiceLoader([
+        DictLoader({"loyalty/guides/category/mugs.html": "<p>Hand wash {{ item.name }}.</p>"}),
+        app.jinja_env.loader])
+
+    @guides(app).sku("TEA-1")
+    def tea(item, locale):
+        return {"html": "<p>Brew at <b>80°C</b>.</p>", "text": "Brew at 80°C."}
+
+    customer(plan_shop)
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0, items=[
+        TEA, {**MUG, "category": "mugs"}, {"sku": "X", "name": "No guide", "quantity": 1, "unit_price": "1"}])
+    [guide] = by_kind(plan_shop, "usage_guide")
+    assert guide.due_at == T0 + timedelta(days=3)
+    assert [i["sku"] for i in guide.payload["items"]] == ["TEA-1", "MUG-1"]
+    # the same SKU bought again gets no second guide; an order without guides gets none
+    plan_shop.loyalty.record_purchase("o2", "c1", "20", placed_at=T0 + timedelta(days=1), items=[TEA])
+    assert len(by_kind(plan_shop, "usage_guide")) == 1
+    assert plan_shop.loyalty.dispatch(now=T0).sent == 1                       # the thank-you
+    assert plan_shop.loyalty.dispatch(now=T0 + timedelta(days=3)).deferred == 1  # the weekly cap
+    assert plan_shop.loyalty.dispatch(now=T0 + timedelta(days=7)).sent == 1
+    guide = by_kind(plan_shop, "usage_guide")[0]
+    assert guide.status == "sent"
+    assert "Brew at 80°C." in guide.body_text and "Hand wash Mug." in guide.body_text
+    assert "<b>80°C</b>" in guide.body_html
+
+
+def test_no_guide_means_no_usage_guide(plan_shop):
+    customer(plan_shop)
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0, items=[MUG])
+    assert by_kind(plan_shop, "usage_guide") == []
+
+
+def test_plan_steps_can_be_switched_off(make_shop):
+    shop = make_shop(LOYALTY_PLAN={"thank_you": False, "survey_invite": False, "replenish": False},
+                     LOYALTY_DOUBLE_OPT_IN=False)
+    with shop.app.app_context():
+        customer(shop)
+        shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0, items=[TEA])
+        assert kinds(shop) == []
+
+
+def test_unknown_plan_step_is_refused(make_shop):
+    with pytest.raises(InvalidInput):
+        make_shop(LOYALTY_PLAN={"carrier_pigeon": {}})
+
+
+def test_full_refund_cancels_pending_messages_of_the_order(plan_shop):
+    customer(plan_shop)
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0, items=[TEA])
+    plan_shop.loyalty.dispatch(now=T0)  # the thank-you goes out
+    plan_shop.loyalty.record_refund("o1", amount="5")
+    assert ("survey_invite", "scheduled") in kinds(plan_shop)
+    plan_shop.loyalty.record_refund("o1")
+    assert sorted(kinds(plan_shop)) == [("replenish", "cancelled"), ("survey_invite", "cancelled"),
+                                        ("thank_you", "sent")]
+    assert {m.reason for m in plan_shop.loyalty.messages.for_customer("c1") if m.status == "cancelled"} \
+        == {"order_refunded"}
+
+
+def test_rebought_item_cancels_replenish(plan_shop):
+    customer(plan_shop)
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0, items=[TEA])
+    plan_shop.loyalty.record_purchase("o2", "c1", "20", placed_at=T0 + timedelta(days=20), items=[TEA])
+    first, second = by_kind(plan_shop, "replenish")
+    assert (first.status, first.reason) == ("cancelled", "bought_again")
+    assert second.status == "scheduled" and second.due_at == T0 + timedelta(days=47)
+
+
+def test_send_time_check_cancels_replenish_after_rebuy(plan_shop):
+    """A re-buy recorded while the replenish step was off still stops the reminder at send time."""
+    customer(plan_shop)
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0, items=[TEA])
+    plan_shop.app.config["LOYALTY_PLAN"] = {"replenish": False}
+    plan_shop.loyalty.record_purchase("o2", "c1", "20", placed_at=T0 + timedelta(days=20), items=[TEA])
+    plan_shop.app.config["LOYALTY_PLAN"] = {}
+    plan_shop.loyalty.dispatch(now=T0 + timedelta(days=27))
+    [first] = [m for m in by_kind(plan_shop, "replenish") if m.order_ref == "o1"]
+    assert (first.status, first.reason) == ("cancelled", "bought_again")
+
+
+# --------------------------------------------------------------------------- send-time rules
+def test_weekly_cap_defers_to_next_free_slot_by_priority(plan_shop, capture):
+    c = customer(plan_shop)
+    state = plan_shop.loyalty.state
+    outbox.enqueue(state, "win_back", c, due_at=T0, dedupe_key="a")          # priority 30
+    outbox.enqueue(state, "birthday", c, due_at=T0, dedupe_key="b")          # priority 70
+    outbox.enqueue(state, "consent_confirm", c, due_at=T0, dedupe_key="t",   # transactional: exempt
+                   payload=CONFIRM)
+    plan_shop.db.session.commit()
+    report = plan_shop.loyalty.dispatch(now=T0)
+    assert (report.sent, report.deferred) == (2, 1)
+    status = {m.kind: m for m in plan_shop.loyalty.messages.for_customer("c1")}
+    assert status["birthday"].status == "sent" and status["consent_confirm"].status == "sent"
+    deferred = status["win_back"]
+    assert deferred.status == "scheduled" and deferred.reason == "weekly_cap"
+    assert deferred.due_at == T0 + timedelta(days=7)
+    assert [e.action for e in deferred.events] == ["scheduled", "deferred"]
+    # nothing more inside the week; the slot opens after 7 days
+    assert plan_shop.loyalty.dispatch(now=T0 + timedelta(days=6)).sent == 0
+    assert plan_shop.loyalty.dispatch(now=T0 + timedelta(days=7)).sent == 1
+    assert len(capture.mails) == 3
+
+
+def test_weekly_cap_is_configurable(make_shop, capture):
+    shop = make_shop(LOYALTY_DOUBLE_OPT_IN=False, LOYALTY_MAIL_TRANSPORT=capture,
+                     LOYALTY_MAX_MARKETING_PER_WEEK=2)
+    with shop.app.app_context():
+        c = customer(shop)
+        for key in "abc":
+            outbox.enqueue(shop.loyalty.state, "win_back", c, due_at=T0, dedupe_key=key)
+        shop.db.session.commit()
+        report = shop.loyalty.dispatch(now=T0)
+        assert (report.sent, report.deferred) == (2, 1)
+
+
+def test_stale_message_is_suppressed_with_reason(plan_shop):
+    c = customer(plan_shop)
+    outbox.enqueue(plan_shop.loyalty.state, "birthday", c, due_at=T0)
+    plan_shop.db.session.commit()
+    report = plan_shop.loyalty.dispatch(now=T0 + timedelta(days=8))
+    assert report.suppressed == 1 and report.reasons == {"stale": 1}
+    [m] = plan_shop.loyalty.messages.for_customer("c1")
+    assert (m.status, m.reason) == ("suppressed", "stale")
+
+
+def test_no_consent_at_send_time_suppresses(plan_shop, capture):
+    c = customer(plan_shop, consent=("email_marketing",))
+    state = plan_shop.loyalty.state
+    outbox.enqueue(state, "win_back", c, due_at=T0)
+    outbox.enqueue(state, "survey_invite", c, due_at=T0, payload={"order_ref": "o9"})
+    plan_shop.db.session.commit()
+    plan_shop.loyalty.consent.withdraw("c1", "email_marketing", source="test")
+    report = plan_shop.loyalty.dispatch(now=T0)
+    assert report.suppressed == 2 and capture.mails == []
+    assert {m.reason for m in plan_shop.loyalty.messages.for_customer("c1")} == {
+        "no_consent:email_marketing", "no_consent:surveys"}
+
+
+def test_uses_the_real_consent_service(plan_shop):
+    from flask_loyalty.services.consent import Consent
+
+    assert isinstance(plan_shop.loyalty.consent, Consent)
+
+
+def test_erased_customer_gets_nothing_and_data_is_scrubbed(plan_shop, capture):
+    customer(plan_shop, name="Ana")
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0, items=[TEA])
+    plan_shop.loyalty.dispatch(now=T0)
+    exported = plan_shop.loyalty.consent.export("c1")
+    assert [m["kind"] for m in exported["messages"]][:1] == ["thank_you"]
+    assert exported["messages"][0]["subject"] and exported["messages"][0]["history"]
+    plan_shop.loyalty.consent.erase("c1")
+    messages = plan_shop.loyalty.messages.for_customer("c1")
+    assert {m.status for m in messages} == {"sent", "cancelled"}
+    assert all(m.body_text is None and m.to_address is None and m.payload == {} for m in messages)
+    # a message scheduled for an erased customer by someone else is suppressed at send time
+    outbox.enqueue(plan_shop.loyalty.state, "consent_confirm", plan_shop.loyalty.customer("c1"), due_at=T0,
+                   payload=CONFIRM)
+    plan_shop.db.session.commit()
+    report = plan_shop.loyalty.dispatch(now=T0 + timedelta(days=1))
+    assert report.reasons == {"erased": 1} and len(capture.mails) == 1
+
+
+def test_no_address_is_suppressed(plan_shop):
+    plan_shop.loyalty.upsert_customer("c1")
+    outbox.enqueue(plan_shop.loyalty.state, "consent_confirm", plan_shop.loyalty.customer("c1"), due_at=T0,
+                   payload=CONFIRM)
+    plan_shop.db.session.commit()
+    assert plan_shop.loyalty.dispatch(now=T0).reasons == {"no_address": 1}
+
+
+# --------------------------------------------------------------------------- delivery
+def test_marketing_mail_headers_and_multipart(plan_shop, capture):
+    customer(plan_shop, name="Ana María", locale="es")
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0)
+    c = plan_shop.loyalty.customer("c1")
+    outbox.enqueue(plan_shop.loyalty.state, "consent_confirm", c, due_at=T0,
+                   payload=CONFIRM)
+    plan_shop.db.session.commit()
+    plan_shop.loyalty.dispatch(now=T0)
+    marketing = next(m for m in capture.mails if m["X-Loyalty-Kind"] == "thank_you")
+    transactional = next(m for m in capture.mails if m["X-Loyalty-Kind"] == "consent_confirm")
+    [thanks] = by_kind(plan_shop, "thank_you")
+    assert marketing["Message-ID"] == thanks.message_id
+    assert marketing["From"] == "Shop news <news@shop.test>"
+    assert transactional["From"] == "Shop <shop@shop.test>"
+    assert marketing["To"].addresses[0].addr_spec == "c1@example.com"
+    assert marketing["To"].addresses[0].display_name == "Ana María"
+    unsubscribe = marketing["List-Unsubscribe"]
+    assert "<http://shop.test/loyalty/unsubscribe/" in unsubscribe
+    assert "<mailto:unsubscribe@shop.test?subject=unsubscribe>" in unsubscribe
+    assert marketing["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert transactional["List-Unsubscribe"] is None and transactional["List-Unsubscribe-Post"] is None
+    assert marketing.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in marketing.iter_parts()] == ["text/plain", "text/html"]
+    assert marketing["Content-Language"] == "es"
+    text = marketing.get_body(("plain",)).get_content()
+    assert thanks.payload["coupon_code"] in text
+    # the link in List-Unsubscribe works with the RFC 8058 one-click POST
+    url = unsubscribe.split(",")[0].strip("<> ")
+    path = url.replace("http://shop.test", "")
+    response = plan_shop.client.post(path, data={"List-Unsubscribe": "One-Click"})
+    assert response.status_code == 200
+    assert plan_shop.loyalty.consent.has("c1", "email_marketing") is False
+
+
+def test_message_sent_signal_and_stable_message_id(plan_shop, capture):
+    sent = []
+    customer(plan_shop)
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0)
+    with message_sent.connected_to(lambda app, **kw: sent.append(kw["message"]), plan_shop.app):
+        plan_shop.loyalty.dispatch(now=T0)
+    assert [m.kind for m in sent] == ["thank_you"] and sent[0].status == "sent"
+    assert sent[0].sent_at == T0 and sent[0].attempts == 1
+
+
+def test_retries_with_backoff_then_failed(make_shop, capture):
+    shop = make_shop(LOYALTY_DOUBLE_OPT_IN=False, LOYALTY_MAIL_TRANSPORT=capture, LOYALTY_MAX_ATTEMPTS=3,
+                     LOYALTY_RETRY_BACKOFF=60)
+    failed = []
+    with shop.app.app_context():
+        c = customer(shop)
+        outbox.enqueue(shop.loyalty.state, "consent_confirm", c, due_at=T0,
+                       payload=CONFIRM)
+        shop.db.session.commit()
+        capture.fail = True
+        assert shop.loyalty.dispatch(now=T0).retried == 1
+        [m] = shop.loyalty.messages.for_customer("c1")
+        assert m.attempts == 1 and m.due_at == T0 + timedelta(seconds=60) and "relay is down" in m.last_error
+        assert shop.loyalty.dispatch(now=T0 + timedelta(seconds=59)).claimed == 0
+        assert shop.loyalty.dispatch(now=T0 + timedelta(seconds=60)).retried == 1
+        [m] = shop.loyalty.messages.for_customer("c1")
+        assert m.due_at == T0 + timedelta(seconds=60 + 120)
+        with message_failed.connected_to(lambda app, **kw: failed.append(kw), shop.app):
+            report = shop.loyalty.dispatch(now=T0 + timedelta(seconds=180))
+        assert report.failed == 1
+        [m] = shop.loyalty.messages.for_customer("c1")
+        assert (m.status, m.reason, m.attempts) == ("failed", "max_attempts", 3)
+        assert failed[0]["message"].id == m.id and "relay is down" in failed[0]["error"]
+        assert [e.action for e in m.events] == ["scheduled", "retry", "retry", "failed"]
+        assert backoff(shop.loyalty.state, 30) == timedelta(seconds=shop.app.config["LOYALTY_RETRY_MAX_BACKOFF"])
+
+
+def test_outbox_transport_keeps_rendered_mail(make_shop):
+    shop = make_shop(LOYALTY_DOUBLE_OPT_IN=False)
+    with shop.app.app_context():
+        assert shop.app.config["LOYALTY_MAIL_TRANSPORT"] == "outbox"
+        customer(shop)
+        shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0)
+        assert shop.loyalty.dispatch(now=T0).sent == 1
+        [m] = shop.loyalty.messages.outbox()
+        assert m.status == "sent" and m.subject and "<html" in m.body_html and m.reason.endswith("via outbox")
+
+
+def test_missing_template_fails_only_that_message(plan_shop, capture):
+    outbox.register_kind("plan_test_kind", outbox.MessageKind(None, False, 5, None))
+    c = customer(plan_shop)
+    outbox.enqueue(plan_shop.loyalty.state, "plan_test_kind", c, due_at=T0)
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0)
+    report = plan_shop.loyalty.dispatch(now=T0)
+    assert (report.sent, report.failed) == (1, 1)
+    [m] = by_kind(plan_shop, "plan_test_kind")
+    assert (m.status, m.reason) == ("failed", "render_error")
+
+
+def test_concurrent_dispatchers_on_one_database_send_each_once(make_shop, capture):
+    shop = make_shop(LOYALTY_DOUBLE_OPT_IN=False, LOYALTY_MAIL_TRANSPORT=capture, LOYALTY_DISPATCH_BATCH=7)
+    with shop.app.app_context():
+        for i in range(40):
+            c = customer(shop, f"c{i}", consent=())
+            outbox.enqueue(shop.loyalty.state, "consent_confirm", c, due_at=T0,
+                           payload=CONFIRM)
+        shop.db.session.commit()
+    barrier = threading.Barrier(4)
+    errors = []
+
+    def work():
+        try:
+            with shop.app.app_context():
+                barrier.wait()
+                shop.loyalty.dispatch(now=T0)
+        except Exception as exc:  # pragma: no cover - shown on failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    ids = [m["Message-ID"] for m in capture.mails]
+    assert len(ids) == 40 and len(set(ids)) == 40
+    with shop.app.app_context():
+        assert shop.db.session.execute(select(func.count()).select_from(Message)
+                                       .where(Message.status == "sent")).scalar_one() == 40
+
+
+# --------------------------------------------------------------------------- time-based steps
+def test_birthday_once_a_year_in_shop_time_zone_with_coupon(plan_shop):
+    customer(plan_shop, birthday=date(1990, 3, 15))
+    # 23:30 UTC on 14 March is already 15 March in Madrid
+    eve = datetime(2027, 3, 14, 23, 30, tzinfo=timezone.utc)
+    assert plan_shop.loyalty.plan(now=eve - timedelta(hours=1)) == 0
+    assert plan_shop.loyalty.plan(now=eve) == 1
+    assert plan_shop.loyalty.plan(now=eve + timedelta(hours=12)) == 0   # idempotent
+    [m] = by_kind(plan_shop, "birthday")
+    assert m.due_at == datetime(2027, 3, 15, 8, 0, tzinfo=timezone.utc)  # 09:00 local
+    assert m.payload["coupon_code"]
+    assert plan_shop.loyalty.plan(now=datetime(2028, 3, 15, 12, tzinfo=timezone.utc)) == 1
+    assert len(by_kind(plan_shop, "birthday")) == 2
+
+
+def test_birthday_catch_up_and_february_29(plan_shop):
+    customer(plan_shop, birthday=date(2000, 2, 29))
+    # 2027 is not a leap year: celebrated on 28 February; a missed tick is caught up
+    assert plan_shop.loyalty.plan(now=datetime(2027, 3, 2, 12, tzinfo=timezone.utc)) == 1
+    [m] = by_kind(plan_shop, "birthday")
+    assert m.payload["day"] == "2027-02-28"
+
+
+def test_win_back_for_one_time_and_repeat_buyers(plan_shop):
+    customer(plan_shop, "once")
+    customer(plan_shop, "often")
+    plan_shop.loyalty.record_purchase("a1", "once", "10", placed_at=T0)
+    for k in range(3):  # every 10 days -> usual interval 10 days, win back after 30
+        plan_shop.loyalty.record_purchase(f"b{k}", "often", "10", placed_at=T0 + timedelta(days=10 * k))
+    last = T0 + timedelta(days=20)
+    assert plan_shop.loyalty.plan(now=last + timedelta(days=30)) == 0
+    assert plan_shop.loyalty.plan(now=last + timedelta(days=31)) == 1
+    assert by_kind(plan_shop, "win_back", "often")[0].reason.startswith("silent 31d > 3 x usual 10d")
+    assert plan_shop.loyalty.plan(now=T0 + timedelta(days=121)) == 1   # LOYALTY_WIN_BACK_DAYS = 120
+    assert plan_shop.loyalty.plan(now=T0 + timedelta(days=200)) == 0   # once per silence
+    assert len(by_kind(plan_shop, "win_back", "once")) == 1
+    plan_shop.loyalty.record_purchase("a2", "once", "10", placed_at=T0 + timedelta(days=210))
+    assert plan_shop.loyalty.plan(now=T0 + timedelta(days=211 + 3 * 210)) == 1  # a new silence
+
+
+def test_replenish_catch_up_for_items_recorded_while_the_step_was_off(plan_shop):
+    plan_shop.app.config["LOYALTY_PLAN"] = {"replenish": False}
+    customer(plan_shop)
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0, items=[TEA])
+    plan_shop.app.config["LOYALTY_PLAN"] = {}
+    assert plan_shop.loyalty.plan(now=T0 + timedelta(days=26)) == 0
+    assert plan_shop.loyalty.plan(now=T0 + timedelta(days=27)) == 1
+    assert plan_shop.loyalty.plan(now=T0 + timedelta(days=28)) == 0
+    assert by_kind(plan_shop, "replenish")[0].payload["sku"] == "TEA-1"
+
+
+# --------------------------------------------------------------------------- tracking
+def test_tracking_records_opens_and_clicks_and_never_redirects_elsewhere(plan_shop, capture):
+    customer(plan_shop)
+    plan_shop.app.config["LOYALTY_BASE_URL"] = "https://shop.test"
+    plan_shop.loyalty.plan(now=T0)
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0 - timedelta(days=200))
+    plan_shop.loyalty.dispatch(now=T0 - timedelta(days=200))
+    assert plan_shop.loyalty.plan(now=T0) == 1    # win back (with a visit link)
+    plan_shop.loyalty.dispatch(now=T0)
+    [m] = by_kind(plan_shop, "win_back")
+    assert m.links == ["https://shop.test"]
+    mail = next(x for x in capture.mails if x["X-Loyalty-Kind"] == "win_back")
+    html = mail.get_body(("html",)).get_content()
+    assert "/loyalty/t/c/" in html and "/loyalty/t/o/" in html
+    assert "/loyalty/unsubscribe/" in html   # not wrapped in a redirect
+    client = plan_shop.client
+    # 20:15 UTC = 21:15 in Madrid
+    open_url = track_url(plan_shop.loyalty.state, "o", m.id).replace("https://shop.test", "")
+    r = client.get(open_url)
+    assert r.status_code == 200 and r.mimetype == "image/gif"
+    click = track_url(plan_shop.loyalty.state, "c", m.id, 0).replace("https://shop.test", "")
+    r = client.get(click)
+    assert r.status_code == 302 and r.headers["Location"] == "https://shop.test"
+    # a link index the message does not contain, a tampered or foreign token: no redirect
+    assert client.get(track_url(plan_shop.loyalty.state, "c", m.id, 1).replace("https://shop.test", "")
+                      ).status_code == 404
+    assert client.get(click[:-2] + "xx").status_code == 404
+    survey_token = plan_shop.loyalty.links.survey("o1").rsplit("/", 1)[1]
+    assert client.get(f"/loyalty/t/c/{survey_token}").status_code == 404
+    assert client.get("/loyalty/t/o/garbage").status_code == 200   # a pixel never errors
+    rows = plan_shop.db.session.execute(select(Engagement).order_by(Engagement.id)).scalars().all()
+    assert [(e.event, e.kind) for e in rows] == [("open", "win_back"), ("click", "win_back")]
+    assert rows[1].url == "https://shop.test"
+    summary = plan_shop.loyalty.messages.engagement("c1")
+    assert summary["opens"] == 1 and summary["clicks"] == 1 and summary["best_hour"] is not None
+    assert plan_shop.loyalty.messages.engagement("nobody")["opens"] == 0
+
+
+def test_tracking_can_be_switched_off(make_shop, capture):
+    shop = make_shop(LOYALTY_DOUBLE_OPT_IN=False, LOYALTY_MAIL_TRANSPORT=capture, LOYALTY_TRACKING=False)
+    with shop.app.app_context():
+        customer(shop)
+        shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0)
+        shop.loyalty.dispatch(now=T0)
+        html = capture.mails[0].get_body(("html",)).get_content()
+        assert "/t/o/" not in html and "/t/c/" not in html
+        [m] = by_kind(shop, "thank_you")
+        assert shop.client.get(track_url(shop.loyalty.state, "o", m.id).replace("http://shop.test", "")
+                               ).status_code == 200
+        assert shop.db.session.execute(select(func.count()).select_from(Engagement)).scalar_one() == 0
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_plan_and_dispatch(make_shop, capture):
+    shop = make_shop(LOYALTY_DOUBLE_OPT_IN=False, LOYALTY_MAIL_TRANSPORT=capture)
+    with shop.app.app_context():
+        customer(shop, birthday=date(1990, 3, 15))
+    runner = shop.app.test_cli_runner()
+    result = runner.invoke(args=["loyalty", "plan", "--now", "2027-03-15T12:00:00+00:00"])
+    assert result.exit_code == 0 and "scheduled 1 message" in result.output
+    result = runner.invoke(args=["loyalty", "dispatch", "--now", "2027-03-15T12:00:00Z", "--limit", "5"])
+    assert result.exit_code == 0 and "sent 1," in result.output, result.output
+    assert len(capture.mails) == 1
+    result = runner.invoke(args=["loyalty", "plan", "--now", "2027-03-15T12:00:00"])
+    assert result.exit_code != 0 and "time zone" in result.output
+
+
+def test_two_apps_keep_their_own_guides(make_shop):
+    a, b = make_shop(), make_shop()
+    guides(a.app).sku("A")(lambda item, locale: "<p>a</p>")
+    assert "A" in guides(a.app).by_sku and "A" not in guides(b.app).by_sku
+    assert isinstance(a.loyalty, Loyalty)
