@@ -318,14 +318,15 @@ GROUP BY o.customer_id
 
 
 def _model_input_sql() -> str:
-    """Per buyer: id, x, t_x, T, mean repeat day value, profit rate (no NULLs)."""
+    """Per buyer: id, x, t_x, T, mean repeat day value (currency units), profit rate (no NULLs)."""
     return f"""
 SELECT CAST(a.customer_id AS BIGINT) AS customer_id,
        CAST(a.days - 1 AS BIGINT) AS x,
        CAST(a.last_day - a.first_day AS BIGINT) AS t_x,
        CAST(CASE WHEN :now_day - a.first_day > a.last_day - a.first_day
                  THEN :now_day - a.first_day ELSE a.last_day - a.first_day END AS BIGINT) AS big_t,
-       CAST(CASE WHEN a.days > 1 THEN CAST(a.revenue - a.first_day_value AS DOUBLE PRECISION) / (a.days - 1)
+       CAST(CASE WHEN a.days > 1
+                 THEN CAST(a.revenue - a.first_day_value AS DOUBLE PRECISION) / (10000.0 * (a.days - 1))
                  ELSE 0 END AS DOUBLE PRECISION) AS m,
        CAST(CASE WHEN a.revenue > 0 THEN (a.margin - a.discounts) / CAST(a.revenue AS DOUBLE PRECISION)
                  ELSE :margin END AS DOUBLE PRECISION) AS rate
