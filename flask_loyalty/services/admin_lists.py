@@ -1,0 +1,554 @@
+"""The dashboard's lists and look-ups: customer search and timeline, outbox, coupons, gift cards, survey answers.
+
+Every list is paged by keyset (``before=<last id>``), fetching one row more
+than a page to know whether there is a next page, so no list needs a
+``COUNT(*)`` or an ``OFFSET`` over a large table.  Areas are optional
+(:func:`~flask_loyalty.services.dashboard.area_model`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import BigInteger, Select, and_, cast, func, literal, or_, select, update
+
+from ..clock import local_date, resolve_now, shop_zone
+from ..errors import NotFound
+from ..models import Customer, PointsEntry, Purchase
+from ..models.base import table_of
+from ..state import LoyaltyState
+from ..transaction import begin_write, finish
+from .dashboard import area_model
+
+#: Most rows of one kind shown on a customer's timeline.
+TIMELINE_LIMIT = 200
+
+
+@dataclass
+class Page:
+    """One page of a keyset-paged list: ``rows`` and the ``before`` value of the next page (or ``None``)."""
+
+    rows: list[Any]
+    next_before: int | None
+
+
+def _page(state: LoyaltyState, query: Select[Any], id_column: Any, *, before: int | None, size: int) -> Page:
+    if before is not None:
+        query = query.where(id_column < before)
+    rows = list(state.session.execute(query.order_by(id_column.desc()).limit(size + 1)).scalars())
+    more = len(rows) > size
+    rows = rows[:size]
+    return Page(rows, int(rows[-1].id) if more and rows else None)
+
+
+# --------------------------------------------------------------------------- customers
+
+
+def find_customers(state: LoyaltyState, q: str, *, limit: int = 50) -> list[Customer]:
+    """Customers whose reference starts with ``q``, or whose e-mail is ``q`` (case-insensitive)."""
+    q = q.strip()
+    if not q:
+        return []
+    if "@" in q:
+        cond = or_(Customer.email == q, Customer.email == q.lower())
+    else:
+        cond = and_(Customer.ref >= q, Customer.ref < q + "\U0010ffff")
+    return list(state.session.execute(select(Customer).where(cond).order_by(Customer.ref).limit(limit)).scalars())
+
+
+def recent_customers(state: LoyaltyState, *, limit: int = 20) -> list[Customer]:
+    """The customers who bought most recently."""
+    return list(state.session.execute(
+        select(Customer).where(Customer.last_purchase_at.is_not(None))
+        .order_by(Customer.last_purchase_at.desc()).limit(limit)).scalars())
+
+
+def get_customer(state: LoyaltyState, ref: str) -> Customer:
+    """The customer ``ref`` (:class:`NotFound` otherwise)."""
+    customer = state.session.execute(select(Customer).where(Customer.ref == ref)).scalar_one_or_none()
+    if customer is None:
+        raise NotFound(f"no customer {ref!r}")
+    return customer
+
+
+@dataclass
+class Event:
+    """One line of a customer's timeline."""
+
+    at: datetime
+    kind: str
+    title: str
+    detail: str = ""
+    status: str = ""
+
+
+@dataclass
+class CustomerView:
+    """Everything the customer page shows."""
+
+    customer: Customer
+    events: list[Event]
+    profile: dict[str, Any] | None = None
+    consent: dict[str, str] = field(default_factory=dict)
+    tier: str | None = None
+    engagement: dict[str, int] = field(default_factory=dict)
+
+
+def _money(amount: Decimal, currency: str) -> str:
+    return f"{amount} {currency}"
+
+
+def customer_view(state: LoyaltyState, ref: str) -> CustomerView:
+    """The customer's timeline (newest first), profile, stage with reasons, consent and tier."""
+    customer = get_customer(state, ref)
+    session = state.session
+    events: list[Event] = []
+    cid = customer.id
+    for p in session.execute(select(Purchase).where(Purchase.customer_id == cid)
+                             .order_by(Purchase.placed_at.desc()).limit(TIMELINE_LIMIT)).scalars():
+        detail = f"{p.channel}, {p.points_earned} points"
+        if p.refunded_total:
+            detail += f"; refunded {_money(p.refunded_total, p.currency)}"
+        events.append(Event(p.placed_at, "purchase", f"Order {p.order_ref}: {_money(p.total, p.currency)}", detail,
+                            "refunded" if p.refunded_total >= p.total and p.total else ""))
+    orders = {p_id: ref_ for p_id, ref_ in session.execute(
+        select(Purchase.id, Purchase.order_ref).where(Purchase.customer_id == cid)).all()}
+    for e in session.execute(select(PointsEntry).where(PointsEntry.customer_id == cid)
+                             .order_by(PointsEntry.id.desc()).limit(TIMELINE_LIMIT)).scalars():
+        order = f" (order {orders.get(e.purchase_id, '?')})" if e.purchase_id else ""
+        kind = "refund" if e.reason == "refund" else "points"
+        title = f"Refund: {e.delta:+d} points{order}" if kind == "refund" else f"{e.delta:+d} points: {e.reason}{order}"
+        note = f"balance {e.balance_after}" + (f"; {e.note}" if e.note else "")
+        events.append(Event(e.created_at, kind, title, note))
+    events += _coupon_events(state, customer)
+    events += _message_events(state, customer)
+    events += _consent_events(state, customer)
+    events += _survey_events(state, customer)
+    view = CustomerView(customer, events)
+    view.consent = _consent_states(state, customer)
+    view.profile = _profile(state, customer)
+    view.tier = _tier(state, customer)
+    view.engagement = _engagement(state, customer)
+    view.events.sort(key=lambda ev: ev.at, reverse=True)
+    return view
+
+
+def _coupon_events(state: LoyaltyState, customer: Customer) -> list[Event]:
+    coupon = area_model("coupon", "Coupon")
+    redemption = area_model("coupon", "Redemption")
+    events: list[Event] = []
+    if coupon is None or redemption is None:
+        return events
+    for c in state.session.execute(select(coupon).where(coupon.customer_ref == customer.ref)
+                                   .order_by(coupon.id.desc()).limit(TIMELINE_LIMIT)).scalars():
+        status = "revoked" if c.revoked_at else ("used" if c.max_uses and c.uses >= c.max_uses else "")
+        events.append(Event(c.created_at, "coupon", f"Coupon {c.code} issued: {coupon_value(c)}",
+                            f"campaign {c.campaign}" if c.campaign else "", status))
+    for r in state.session.execute(select(redemption).where(redemption.customer_ref == customer.ref)
+                                   .order_by(redemption.id.desc()).limit(TIMELINE_LIMIT)).scalars():
+        events.append(Event(r.created_at, "coupon", f"Coupon {r.code} used on order {r.order_ref}",
+                            f"discount {_money(r.discount, r.currency)}", "released" if r.released_at else ""))
+        if r.released_at:
+            events.append(Event(r.released_at, "coupon", f"Coupon {r.code} released (order {r.order_ref})"))
+    card = area_model("gift_card", "GiftCard")
+    if card is not None:
+        for g in state.session.execute(select(card).where(card.customer_ref == customer.ref)
+                                       .order_by(card.id.desc()).limit(TIMELINE_LIMIT)).scalars():
+            events.append(Event(g.created_at, "gift_card", f"Gift card {g.code[:4]}… issued: "
+                                f"{_money(g.initial_amount, g.currency)}", f"balance {_money(g.balance, g.currency)}"))
+    return events
+
+
+def _message_events(state: LoyaltyState, customer: Customer) -> list[Event]:
+    message = area_model("message", "Message")
+    history = area_model("message", "MessageEvent")
+    engagement = area_model("message", "Engagement")
+    events: list[Event] = []
+    if message is None or history is None:
+        return events
+    rows = state.session.execute(
+        select(history, message.kind, message.id).join(message, message.id == history.message_id)
+        .where(message.customer_id == customer.id).order_by(history.id.desc()).limit(TIMELINE_LIMIT)).all()
+    for h, kind, mid in rows:
+        why = f"why: {h.reason}" if h.reason else ""
+        if h.detail:
+            why = f"{why}; {h.detail}" if why else h.detail
+        events.append(Event(h.at, "message", f"Mail {kind} #{mid}: {h.action}", why, h.action))
+    if engagement is not None:
+        for g in state.session.execute(select(engagement).where(engagement.customer_id == customer.id)
+                                       .order_by(engagement.id.desc()).limit(TIMELINE_LIMIT)).scalars():
+            what = "opened" if g.event == "open" else "clicked"
+            events.append(Event(g.at, g.event, f"Mail {g.kind} #{g.message_id} {what}", g.url or ""))
+    return events
+
+
+def _consent_events(state: LoyaltyState, customer: Customer) -> list[Event]:
+    event = area_model("consent", "ConsentEvent")
+    if event is None:
+        return []
+    return [Event(e.created_at, "consent", f"Consent {e.purpose}: {e.action}",
+                  f"source {e.source}, {e.method}" + (f", wording v{e.wording_version}" if e.wording_version else ""),
+                  e.action)
+            for e in state.session.execute(select(event).where(event.customer_id == customer.id)
+                                           .order_by(event.id.desc()).limit(TIMELINE_LIMIT)).scalars()]
+
+
+def survey_value_text(values: dict[str, Any]) -> str:
+    """Survey answers as ``question: value`` text (the comment last)."""
+    parts = [f"{k}: {v}" for k, v in values.items() if k != "comment"]
+    if values.get("comment"):
+        parts.append(f"comment: {values['comment']}")
+    return "; ".join(parts)
+
+
+def _survey_events(state: LoyaltyState, customer: Customer) -> list[Event]:
+    response = area_model("survey", "SurveyResponse")
+    if response is None:
+        return []
+    return [Event(r.answered_at, "survey", f"Survey answer about order {r.order_ref}", survey_value_text(r.values),
+                  "detractor" if r.detractor else "promoter" if r.promoter else "")
+            for r in state.session.execute(select(response).where(response.customer_id == customer.id)
+                                           .order_by(response.id.desc()).limit(TIMELINE_LIMIT)).scalars()]
+
+
+def _consent_states(state: LoyaltyState, customer: Customer) -> dict[str, str]:
+    status = area_model("consent", "ConsentStatus")
+    purposes = list(state.config.get("LOYALTY_CONSENT_PURPOSES") or ())
+    result = {p: "none" for p in purposes}
+    if status is None:
+        return {}
+    for s in state.session.execute(select(status).where(status.customer_id == customer.id)).scalars():
+        result[s.purpose] = s.status
+    return result
+
+
+PROFILE_FIELDS = ("stage", "segment", "rfm", "recency_days", "frequency", "monetary", "historical_clv",
+                  "predicted_clv", "total_clv", "p_alive", "clv_method", "main_channel", "reading_hour",
+                  "loyal_indicator", "computed_at")
+
+
+def _profile(state: LoyaltyState, customer: Customer) -> dict[str, Any] | None:
+    profile = area_model("profile", "CustomerProfile")
+    if profile is None:
+        return None
+    row = state.session.execute(select(profile).where(profile.customer_id == customer.id)).scalar_one_or_none()
+    if row is None:
+        return None
+    data = {name: getattr(row, name) for name in PROFILE_FIELDS if hasattr(row, name)}
+    reasons = getattr(row, "stage_reasons", None) or getattr(row, "reasons", None)
+    if reasons:
+        data["reasons"] = [_reason_text(r) for r in reasons]
+    return data
+
+
+def _reason_text(code: str) -> str:
+    """A stage reason code with its explanation when analytics documents one."""
+    try:
+        from . import analytics
+    except ImportError:  # pragma: no cover - analytics not installed
+        return code
+    explained = getattr(analytics, "STAGE_REASONS", {})
+    if isinstance(explained, dict) and code in explained:
+        return f"{code}: {explained[code]}"
+    return code
+
+
+def _tier(state: LoyaltyState, customer: Customer) -> str | None:
+    tier = area_model("rewards", "CustomerTier")
+    if tier is None:
+        return None
+    return state.session.execute(select(tier.tier).where(tier.customer_id == customer.id)).scalar_one_or_none()
+
+
+def _engagement(state: LoyaltyState, customer: Customer) -> dict[str, int]:
+    engagement = area_model("message", "Engagement")
+    if engagement is None:
+        return {}
+    rows = state.session.execute(select(engagement.event, func.count()).where(engagement.customer_id == customer.id)
+                                 .group_by(engagement.event)).all()
+    return {str(k): int(n) for k, n in rows}
+
+
+# --------------------------------------------------------------------------- outbox
+
+
+def outbox_page(state: LoyaltyState, *, kind: str | None = None, status: str | None = None,
+                customer: str | None = None, before: int | None = None, size: int = 50) -> Page:
+    """Messages newest first, filtered by kind, status and customer reference."""
+    message = area_model("message", "Message")
+    if message is None:
+        raise NotFound("the outbox is not installed")
+    query = select(message)
+    if kind:
+        query = query.where(message.kind == kind)
+    if status:
+        query = query.where(message.status == status)
+    if customer:
+        query = query.where(message.customer_id == select(Customer.id).where(Customer.ref == customer)
+                            .scalar_subquery())
+    return _page(state, query, message.id, before=before, size=size)
+
+
+def message_kinds(state: LoyaltyState) -> list[str]:
+    """Every registered kind of message (for the outbox filter)."""
+    try:
+        from .outbox import KINDS
+    except ImportError:  # pragma: no cover - outbox not installed
+        return []
+    return sorted(KINDS)
+
+
+# --------------------------------------------------------------------------- coupons and gift cards
+
+
+def coupon_value(coupon: Any) -> str:
+    """What a coupon gives, as text (``10% off``, ``5.00 EUR off``, ``free shipping``, ``gift: Mug``)."""
+    if coupon.kind == "percent":
+        return f"{format(coupon.value.normalize(), 'f') if coupon.value is not None else '?'}% off"
+    if coupon.kind == "fixed":
+        return f"{coupon.value} {coupon.currency} off"
+    if coupon.kind == "free_shipping":
+        return "free shipping"
+    return f"gift: {coupon.gift_name or coupon.value or ''}".strip()
+
+
+def coupon_status(coupon: Any, now: datetime) -> str:
+    """``revoked``, ``expired``, ``used up``, ``not started`` or ``active``."""
+    if coupon.revoked_at is not None:
+        return "revoked"
+    if coupon.expires_at is not None and coupon.expires_at <= now:
+        return "expired"
+    if coupon.max_uses is not None and coupon.uses >= coupon.max_uses:
+        return "used up"
+    if coupon.starts_at is not None and coupon.starts_at > now:
+        return "not started"
+    return "active"
+
+
+def _coupon_query(state: LoyaltyState, *, q: str | None, campaign: str | None, customer: str | None,
+                  status: str | None, now: datetime) -> Select[Any]:
+    coupon = area_model("coupon", "Coupon")
+    if coupon is None:
+        raise NotFound("coupons are not installed")
+    query = select(coupon)
+    if q:
+        key = "".join(ch for ch in q.upper() if ch not in " -")
+        query = query.where(coupon.code_key >= key, coupon.code_key < key + "\U0010ffff")
+    if campaign:
+        query = query.where(coupon.campaign == campaign)
+    if customer:
+        query = query.where(coupon.customer_ref == customer)
+    if status == "revoked":
+        query = query.where(coupon.revoked_at.is_not(None))
+    elif status == "expired":
+        query = query.where(coupon.revoked_at.is_(None), coupon.expires_at <= now)
+    elif status == "used_up":
+        query = query.where(coupon.revoked_at.is_(None), coupon.max_uses.is_not(None),
+                            coupon.uses >= coupon.max_uses)
+    elif status == "active":
+        query = query.where(coupon.revoked_at.is_(None),
+                            or_(coupon.expires_at.is_(None), coupon.expires_at > now),
+                            or_(coupon.max_uses.is_(None), coupon.uses < coupon.max_uses))
+    return query
+
+
+def coupons_page(state: LoyaltyState, *, q: str | None = None, campaign: str | None = None,
+                 customer: str | None = None, status: str | None = None, before: int | None = None,
+                 size: int = 50, now: datetime | None = None) -> Page:
+    """Coupons newest first with the filters of the list page."""
+    coupon = area_model("coupon", "Coupon")
+    query = _coupon_query(state, q=q, campaign=campaign, customer=customer, status=status, now=resolve_now(now))
+    return _page(state, query, coupon.id, before=before, size=size)
+
+
+MAIL_MERGE_COLUMNS = ["code", "offer", "kind", "value", "currency", "min_order_total", "valid_from", "valid_until",
+                      "customer_ref", "name", "email", "locale", "campaign"]
+
+
+def coupons_csv(state: LoyaltyState, *, q: str | None = None, campaign: str | None = None,
+                customer: str | None = None, status: str | None = None, now: datetime | None = None,
+                limit: int = 100_000) -> tuple[str, int]:
+    """The filtered coupons as CSV for a postal mail-merge (one row per coupon, with the owner's name).
+
+    Dates are the shop's local dates.  Returns the CSV text and the number of rows.
+    """
+    moment = resolve_now(now)
+    query = _coupon_query(state, q=q, campaign=campaign, customer=customer, status=status, now=moment)
+    sub = query.subquery()
+    joined = select(sub, Customer.name, Customer.email, Customer.locale).select_from(sub).outerjoin(
+        Customer, Customer.ref == sub.c.customer_ref).order_by(sub.c.id).limit(limit)
+    zone = shop_zone(state.config["LOYALTY_TIMEZONE"])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(MAIL_MERGE_COLUMNS)
+    n = 0
+    for row in state.session.execute(joined).mappings():
+        item = _CouponRow(row)
+        writer.writerow([
+            row["code"], coupon_value(item), row["kind"], "" if row["value"] is None else row["value"],
+            row["currency"], "" if row["min_order_total"] is None else row["min_order_total"],
+            local_date(row["starts_at"], zone).isoformat() if row["starts_at"] else "",
+            local_date(row["expires_at"], zone).isoformat() if row["expires_at"] else "",
+            row["customer_ref"] or "", row["name"] or "", row["email"] or "", row["locale"] or "",
+            row["campaign"] or ""])
+        n += 1
+    return buffer.getvalue(), n
+
+
+class _CouponRow:
+    """Attribute access over a coupon row mapping (for :func:`coupon_value`)."""
+
+    def __init__(self, row: Any) -> None:
+        self._row = row
+
+    def __getattr__(self, name: str) -> Any:
+        return self._row[name]
+
+
+def deactivate_coupon(state: LoyaltyState, coupon_id: int, *, now: datetime | None = None,
+                      commit: bool = True) -> Any:
+    """Withdraw a coupon (it stops working; past redemptions stay).  Returns the coupon, or ``None`` if unknown.
+
+    Uses ``loyalty.coupons.deactivate`` when the coupons area offers one,
+    else sets ``revoked_at`` with a conditional update (idempotent).
+    """
+    coupon = area_model("coupon", "Coupon")
+    if coupon is None:
+        raise NotFound("coupons are not installed")
+    row = state.session.get(coupon, coupon_id)
+    if row is None:
+        raise NotFound(f"no coupon {coupon_id}")
+    facade = state.extension.coupons
+    if hasattr(facade, "deactivate"):
+        facade.deactivate(row.code, commit=commit)
+    else:
+        begin_write(state)
+        table = table_of(coupon)
+        state.session.execute(update(table).where(table.c.id == coupon_id, table.c.revoked_at.is_(None))
+                              .values(revoked_at=resolve_now(now)))
+        finish(state, commit=commit)
+    state.session.refresh(row)
+    return row
+
+
+def gift_cards_page(state: LoyaltyState, *, customer: str | None = None, before: int | None = None,
+                    size: int = 50) -> Page:
+    """Gift cards newest first."""
+    card = area_model("gift_card", "GiftCard")
+    if card is None:
+        raise NotFound("gift cards are not installed")
+    query = select(card)
+    if customer:
+        query = query.where(card.customer_ref == customer)
+    return _page(state, query, card.id, before=before, size=size)
+
+
+# --------------------------------------------------------------------------- survey answers
+
+
+@dataclass
+class SurveyRow:
+    """One survey response as the answers page lists it."""
+
+    id: int
+    answered_at: datetime
+    customer_ref: str
+    email: str | None
+    name: str | None
+    order_ref: str
+    recommend: int | None
+    values: dict[str, Any]
+
+    @property
+    def group(self) -> str:
+        """``detractor``, ``passive``, ``promoter`` or ``""`` (no recommend answer)."""
+        if self.recommend is None:
+            return ""
+        return "detractor" if self.recommend <= 6 else "promoter" if self.recommend >= 9 else "passive"
+
+    @property
+    def comment(self) -> str:
+        """The free-text comment, if any."""
+        value = self.values.get("comment")
+        return value if isinstance(value, str) else ""
+
+
+def survey_page(state: LoyaltyState, *, group: str | None = None, comments: bool = False,
+                source: str | None = None, before: int | None = None, size: int = 50) -> Page:
+    """Survey responses, detractors first (then passives, then promoters), newest first within each group.
+
+    ``before`` pages within the ordering by ``(group rank, id)`` encoded as ``rank * 2**40 + id``.
+    """
+    response = area_model("survey", "SurveyResponse")
+    answer = area_model("survey", "SurveyAnswer")
+    if response is None or answer is None:
+        raise NotFound("surveys are not installed")
+    rec = select(answer.response_id.label("rid"), answer.number.label("score")).where(
+        answer.question == "recommend").subquery()
+    rank = case_rank(rec.c.score)
+    key = cast(rank, BigInteger) * literal(2 ** 40, BigInteger) + response.id
+    query = (select(response.id, response.answered_at, Customer.ref, Customer.email, Customer.name,
+                    Purchase.order_ref, rec.c.score, key.label("k"))
+             .join(Customer, Customer.id == response.customer_id)
+             .join(Purchase, Purchase.id == response.purchase_id)
+             .outerjoin(rec, rec.c.rid == response.id))
+    if group == "detractors":
+        query = query.where(rec.c.score <= 6)
+    elif group == "passives":
+        query = query.where(rec.c.score.between(7, 8))
+    elif group == "promoters":
+        query = query.where(rec.c.score >= 9)
+    if comments:
+        query = query.where(response.id.in_(select(answer.response_id).where(
+            answer.question == "comment", answer.text.is_not(None), answer.text != "")))
+    if source:
+        query = query.where(response.id.in_(select(answer.response_id).where(
+            answer.question == "source", answer.choice == source)))
+    if before is not None:
+        query = query.where(key > before)
+    rows = state.session.execute(query.order_by(key).limit(size + 1)).all()
+    more = len(rows) > size
+    rows = rows[:size]
+    ids = [r[0] for r in rows]
+    values: dict[int, dict[str, Any]] = {i: {} for i in ids}
+    if ids:
+        for a in state.session.execute(select(answer).where(answer.response_id.in_(ids))
+                                       .order_by(answer.id)).scalars():
+            if a.value is not None:
+                values[a.response_id][a.question] = a.value
+    items = [SurveyRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], values.get(r[0], {})) for r in rows]
+    return Page(items, int(rows[-1][7]) if more and rows else None)
+
+
+def case_rank(score: Any) -> Any:
+    """0 for detractors (0-6), 1 passives, 2 promoters, 3 without a recommend answer."""
+    from sqlalchemy import case
+
+    return case((score.is_(None), 3), (score <= 6, 0), (score <= 8, 1), else_=2)
+
+
+def source_breakdown(state: LoyaltyState) -> list[tuple[str, int]]:
+    """How respondents found the shop: ``[(source, responses)]``, most first."""
+    answer = area_model("survey", "SurveyAnswer")
+    if answer is None:
+        return []
+    rows = state.session.execute(select(answer.choice, func.count()).where(
+        answer.question == "source", answer.choice.is_not(None)).group_by(answer.choice)
+        .order_by(func.count().desc(), answer.choice)).all()
+    return [(str(k), int(n)) for k, n in rows]
+
+
+# --------------------------------------------------------------------------- consent
+
+
+def consent_ledger(state: LoyaltyState, ref: str) -> tuple[Customer, list[Any], dict[str, str]]:
+    """A customer's consent ledger (oldest first) and current state per purpose."""
+    customer = get_customer(state, ref)
+    history = list(state.extension.consent.history(ref))
+    return customer, history, _consent_states(state, customer)
+

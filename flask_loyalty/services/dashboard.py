@@ -1,0 +1,884 @@
+"""Figures for the shop owner's dashboard, computed set-wise in SQL.
+
+Everything here works without a request (the dashboard pages, the CLI or a
+notebook can call it) and reads with a handful of aggregate queries whose
+cost does not grow with the number of customers shown: no per-customer
+Python loops over the whole shop.
+
+Areas are optional: each section checks that the area's models exist in
+this tree (:func:`area_model`) and is left out (``None``) when they do not,
+so the dashboard works with whatever the shop has installed.
+
+Definitions (also in the docs):
+
+* **customers** - customers with a first purchase before the period's end;
+  **new customers** - those whose first purchase falls in the period.
+* **active customers** - customers with at least one order in the period.
+* **repeat-purchase rate** - share of the period's buyers who have bought at
+  least twice by the period's end (a second order in the period, or an
+  earlier one).
+* **purchase frequency** - orders in the period per active customer.
+* **average order value** - net revenue (totals minus refunds) per order.
+* **revenue from returning customers** - net revenue of orders that were not
+  the customer's first.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from itertools import pairwise
+from typing import Any
+
+from sqlalchemy import BigInteger, ColumnElement, and_, case, distinct, func, literal, or_, select, type_coerce
+
+from ..clock import local_date, resolve_now, shop_zone, start_of_local_day
+from ..errors import InvalidInput
+from ..models import Customer, PointsEntry, Purchase
+from ..models.base import table_of
+from ..money import from_storage
+from ..state import LoyaltyState
+
+# --------------------------------------------------------------------------- helpers
+
+
+def area_model(module: str, name: str) -> Any:
+    """The mapped class ``flask_loyalty.models.<module>.<name>``, or ``None`` if that area is not installed."""
+    try:
+        mod = importlib.import_module(f"flask_loyalty.models.{module}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"flask_loyalty.models.{module}":
+            raise
+        return None
+    return getattr(mod, name, None)
+
+
+def raw(column: Any) -> ColumnElement[int]:
+    """A money column as its raw stored integer (1/10,000 units), for exact SQL arithmetic."""
+    return type_coerce(column, BigInteger())
+
+
+def money(value: Any) -> Decimal:
+    """A raw stored money sum (or ``None``) as a ``Decimal``."""
+    return from_storage(int(value or 0))
+
+
+def ratio(numerator: Any, denominator: Any) -> Decimal | None:
+    """``numerator / denominator`` as a Decimal with 4 places, ``None`` when the denominator is 0."""
+    if not denominator:
+        return None
+    return (Decimal(numerator or 0) / Decimal(denominator)).quantize(Decimal("0.0001"), rounding=ROUND_HALF_EVEN)
+
+
+def between(column: Any, start: datetime, end: datetime) -> ColumnElement[bool]:
+    """``start <= column < end``."""
+    return and_(column >= start, column < end)
+
+
+def count_if(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    """``SUM(CASE WHEN condition THEN 1 ELSE 0 END)`` (portable conditional count)."""
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+def sum_if(condition: ColumnElement[bool], value: Any) -> ColumnElement[int]:
+    """``SUM(CASE WHEN condition THEN value ELSE 0 END)``."""
+    return func.coalesce(func.sum(case((condition, value), else_=0)), 0)
+
+
+def month_starts(now: datetime, zone_name: str, months: int) -> list[datetime]:
+    """The local starts of the last ``months`` calendar months plus the next one's, in UTC (``months + 1`` items)."""
+    zone = shop_zone(zone_name)
+    today = local_date(now, zone)
+    year, month = today.year, today.month
+    firsts: list[date] = []
+    for back in range(months - 1, -2, -1):
+        y, m = divmod((year * 12 + month - 1) - back, 12)
+        firsts.append(date(y, m + 1, 1))
+    return [start_of_local_day(d, zone) for d in firsts]
+
+
+def bucket(column: Any, edges: Sequence[Any]) -> ColumnElement[int]:
+    """Index ``i`` with ``edges[i] <= column < edges[i+1]`` (assumes ``edges[0] <= column < edges[-1]``)."""
+    whens = [(column < edge, i) for i, edge in enumerate(edges[1:-1])]
+    if not whens:
+        return literal(0)
+    return case(*whens, else_=len(edges) - 2)
+
+
+# --------------------------------------------------------------------------- periods
+
+
+@dataclass(frozen=True)
+class Period:
+    """A half-open time range ``[start, end)`` in aware UTC."""
+
+    start: datetime
+    end: datetime
+
+    @property
+    def previous(self) -> Period:
+        """The period of the same length right before this one."""
+        return Period(self.start - (self.end - self.start), self.start)
+
+    @property
+    def last(self) -> datetime:
+        """The last instant inside the period (for showing its last day)."""
+        return self.end - timedelta(microseconds=1)
+
+    @property
+    def days(self) -> int:
+        """Length in whole days."""
+        return round((self.end - self.start).total_seconds() / 86400)
+
+
+def period_for(state: LoyaltyState, *, days: int | None = None, start: date | None = None,
+               end: date | None = None, now: datetime | None = None) -> Period:
+    """The overview period: local days ``start..end`` (inclusive), or the last ``days`` days up to today.
+
+    Days are the shop's local calendar days (``LOYALTY_TIMEZONE``).
+    """
+    zone = shop_zone(state.config["LOYALTY_TIMEZONE"])
+    moment = resolve_now(now)
+    if start is not None or end is not None:
+        last = end or local_date(moment, zone)
+        first = start or last - timedelta(days=int(state.config["LOYALTY_ADMIN_PERIOD_DAYS"]) - 1)
+        if first > last:
+            raise InvalidInput.field("start", "The start must not be after the end.")
+        if (last - first).days > 3660:
+            raise InvalidInput.field("start", "At most ten years.")
+        return Period(start_of_local_day(first, zone), start_of_local_day(last + timedelta(days=1), zone))
+    length = int(days if days is not None else state.config["LOYALTY_ADMIN_PERIOD_DAYS"])
+    if not 1 <= length <= 3660:
+        raise InvalidInput.field("days", "Between 1 and 3660 days.")
+    today = local_date(moment, zone)
+    return Period(start_of_local_day(today - timedelta(days=length - 1), zone),
+                  start_of_local_day(today + timedelta(days=1), zone))
+
+
+# --------------------------------------------------------------------------- metrics
+
+KINDS = ("count", "money", "percent", "number", "nps")
+
+
+@dataclass
+class Metric:
+    """One overview figure for the period and the previous period.
+
+    ``kind`` says how to show it: ``count``, ``money`` (Decimal in the shop's
+    currency), ``percent`` (a fraction 0..1), ``number`` (a ratio such as
+    orders per customer) or ``nps`` (-100..100).  ``better`` is ``"up"`` when
+    a larger value is good, ``"down"`` when smaller is good.
+    """
+
+    key: str
+    label: str
+    kind: str
+    value: Any
+    previous: Any = None
+    better: str = "up"
+    note: str | None = None
+
+    @property
+    def change(self) -> Decimal | None:
+        """``value - previous`` (``None`` when either is missing)."""
+        if self.value is None or self.previous is None:
+            return None
+        return Decimal(self.value) - Decimal(self.previous)
+
+    @property
+    def trend(self) -> str:
+        """``"up"``, ``"down"`` or ``"flat"`` (``""`` when there is nothing to compare)."""
+        change = self.change
+        if change is None:
+            return ""
+        return "up" if change > 0 else "down" if change < 0 else "flat"
+
+
+@dataclass
+class Overview:
+    """The overview page: the period, its metrics grouped by section, and the mail funnel."""
+
+    period: Period
+    currency: str
+    sections: dict[str, list[Metric]] = field(default_factory=dict)
+    funnel: list[tuple[str, int, int | None]] | None = None
+
+    def metric(self, key: str) -> Metric:
+        """The metric named ``key`` (``KeyError`` if absent)."""
+        for metrics in self.sections.values():
+            for m in metrics:
+                if m.key == key:
+                    return m
+        raise KeyError(key)
+
+
+def overview(state: LoyaltyState, period: Period) -> Overview:
+    """Every overview figure for ``period`` and the period before it."""
+    currency = state.config["LOYALTY_CURRENCY"]
+    result = Overview(period=period, currency=currency)
+    result.sections["Customers and orders"] = _purchase_metrics(state, period, currency)
+    funnel = _funnel_counts(state, period)
+    sections: list[tuple[str, Callable[[LoyaltyState, Period], list[Metric] | None]]] = [
+        ("Survey", _survey_metrics),
+        ("Coupons", _coupon_metrics),
+        ("Outstanding balances", _liability_metrics),
+        ("Mail", lambda st, pe: _mail_metrics(st, pe, funnel)),
+    ]
+    for title, fn in sections:
+        metrics = fn(state, period)
+        if metrics:
+            result.sections[title] = metrics
+    result.funnel = _funnel_steps(funnel)
+    return result
+
+
+def _purchase_metrics(state: LoyaltyState, period: Period, currency: str) -> list[Metric]:
+    p = table_of(Purchase).c
+    c = table_of(Customer).c
+    cur, prev = period, period.previous
+    net = raw(p.total) - raw(p.refunded_total)
+    in_cur = between(p.placed_at, cur.start, cur.end)
+    in_prev = between(p.placed_at, prev.start, prev.end)
+    same_currency = p.currency == currency
+    returning = p.placed_at > c.first_purchase_at
+    per_customer = (
+        select(
+            p.customer_id.label("cid"),
+            count_if(in_cur).label("n_cur"),
+            count_if(in_prev).label("n_prev"),
+            sum_if(and_(in_cur, same_currency), net).label("rev_cur"),
+            sum_if(and_(in_prev, same_currency), net).label("rev_prev"),
+            sum_if(and_(in_cur, same_currency, returning), net).label("ret_cur"),
+            sum_if(and_(in_prev, same_currency, returning), net).label("ret_prev"),
+            func.min(c.first_purchase_at).label("first"),
+        )
+        .select_from(table_of(Purchase).join(table_of(Customer), c.id == p.customer_id))
+        .where(p.placed_at >= prev.start, p.placed_at < cur.end)
+        .group_by(p.customer_id)
+        .subquery()
+    )
+    t = per_customer.c
+    row = state.session.execute(select(
+        count_if(t.n_cur > 0), count_if(t.n_prev > 0),
+        count_if(and_(t.n_cur > 0, or_(t.n_cur >= 2, t.first < cur.start))),
+        count_if(and_(t.n_prev > 0, or_(t.n_prev >= 2, t.first < prev.start))),
+        func.coalesce(func.sum(t.n_cur), 0), func.coalesce(func.sum(t.n_prev), 0),
+        func.coalesce(func.sum(t.rev_cur), 0), func.coalesce(func.sum(t.rev_prev), 0),
+        func.coalesce(func.sum(t.ret_cur), 0), func.coalesce(func.sum(t.ret_prev), 0),
+    )).one()
+    active, active_prev, repeat, repeat_prev, orders, orders_prev = (int(v or 0) for v in row[:6])
+    rev, rev_prev, ret, ret_prev = (money(v) for v in row[6:])
+    crow = state.session.execute(select(
+        count_if(c.first_purchase_at < cur.end), count_if(c.first_purchase_at < prev.end),
+        count_if(between(c.first_purchase_at, cur.start, cur.end)),
+        count_if(between(c.first_purchase_at, prev.start, prev.end)),
+    )).one()
+    customers, customers_prev, new, new_prev = (int(v or 0) for v in crow)
+
+    def aov(revenue: Decimal, n: int) -> Decimal | None:
+        return (revenue / n).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN) if n else None
+
+    return [
+        Metric("customers", "Customers", "count", customers, customers_prev,
+               note="customers with a purchase before the period's end"),
+        Metric("new_customers", "New customers", "count", new, new_prev),
+        Metric("active_customers", "Active customers", "count", active, active_prev,
+               note="bought in the period"),
+        Metric("repeat_rate", "Repeat-purchase rate", "percent", ratio(repeat, active),
+               ratio(repeat_prev, active_prev), note="share of the period's buyers with two or more orders"),
+        Metric("orders", "Orders", "count", orders, orders_prev),
+        Metric("frequency", "Purchase frequency", "number", ratio(orders, active), ratio(orders_prev, active_prev),
+               note="orders per active customer"),
+        Metric("revenue", "Revenue", "money", rev, rev_prev, note="net of refunds"),
+        Metric("aov", "Average order value", "money", aov(rev, orders), aov(rev_prev, orders_prev)),
+        Metric("returning_revenue", "Revenue from returning customers", "money", ret, ret_prev),
+        Metric("returning_share", "Share of revenue from returning customers", "percent",
+               ratio(ret.scaleb(4), rev.scaleb(4)), ratio(ret_prev.scaleb(4), rev_prev.scaleb(4))),
+    ]
+
+
+def points_value(state: LoyaltyState) -> tuple[int, Decimal]:
+    """``(points, value)`` of ``LOYALTY_POINTS_REDEMPTION``: how much a number of points is worth."""
+    rule = state.config.get("LOYALTY_POINTS_REDEMPTION") or {"points": 100, "value": "5.00"}
+    return int(rule["points"]), Decimal(str(rule["value"]))
+
+
+def _liability_metrics(state: LoyaltyState, period: Period) -> list[Metric]:
+    e = table_of(PointsEntry).c
+    row = state.session.execute(select(
+        sum_if(e.created_at < period.end, e.delta), sum_if(e.created_at < period.previous.end, e.delta),
+    )).one()
+    points, points_prev = int(row[0] or 0), int(row[1] or 0)
+    per, value = points_value(state)
+
+    def worth(n: int) -> Decimal:
+        return (Decimal(n) * value / per).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
+
+    metrics = [
+        Metric("points_outstanding", "Points outstanding", "count", points, points_prev, better="down",
+               note="at the period's end"),
+        Metric("points_liability", "Points liability", "money", worth(points), worth(points_prev), better="down",
+               note="points at their redemption value"),
+    ]
+    gift_card = area_model("gift_card", "GiftCard")
+    movement = area_model("gift_card", "GiftCardMovement")
+    if gift_card is not None and movement is not None:
+        g = table_of(gift_card).c
+        m = table_of(movement).c
+        currency = state.config["LOYALTY_CURRENCY"]
+        # The movement ledger sums to the balance, so the balance at any moment is a sum of movements.
+        row = state.session.execute(
+            select(sum_if(m.created_at < period.end, raw(m.amount)),
+                   sum_if(m.created_at < period.previous.end, raw(m.amount)))
+            .select_from(table_of(movement).join(table_of(gift_card), g.id == m.gift_card_id))
+            .where(g.currency == currency, or_(g.expires_at.is_(None), g.expires_at > period.end))).one()
+        metrics.append(Metric("gift_card_liability", "Gift-card liability", "money", money(row[0]), money(row[1]),
+                              better="down", note="unspent, unexpired gift-card balances"))
+    return metrics
+
+
+def _coupon_metrics(state: LoyaltyState, period: Period) -> list[Metric] | None:
+    coupon = area_model("coupon", "Coupon")
+    redemption = area_model("coupon", "Redemption")
+    if coupon is None or redemption is None:
+        return None
+    cp = table_of(coupon).c
+    r = table_of(redemption).c
+    cur, prev = period, period.previous
+    used = select(r.coupon_id).where(r.released_at.is_(None), r.created_at < cur.end).distinct().subquery()
+    row = state.session.execute(
+        select(count_if(between(cp.created_at, cur.start, cur.end)),
+               count_if(between(cp.created_at, prev.start, prev.end)),
+               count_if(and_(between(cp.created_at, cur.start, cur.end), used.c.coupon_id.is_not(None))),
+               count_if(and_(between(cp.created_at, prev.start, prev.end), used.c.coupon_id.is_not(None))))
+        .select_from(table_of(coupon).outerjoin(used, used.c.coupon_id == cp.id))
+        .where(cp.created_at >= prev.start, cp.created_at < cur.end)).one()
+    issued, issued_prev, redeemed, redeemed_prev = (int(v or 0) for v in row)
+    currency = state.config["LOYALTY_CURRENCY"]
+    live = and_(r.released_at.is_(None), r.currency == currency)
+    drow = state.session.execute(select(
+        count_if(and_(live, between(r.created_at, cur.start, cur.end))),
+        count_if(and_(live, between(r.created_at, prev.start, prev.end))),
+        sum_if(and_(live, between(r.created_at, cur.start, cur.end)), raw(r.discount)),
+        sum_if(and_(live, between(r.created_at, prev.start, prev.end)), raw(r.discount)),
+    ).where(r.created_at >= prev.start, r.created_at < cur.end)).one()
+    return [
+        Metric("coupons_issued", "Coupons issued", "count", issued, issued_prev),
+        Metric("coupon_redemption_rate", "Coupon redemption rate", "percent", ratio(redeemed, issued),
+               ratio(redeemed_prev, issued_prev), note="coupons issued in the period and used since"),
+        Metric("redemptions", "Coupon redemptions", "count", int(drow[0] or 0), int(drow[1] or 0)),
+        Metric("discount_cost", "Discount cost", "money", money(drow[2]), money(drow[3]), better="down",
+               note="discounts granted on orders in the period"),
+    ]
+
+
+def plus_days(state: LoyaltyState, column: Any, days: int) -> ColumnElement[Any]:
+    """``column + days`` in SQL (PostgreSQL interval arithmetic, SQLite ``datetime()``)."""
+    if state.session.get_bind().dialect.name == "sqlite":
+        shifted: ColumnElement[Any] = func.strftime("%Y-%m-%d %H:%M:%f", column, f"+{int(days)} days")
+        return shifted
+    moved: ColumnElement[Any] = column + func.make_interval(0, 0, 0, int(days))
+    return moved
+
+
+def nps_of(promoters: int, detractors: int, answers: int) -> int | None:
+    """Net Promoter Score -100..100 (rounded half away from zero), ``None`` without answers."""
+    if not answers:
+        return None
+    value = Decimal(100 * (promoters - detractors)) / Decimal(answers)
+    return int(value.quantize(Decimal(1), rounding="ROUND_HALF_UP"))
+
+
+def _survey_metrics(state: LoyaltyState, period: Period) -> list[Metric] | None:
+    response = area_model("survey", "SurveyResponse")
+    answer = area_model("survey", "SurveyAnswer")
+    if response is None or answer is None:
+        return None
+    r = table_of(response).c
+    a = table_of(answer).c
+    cur, prev = period, period.previous
+    in_cur, in_prev = between(r.answered_at, cur.start, cur.end), between(r.answered_at, prev.start, prev.end)
+    rec = select(a.response_id.label("rid"), a.number.label("score")).where(
+        a.question == "recommend", a.number.is_not(None)).subquery()
+    row = state.session.execute(
+        select(count_if(in_cur), count_if(in_prev),
+               count_if(and_(in_cur, rec.c.score.is_not(None))), count_if(and_(in_prev, rec.c.score.is_not(None))),
+               count_if(and_(in_cur, rec.c.score >= 9)), count_if(and_(in_prev, rec.c.score >= 9)),
+               count_if(and_(in_cur, rec.c.score <= 6)), count_if(and_(in_prev, rec.c.score <= 6)))
+        .select_from(table_of(response).outerjoin(rec, rec.c.rid == r.id))
+        .where(r.answered_at >= prev.start, r.answered_at < cur.end)).one()
+    responses, responses_prev, n, n_prev, pro, pro_prev, det, det_prev = (int(v or 0) for v in row)
+    metrics = [
+        Metric("survey_responses", "Survey responses", "count", responses, responses_prev),
+        Metric("nps", "Net Promoter Score", "nps", nps_of(pro, det, n), nps_of(pro_prev, det_prev, n_prev),
+               note="% promoters (9-10) minus % detractors (0-6); the arrow is the trend"),
+    ]
+    message = area_model("message", "Message")
+    if message is not None:
+        m = table_of(message).c
+        sent = and_(m.kind == "survey_invite", m.status == "sent")
+        irow = state.session.execute(select(
+            count_if(between(m.sent_at, cur.start, cur.end)), count_if(between(m.sent_at, prev.start, prev.end)),
+        ).where(sent, m.sent_at >= prev.start, m.sent_at < cur.end)).one()
+        invites, invites_prev = int(irow[0] or 0), int(irow[1] or 0)
+        metrics.append(Metric("response_rate", "Survey response rate", "percent", ratio(responses, invites),
+                              ratio(responses_prev, invites_prev),
+                              note="responses per survey invitation sent in the period"))
+    return metrics
+
+
+def _mail_metrics(state: LoyaltyState, period: Period,
+                  funnel: tuple[tuple[int, ...], tuple[int, ...]] | None) -> list[Metric] | None:
+    metrics: list[Metric] = []
+    if funnel is not None:
+        (sent, opened, clicked, bought), (sent_p, opened_p, clicked_p, bought_p) = funnel
+        metrics += [
+            Metric("mails_sent", "Marketing mails sent", "count", sent, sent_p),
+            Metric("open_rate", "Open rate", "percent", ratio(opened, sent), ratio(opened_p, sent_p)),
+            Metric("click_rate", "Click rate", "percent", ratio(clicked, sent), ratio(clicked_p, sent_p)),
+            Metric("mail_conversion", "Bought after a click", "percent", ratio(bought, sent), ratio(bought_p, sent_p),
+                   note=f"a purchase within {int(state.config['LOYALTY_ADMIN_ATTRIBUTION_DAYS'])} days of the click"),
+        ]
+    event = area_model("consent", "ConsentEvent")
+    if event is not None:
+        e = table_of(event).c
+        cur, prev = period, period.previous
+        row = state.session.execute(select(
+            count_if(between(e.created_at, cur.start, cur.end)), count_if(between(e.created_at, prev.start, prev.end)),
+        ).where(e.purpose == "email_marketing", e.action == "withdrawn",
+                e.created_at >= prev.start, e.created_at < cur.end)).one()
+        metrics.append(Metric("unsubscribes", "Unsubscribes", "count", int(row[0] or 0), int(row[1] or 0),
+                              better="down", note="withdrawals of e-mail marketing consent"))
+    return metrics or None
+
+
+def _funnel_counts(state: LoyaltyState, period: Period) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    message = area_model("message", "Message")
+    engagement = area_model("message", "Engagement")
+    if message is None or engagement is None:
+        return None
+    m = table_of(message).c
+    g = table_of(engagement).c
+    p = table_of(Purchase).c
+    cur, prev = period, period.previous
+    days = int(state.config["LOYALTY_ADMIN_ATTRIBUTION_DAYS"])
+    eng = (select(g.message_id.label("mid"), func.min(g.at).label("first_seen"),
+                  func.min(case((g.event == "click", g.at))).label("first_click"))
+           .where(g.at >= prev.start).group_by(g.message_id).subquery())
+    per_message = (
+        select(m.sent_at.label("sent_at"), eng.c.first_seen, eng.c.first_click,
+               select(literal(1)).where(p.customer_id == m.customer_id, p.placed_at >= eng.c.first_click,
+                                        p.placed_at < plus_days(state, eng.c.first_click, days))
+               .exists().label("bought"))
+        .select_from(table_of(message).outerjoin(eng, eng.c.mid == m.id))
+        .where(m.status == "sent", m.marketing.is_(True), m.sent_at >= prev.start, m.sent_at < cur.end)
+        .subquery())
+    t = per_message.c
+    here, before = between(t.sent_at, cur.start, cur.end), between(t.sent_at, prev.start, prev.end)
+    row = state.session.execute(select(
+        count_if(here), count_if(and_(here, t.first_seen.is_not(None))),
+        count_if(and_(here, t.first_click.is_not(None))), count_if(and_(here, t.bought)),
+        count_if(before), count_if(and_(before, t.first_seen.is_not(None))),
+        count_if(and_(before, t.first_click.is_not(None))), count_if(and_(before, t.bought)),
+    )).one()
+    values = tuple(int(v or 0) for v in row)
+    return values[:4], values[4:]
+
+
+def mail_funnel(state: LoyaltyState, period: Period) -> list[tuple[str, int, int | None]] | None:
+    """Marketing mails sent in the period -> opened -> clicked -> bought: ``[(step, count, previous count)]``.
+
+    A click counts as an open too (images are often blocked); "bought" is a
+    purchase by the recipient within ``LOYALTY_ADMIN_ATTRIBUTION_DAYS`` after
+    their first click.
+    """
+    return _funnel_steps(_funnel_counts(state, period))
+
+
+def _funnel_steps(counts: tuple[tuple[int, ...], tuple[int, ...]] | None) -> list[tuple[str, int, int | None]] | None:
+    if counts is None:
+        return None
+    now, before = counts
+    steps = ("Sent", "Opened", "Clicked", "Bought")
+    return [(step, now[i], before[i]) for i, step in enumerate(steps)]
+
+
+# --------------------------------------------------------------------------- tables and charts
+
+
+def cell_text(value: Any) -> str:
+    """How a table cell is written, identically in the HTML table and in the CSV file."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def percent(value: Decimal | None) -> str:
+    """A fraction as a percentage with one decimal (``"42.5%"``), ``""`` for ``None``."""
+    if value is None:
+        return ""
+    return f"{(value * 100).quantize(Decimal('0.1'), rounding=ROUND_HALF_EVEN)}%"
+
+
+@dataclass
+class Table:
+    """A data table shown under a chart and offered as CSV (the two are always the same cells)."""
+
+    caption: str
+    columns: list[str]
+    rows: list[list[Any]]
+
+    def text_rows(self) -> list[list[str]]:
+        """Every cell as text, as shown and as exported."""
+        return [[cell_text(v) for v in row] for row in self.rows]
+
+    def to_csv(self) -> str:
+        """The table as CSV (header row first)."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\r\n")
+        writer.writerow(self.columns)
+        writer.writerows(self.text_rows())
+        return buffer.getvalue()
+
+
+@dataclass
+class Chart:
+    """A chart: its name (URL part), title, a short explanation, SVG markup and the data table."""
+
+    name: str
+    title: str
+    description: str
+    svg: str
+    table: Table
+
+
+ChartBuilder = Callable[[LoyaltyState, datetime], "Chart | None"]
+
+
+def cohort_chart(state: LoyaltyState, now: datetime, *, months: int = 12) -> Chart:
+    """Monthly cohort retention: of the customers who first bought in month M, the share buying in M+k."""
+    from . import charts
+
+    edges = month_starts(now, state.config["LOYALTY_TIMEZONE"], months)
+    p = table_of(Purchase).c
+    c = table_of(Customer).c
+    cohort_of = bucket(c.first_purchase_at, edges)
+    sizes = dict(state.session.execute(
+        select(cohort_of, func.count()).where(c.first_purchase_at >= edges[0], c.first_purchase_at < edges[-1])
+        .group_by(cohort_of)).all())
+    month_of = bucket(p.placed_at, edges)
+    active = state.session.execute(
+        select(cohort_of, month_of, func.count(distinct(p.customer_id)))
+        .select_from(table_of(Purchase).join(table_of(Customer), c.id == p.customer_id))
+        .where(c.first_purchase_at >= edges[0], c.first_purchase_at < edges[-1],
+               p.placed_at >= edges[0], p.placed_at < edges[-1])
+        .group_by(cohort_of, month_of)).all()
+    counts = {(int(a), int(b)): int(n) for a, b, n in active}
+    zone = shop_zone(state.config["LOYALTY_TIMEZONE"])
+    labels = [local_date(edge, zone).strftime("%Y-%m") for edge in edges[:-1]]
+    grid: list[list[Decimal | None]] = []
+    rows: list[list[Any]] = []
+    for i, label in enumerate(labels):
+        size = int(sizes.get(i, 0))
+        shares: list[Decimal | None] = []
+        for k in range(months):
+            if i + k >= months:
+                shares.append(None)
+            else:
+                shares.append(ratio(counts.get((i, i + k), 0), size) if size else None)
+        grid.append(shares)
+        rows.append([label, size, *[percent(s) for s in shares]])
+    columns = ["Cohort", "Customers", *[f"Month {k}" for k in range(months)]]
+    table = Table("Share of each monthly cohort buying again in later months", columns, rows)
+    svg = charts.heatmap(labels, [f"+{k}" for k in range(months)], grid,
+                         title="Monthly cohort retention", x_label="Months since first purchase",
+                         y_label="First purchase")
+    return Chart("cohorts", "Cohort retention",
+                 "Each row is the customers who first bought in that month; each cell the share of them "
+                 "who bought again k months later.", svg, table)
+
+
+def pareto_chart(state: LoyaltyState, now: datetime, *, steps: int = 20, mark: Decimal = Decimal("0.3")) -> Chart:
+    """Cumulative revenue share of customers ranked by what they spent, with the top-30% mark."""
+    from . import charts
+
+    c = table_of(Customer).c
+    ranked = select(raw(c.total_spent).label("spent"),
+                    func.ntile(steps).over(order_by=(raw(c.total_spent).desc(), c.id)).label("tile")
+                    ).where(c.orders_count > 0).subquery()
+    rows_db = state.session.execute(
+        select(ranked.c.tile, func.count(), func.sum(ranked.c.spent)).group_by(ranked.c.tile)
+        .order_by(ranked.c.tile)).all()
+    customers = sum(int(r[1]) for r in rows_db)
+    revenue = sum(int(r[2] or 0) for r in rows_db)
+    points: list[tuple[Decimal, Decimal]] = [(Decimal(0), Decimal(0))]
+    rows: list[list[Any]] = []
+    seen_customers = 0
+    seen_revenue = 0
+    for _tile, n, spent in rows_db:
+        seen_customers += int(n)
+        seen_revenue += int(spent or 0)
+        x = ratio(seen_customers, customers) or Decimal(0)
+        y = ratio(seen_revenue, revenue) or Decimal(0)
+        points.append((x, y))
+        rows.append([percent(x), seen_customers, money(seen_revenue), percent(y)])
+    mark_share = _share_at(points, mark)
+    svg = charts.pareto(points, mark=mark, mark_share=mark_share, title="Revenue concentration")
+    table = Table(f"Cumulative share of revenue by the top customers (top {percent(mark)}: "
+                  f"{percent(mark_share)} of revenue)",
+                  ["Top customers", "Customers", "Revenue", "Share of revenue"], rows)
+    return Chart("pareto", "Pareto curve",
+                 "Customers ranked by net spend: how much of the revenue the best customers bring.", svg, table)
+
+
+def _share_at(points: list[tuple[Decimal, Decimal]], x: Decimal) -> Decimal | None:
+    """Linear interpolation of the curve ``points`` at ``x``."""
+    if len(points) < 2:
+        return None
+    for (x0, y0), (x1, y1) in pairwise(points):
+        if x0 <= x <= x1:
+            if x1 == x0:
+                return y1
+            return (y0 + (y1 - y0) * (x - x0) / (x1 - x0)).quantize(Decimal("0.0001"))
+    return points[-1][1]
+
+
+CLV_EDGES = (0, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+def clv_chart(state: LoyaltyState, now: datetime) -> Chart:
+    """How many customers fall in each band of lifetime value (predicted when profiles exist, else historical)."""
+    from . import charts
+
+    profile = _profiles(state)
+    if profile is not None:
+        pc = table_of(profile).c
+        value_col = raw(pc.total_clv)
+        source = select(value_col.label("v")).where(pc.frequency > 0).subquery()
+        basis = "lifetime (profit so far + predicted)"
+    else:
+        cc = table_of(Customer).c
+        source = select(raw(cc.total_spent).label("v")).where(cc.orders_count > 0).subquery()
+        basis = "historical spend"
+    scale = 10_000
+    edges = [e * scale for e in CLV_EDGES]
+    v = source.c.v
+    band = case((v < 0, -1), *[(v < edge, i) for i, edge in enumerate(edges[1:])], else_=len(edges) - 1)
+    counts: dict[int, int] = {int(k): int(n) for k, n in state.session.execute(
+        select(band, func.count()).group_by(band)).all()}
+    currency = state.config["LOYALTY_CURRENCY"]
+    labels = ["below 0"] if -1 in counts else []
+    for i in range(len(CLV_EDGES)):
+        if i + 1 < len(CLV_EDGES):
+            labels.append(f"{CLV_EDGES[i]}–{CLV_EDGES[i + 1]}")
+        else:
+            labels.append(f"{CLV_EDGES[i]}+")
+    values = ([counts[-1]] if -1 in counts else []) + [int(counts.get(i, 0)) for i in range(len(CLV_EDGES))]
+    total = sum(values)
+    rows = [[f"{label} {currency}", n, percent(ratio(n, total))] for label, n in zip(labels, values, strict=True)]
+    svg = charts.bars(labels, values, title=f"Customer lifetime value ({basis}, {currency})",
+                      x_label=f"Lifetime value ({currency})", y_label="Customers")
+    return Chart("clv", "Lifetime value distribution",
+                 f"Customers by {basis} lifetime value band.", svg,
+                 Table(f"Customers by {basis} lifetime value", ["Band", "Customers", "Share"], rows))
+
+
+def funnel_chart(data: Overview) -> Chart | None:
+    """The overview's mail funnel (sent -> opened -> clicked -> bought) as a chart with its table."""
+    from . import charts
+
+    if not data.funnel:
+        return None
+    first = data.funnel[0][1]
+    rows = [[step, n, percent(ratio(n, first)), "" if prev is None else prev] for step, n, prev in data.funnel]
+    svg = charts.funnel([s for s, _n, _p in data.funnel], [n for _s, n, _p in data.funnel],
+                        title="Mail funnel")
+    return Chart("funnel", "Mail funnel",
+                 "Marketing mails sent in the period, how many were opened, clicked, and followed by a purchase.",
+                 svg, Table("Mail funnel in the period", ["Step", "Mails", "Share of sent", "Previous period"], rows))
+
+
+def nps_chart(state: LoyaltyState, now: datetime, *, months: int = 12) -> Chart | None:
+    """Monthly Net Promoter Score over the last ``months`` months."""
+    from . import charts
+
+    response = area_model("survey", "SurveyResponse")
+    answer = area_model("survey", "SurveyAnswer")
+    if response is None or answer is None:
+        return None
+    edges = month_starts(now, state.config["LOYALTY_TIMEZONE"], months)
+    r = table_of(response).c
+    a = table_of(answer).c
+    month = bucket(r.answered_at, edges)
+    rows_db = state.session.execute(
+        select(month, func.count(), count_if(a.number >= 9), count_if(a.number <= 6))
+        .select_from(table_of(answer).join(table_of(response), r.id == a.response_id))
+        .where(a.question == "recommend", a.number.is_not(None), r.answered_at >= edges[0], r.answered_at < edges[-1])
+        .group_by(month)).all()
+    by_month = {int(k): (int(n), int(pro), int(det)) for k, n, pro, det in rows_db}
+    zone = shop_zone(state.config["LOYALTY_TIMEZONE"])
+    labels = [local_date(edge, zone).strftime("%Y-%m") for edge in edges[:-1]]
+    values: list[int | None] = []
+    rows: list[list[Any]] = []
+    for i, label in enumerate(labels):
+        n, pro, det = by_month.get(i, (0, 0, 0))
+        score = nps_of(pro, det, n)
+        values.append(score)
+        rows.append([label, n, pro, n - pro - det, det, "" if score is None else score])
+    svg = charts.line([lb[2:] for lb in labels], values, title="Net Promoter Score by month", y_min=-100, y_max=100,
+                      y_format="{:+.0f}", y_label="NPS")
+    return Chart("nps", "NPS over time", "Net Promoter Score of each month's survey answers (-100 to +100).", svg,
+                 Table("Net Promoter Score by month", ["Month", "Answers", "Promoters", "Passives", "Detractors",
+                                                        "NPS"], rows))
+
+
+def _profiles(state: LoyaltyState) -> Any:
+    """The profile model when analytics is installed and has computed at least one profile."""
+    profile = area_model("profile", "CustomerProfile")
+    if profile is None:
+        return None
+    if state.session.execute(select(literal(1)).select_from(table_of(profile)).limit(1)).first() is None:
+        return None
+    return profile
+
+
+def rfm_chart(state: LoyaltyState, now: datetime) -> Chart | None:
+    """Customers by recency score (rows) and frequency score (columns), from the analytics profiles."""
+    from . import charts
+
+    profile = _profiles(state)
+    if profile is None:
+        return None
+    pc = table_of(profile).c
+    rows_db = state.session.execute(
+        select(pc.r_score, pc.f_score, func.count(), func.sum(raw(pc.monetary)))
+        .where(pc.r_score.is_not(None), pc.f_score.is_not(None)).group_by(pc.r_score, pc.f_score)).all()
+    counts = {(int(r), int(f)): (int(n), int(m or 0)) for r, f, n, m in rows_db}
+    top = max((n for n, _m in counts.values()), default=0)
+    r_scores, f_scores = [5, 4, 3, 2, 1], [1, 2, 3, 4, 5]
+    grid = [[ratio(counts.get((r, f), (0, 0))[0], top) if top else Decimal(0) for f in f_scores] for r in r_scores]
+    cell_labels = [[str(counts.get((r, f), (0, 0))[0]) for f in f_scores] for r in r_scores]
+    rows = [[f"R{r}", *[counts.get((r, f), (0, 0))[0] for f in f_scores]] for r in r_scores]
+    svg = charts.heatmap([f"R{r}" for r in r_scores], [f"F{f}" for f in f_scores], grid, cell_labels=cell_labels,
+                         title="Customers by recency (R) and frequency (F) score",
+                         x_label="Frequency score (5 = most orders)", y_label="Recency")
+    segs = state.session.execute(select(pc.segment, func.count()).where(pc.segment.is_not(None))
+                                 .group_by(pc.segment).order_by(func.count().desc())).all()
+    summary = ", ".join(f"{name}: {n}" for name, n in segs)
+    return Chart("rfm", "RFM segment grid",
+                 "Recency score 5 bought most recently; frequency score 5 buys most often. Segments: " + summary,
+                 svg, Table("Customers by recency and frequency score", ["Recency", *[f"F{f}" for f in f_scores]],
+                            rows))
+
+
+STAGES = ("trust", "relationship", "reward")
+
+
+def stage_chart(state: LoyaltyState, now: datetime) -> Chart | None:
+    """The loyalty stage funnel: customers who reached trust, then relationship, then reward."""
+    from . import charts
+
+    profile = _profiles(state)
+    if profile is None:
+        return None
+    pc = table_of(profile).c
+    counts = {str(k): int(n) for k, n in state.session.execute(
+        select(pc.stage, func.count()).group_by(pc.stage)).all()}
+    at = [counts.get(stage, 0) for stage in STAGES]
+    reached = [sum(at[i:]) for i in range(len(STAGES))]
+    total = reached[0]
+    rows = [[stage, at[i], reached[i], percent(ratio(reached[i], total))] for i, stage in enumerate(STAGES)]
+    svg = charts.funnel([s.capitalize() for s in STAGES], reached, title="Loyalty stages")
+    return Chart("stages", "Stage funnel",
+                 "Earn trust, deepen the relationship, then reward: how many customers reached each stage.", svg,
+                 Table("Customers by loyalty stage", ["Stage", "At this stage", "Reached", "Share reached"], rows))
+
+
+def uplift_chart(state: LoyaltyState, now: datetime, *, limit: int = 8) -> Chart | None:
+    """Purchase rate of each launched campaign's offered group against its random holdout, in the campaign window."""
+    from . import charts
+
+    campaign = area_model("rewards", "Campaign")
+    member = area_model("rewards", "CampaignMember")
+    if campaign is None or member is None:
+        return None
+    c = table_of(campaign).c
+    cm = table_of(member).c
+    p = table_of(Purchase).c
+    latest = select(c.id).where(c.status == "launched").order_by(c.starts_at.desc(), c.id.desc()).limit(limit)
+    ids = [int(i) for i in state.session.execute(latest).scalars()]
+    if not ids:
+        return None
+    start = func.coalesce(c.launched_at, c.starts_at)
+    bought = (select(literal(1)).where(p.customer_id == cm.customer_id, p.placed_at >= start,
+                                       p.placed_at < c.ends_at).exists())
+    rows_db = state.session.execute(
+        select(c.id, c.name, cm.grp, func.count(), count_if(bought))
+        .select_from(table_of(member).join(table_of(campaign), c.id == cm.campaign_id))
+        .where(cm.campaign_id.in_(ids)).group_by(c.id, c.name, cm.grp)).all()
+    stats: dict[int, dict[str, Any]] = {}
+    for cid, name, grp, n, b in rows_db:
+        stats.setdefault(int(cid), {"name": name})[str(grp)] = (int(n), int(b))
+    names: list[str] = []
+    treated: list[Decimal] = []
+    held: list[Decimal] = []
+    rows: list[list[Any]] = []
+    for cid in reversed(ids):
+        if cid not in stats:
+            continue
+        entry = stats[cid]
+        tn, tb = entry.get("treatment", (0, 0))
+        hn, hb = entry.get("holdout", (0, 0))
+        rt, rh = ratio(tb, tn), ratio(hb, hn)
+        names.append(str(entry["name"]))
+        treated.append((rt or Decimal(0)) * 100)
+        held.append((rh or Decimal(0)) * 100)
+        uplift = None if rt is None or rh is None else rt - rh
+        rows.append([entry["name"], tn, tb, percent(rt), hn, hb, percent(rh),
+                     "" if uplift is None else f"{(uplift * 100).quantize(Decimal('0.1'))} pp"])
+    top = max([float(v) for v in treated + held] + [1.0])
+    svg = charts.grouped_bars(names, [("Offered", treated), ("Holdout", held)],
+                              title="Purchase rate during the campaign: offered vs holdout",
+                              y_max=min(100.0, max(10.0, top * 1.2)), y_format="{:.0f}%", value_format="{:.1f}%")
+    return Chart("uplift", "Campaign uplift vs holdout",
+                 "Share of each group that bought during the campaign; the difference is what the campaign added.",
+                 svg, Table("Campaign purchase rates, offered group against holdout",
+                            ["Campaign", "Offered", "Offered who bought", "Offered rate", "Holdout",
+                             "Holdout who bought", "Holdout rate", "Uplift"], rows))
+
+
+def chart_builders() -> dict[str, ChartBuilder]:
+    """Every chart the dashboard knows, by URL name, in display order."""
+    return {
+        "cohorts": cohort_chart,
+        "nps": nps_chart,
+        "pareto": pareto_chart,
+        "clv": clv_chart,
+        "rfm": rfm_chart,
+        "stages": stage_chart,
+        "uplift": uplift_chart,
+    }
+
+
+def build_chart(state: LoyaltyState, name: str, *, now: datetime | None = None) -> Chart | None:
+    """The chart ``name`` (``None`` when its area is not installed); ``KeyError`` for an unknown name."""
+    builder = chart_builders()[name]
+    return builder(state, resolve_now(now))
+
+
+def build_charts(state: LoyaltyState, *, now: datetime | None = None) -> list[Chart]:
+    """Every available chart."""
+    moment = resolve_now(now)
+    built = (builder(state, moment) for builder in chart_builders().values())
+    return [chart for chart in built if chart is not None]
+
+
+__all__ = ["Chart", "Metric", "Overview", "Period", "Table", "area_model", "build_chart", "build_charts",
+           "overview", "period_for"]

@@ -1,0 +1,511 @@
+"""The shop owner's dashboard: the guard closes everything, figures match hand-computed ones, CSV = tables."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import uuid
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from html.parser import HTMLParser
+
+import pytest
+from sqlalchemy import func, select
+
+from flask_loyalty.models import AdminAuditEntry, Customer
+from flask_loyalty.services import dashboard
+from flask_loyalty.services.dashboard import Period, area_model
+
+UTC = timezone.utc
+PREFIX = "/loyalty/admin"
+
+
+def allow():
+    return True
+
+
+def who():
+    return "alice@shop"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def admin_urls(app):
+    """Every admin URL of the app, with placeholder arguments, and its methods."""
+    out = []
+    for rule in app.url_map.iter_rules():
+        if not rule.endpoint.startswith("loyalty_admin."):
+            continue
+        values = {}
+        for arg in rule.arguments:
+            conv = rule._converters[arg].__class__.__name__
+            values[arg] = 1 if conv == "IntegerConverter" else "c1"
+        with app.test_request_context():
+            from flask import url_for
+
+            url = url_for(rule.endpoint, **values)
+        out.append((url, sorted(rule.methods - {"HEAD", "OPTIONS"})))
+    return out
+
+
+class TableParser(HTMLParser):
+    """Collects tables by id: header row and body rows as text."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables = {}
+        self._id = None
+        self._row = None
+        self._cell = None
+        self._in_caption = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self._id = attrs.get("id")
+            self.tables[self._id] = []
+        elif tag == "tr" and self._id is not None:
+            self._row = []
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._id = None
+        elif tag == "tr" and self._row is not None:
+            self.tables[self._id].append(self._row)
+            self._row = None
+        elif tag in ("td", "th") and self._cell is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def tables_of(html: str):
+    parser = TableParser()
+    parser.feed(html)
+    return parser.tables
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "no CSRF token in the page"
+    return match.group(1)
+
+
+def add_message(shop, customer_ref, *, sent_at, kind="campaign", marketing=True, status="sent"):
+    message = area_model("message", "Message")
+    cust = shop.loyalty.customer(customer_ref)
+    row = message(customer_id=cust.id, kind=kind, purpose="email_marketing" if marketing else None,
+                  marketing=marketing, priority=0, payload={}, status=status, due_at=sent_at, first_due_at=sent_at,
+                  sent_at=sent_at if status == "sent" else None, attempts=1, message_id=f"<{uuid.uuid4()}@t>",
+                  created_at=sent_at)
+    shop.db.session.add(row)
+    shop.db.session.flush()
+    return row
+
+
+def add_engagement(shop, msg, event, at):
+    engagement = area_model("message", "Engagement")
+    shop.db.session.add(engagement(customer_id=msg.customer_id, message_id=msg.id, kind=msg.kind, event=event,
+                                   at=at, hour=at.hour))
+
+
+def add_response(shop, order_ref, recommend, at, comment=None, source=None):
+    response = area_model("survey", "SurveyResponse")
+    answer = area_model("survey", "SurveyAnswer")
+    purchase = shop.loyalty.purchase(order_ref)
+    row = response(purchase_id=purchase.id, customer_id=purchase.customer_id, answered_at=at, updated_at=at,
+                   completed_at=at, channel="page", created_at=at)
+    shop.db.session.add(row)
+    shop.db.session.flush()
+    shop.db.session.add(answer(response_id=row.id, question="recommend", type="scale", number=recommend))
+    if comment:
+        shop.db.session.add(answer(response_id=row.id, question="comment", type="text", text=comment))
+    if source:
+        shop.db.session.add(answer(response_id=row.id, question="source", type="choice", choice=source))
+    return row
+
+
+# ----------------------------------------------------------------------------- the fixture
+
+
+@pytest.fixture
+def figures(shop):
+    """A small shop whose overview figures are computed by hand below (period = the last 30 days)."""
+    state = shop.loyalty.state
+    period = dashboard.period_for(state, days=30)
+    d = period.start + timedelta(hours=12)
+    buy = shop.loyalty.record_purchase
+    buy("o1", "c1", "100.00", placed_at=d - timedelta(days=50), email="c1@example.com")
+    buy("o2", "c1", "50.00", placed_at=d + timedelta(days=4))
+    buy("o3", "c2", "40.00", placed_at=d + timedelta(days=2), email="c2@example.com")
+    buy("o4", "c2", "60.00", placed_at=d + timedelta(days=19))
+    shop.loyalty.record_refund("o4", amount="10.00")
+    buy("o5", "c3", "30.00", placed_at=d + timedelta(days=9), email="c3@example.com")
+    buy("o6", "c4", "20.00", placed_at=d - timedelta(days=21))
+    buy("o7", "c5", "80.00", placed_at=d - timedelta(days=11))
+    buy("o8", "c5", "20.00", placed_at=d - timedelta(days=6))
+    return shop, period, d
+
+
+def test_customer_and_order_figures_match_hand_computed(figures):
+    shop, period, _d = figures
+    data = dashboard.overview(shop.loyalty.state, period)
+    m = data.metric
+    assert (m("customers").value, m("customers").previous) == (5, 3)
+    assert (m("new_customers").value, m("new_customers").previous) == (2, 2)
+    assert (m("active_customers").value, m("active_customers").previous) == (3, 2)
+    assert (m("orders").value, m("orders").previous) == (4, 3)
+    assert m("repeat_rate").value == Decimal("0.6667") and m("repeat_rate").previous == Decimal("0.5000")
+    assert m("frequency").value == Decimal("1.3333") and m("frequency").previous == Decimal("1.5000")
+    assert m("revenue").value == Decimal("170.00") and m("revenue").previous == Decimal("120.00")
+    assert m("aov").value == Decimal("42.50") and m("aov").previous == Decimal("40.00")
+    assert m("returning_revenue").value == Decimal("100.00") and m("returning_revenue").previous == Decimal("20.00")
+    assert m("returning_share").value == Decimal("0.5882")
+    # points: 1 per unit earned (400), 10 reversed by the partial refund; written now = inside the period
+    assert m("points_outstanding").value == 390 and m("points_outstanding").previous == 0
+    assert m("points_liability").value == Decimal("19.50")
+    assert m("revenue").trend == "up" and m("aov").change == Decimal("2.50")
+
+
+def test_period_previous_and_validation(shop):
+    state = shop.loyalty.state
+    p = dashboard.period_for(state, start=date(2026, 3, 1), end=date(2026, 3, 31))
+    assert p.start == datetime(2026, 3, 1, tzinfo=UTC) and p.end == datetime(2026, 4, 1, tzinfo=UTC)
+    assert p.previous == Period(datetime(2026, 1, 29, tzinfo=UTC), datetime(2026, 3, 1, tzinfo=UTC))
+    assert p.days == 31
+    from flask_loyalty import InvalidInput
+
+    with pytest.raises(InvalidInput):
+        dashboard.period_for(state, start=date(2026, 3, 2), end=date(2026, 3, 1))
+    with pytest.raises(InvalidInput):
+        dashboard.period_for(state, days=0)
+
+
+def test_coupon_gift_card_survey_mail_figures(figures):
+    shop, period, d = figures
+    if area_model("coupon", "Coupon") is None:
+        pytest.skip("coupons not installed")
+    coupons = shop.loyalty.coupons
+    state = shop.loyalty.state
+    base = dashboard.overview(state, period).metric("coupons_issued").value   # welcome coupons of the plan
+    used = coupons.create(kind="fixed", value="5.00")
+    coupons.create(kind="percent", value=10)
+    coupons.redeem(used.code, customer_ref="c3", order_ref="o5", order_total="30.00")
+    shop.loyalty.gift_cards.issue("25.00")
+    data = dashboard.overview(state, period)
+    m = data.metric
+    assert (m("coupons_issued").value, m("coupons_issued").previous) == (base + 2, 0)
+    assert m("coupon_redemption_rate").value == dashboard.ratio(1, base + 2)
+    assert m("redemptions").value == 1 and m("discount_cost").value == Decimal("5.00")
+    assert m("gift_card_liability").value == Decimal("25.00") and m("gift_card_liability").previous == Decimal("0")
+
+    if area_model("survey", "SurveyResponse") is None or area_model("message", "Message") is None:
+        pytest.skip("survey or outbox not installed")
+    add_response(shop, "o2", 10, d + timedelta(days=5), comment="Great tea", source="search")
+    add_response(shop, "o3", 9, d + timedelta(days=3), source="friend")
+    add_response(shop, "o5", 3, d + timedelta(days=10), comment="Late delivery", source="search")
+    add_response(shop, "o7", 5, d - timedelta(days=10))
+    for ref, day in (("c1", 1), ("c2", 2), ("c3", 3), ("c5", 1)):
+        add_message(shop, ref, kind="survey_invite", sent_at=d + timedelta(days=day), marketing=True)
+    m1 = add_message(shop, "c1", sent_at=d + timedelta(days=1))      # opened, clicked, bought o2 on day 4
+    add_engagement(shop, m1, "open", d + timedelta(days=1, hours=1))
+    add_engagement(shop, m1, "click", d + timedelta(days=3))
+    m2 = add_message(shop, "c3", sent_at=d + timedelta(days=2))      # opened only
+    add_engagement(shop, m2, "open", d + timedelta(days=2, hours=2))
+    add_message(shop, "c2", sent_at=d + timedelta(days=3))           # nothing
+    add_message(shop, "c4", sent_at=d - timedelta(days=20))          # previous period, clicked, no purchase
+    shop.db.session.commit()
+    data = dashboard.overview(state, period)
+    m = data.metric
+    assert (m("survey_responses").value, m("survey_responses").previous) == (3, 1)
+    assert m("nps").value == 33 and m("nps").previous == -100 and m("nps").trend == "up"
+    assert m("response_rate").value == Decimal("0.7500")     # 3 responses / 4 invitations sent
+    # survey invitations are marketing mails too: 4 + 3 campaign mails sent in the period
+    assert [(s, n) for s, n, _p in data.funnel] == [("Sent", 7), ("Opened", 2), ("Clicked", 1), ("Bought", 1)]
+    assert m("mails_sent").previous == 1 and m("mail_conversion").value == Decimal("0.1429")
+
+
+def test_unsubscribes_counted(figures):
+    shop, period, _d = figures
+    if area_model("consent", "ConsentEvent") is None:
+        pytest.skip("consent not installed")
+    shop.loyalty.consent.grant("c2", "surveys", source="checkout")
+    shop.loyalty.consent.grant("c1", "email_marketing", source="checkout")
+    shop.loyalty.consent.withdraw("c1", "email_marketing", source="unsubscribe")
+    shop.loyalty.consent.withdraw("c2", "surveys", source="preferences")   # not e-mail marketing
+    m = dashboard.overview(shop.loyalty.state, period).metric("unsubscribes")
+    assert (m.value, m.previous) == (1, 0)
+
+
+def test_cohort_retention_hand_computed(shop):
+    buy = shop.loyalty.record_purchase
+    at = lambda y, mo, da: datetime(y, mo, da, 12, tzinfo=UTC)  # noqa: E731
+    buy("x1a", "x1", "10", placed_at=at(2026, 1, 15))
+    buy("x1b", "x1", "10", placed_at=at(2026, 2, 10))
+    buy("x1c", "x1", "10", placed_at=at(2026, 4, 1))
+    buy("x2a", "x2", "10", placed_at=at(2026, 1, 20))
+    buy("x3a", "x3", "10", placed_at=at(2026, 2, 5))
+    buy("x3b", "x3", "10", placed_at=at(2026, 3, 5))
+    buy("x3c", "x3", "10", placed_at=at(2026, 3, 25))
+    chart = dashboard.cohort_chart(shop.loyalty.state, at(2026, 4, 15), months=4)
+    assert chart.table.columns == ["Cohort", "Customers", "Month 0", "Month 1", "Month 2", "Month 3"]
+    assert chart.table.text_rows() == [
+        ["2026-01", "2", "100.0%", "50.0%", "0.0%", "50.0%"],
+        ["2026-02", "1", "100.0%", "100.0%", "0.0%", ""],
+        ["2026-03", "0", "", "", "", ""],
+        ["2026-04", "0", "", "", "", ""],
+    ]
+    assert "<svg" in chart.svg and "<title" in chart.svg
+
+
+def test_pareto_hand_computed(shop):
+    for i, amount in enumerate(("100", "50", "30", "20")):
+        shop.loyalty.record_purchase(f"p{i}", f"k{i}", amount)
+    chart = dashboard.pareto_chart(shop.loyalty.state, datetime.now(UTC))
+    assert chart.table.text_rows() == [
+        ["25.0%", "1", "100.00", "50.0%"],
+        ["50.0%", "2", "150.00", "75.0%"],
+        ["75.0%", "3", "180.00", "90.0%"],
+        ["100.0%", "4", "200.00", "100.0%"],
+    ]
+    assert "top 30.0%: 55.0% of revenue" in chart.table.caption
+
+
+def test_clv_distribution_without_profiles(shop):
+    for i, amount in enumerate(("5", "30", "30", "700")):
+        shop.loyalty.record_purchase(f"q{i}", f"v{i}", amount)
+    chart = dashboard.clv_chart(shop.loyalty.state, datetime.now(UTC))
+    counts = {row[0]: row[1] for row in chart.table.text_rows()}
+    assert counts["0–10 EUR"] == "1" and counts["25–50 EUR"] == "2" and counts["500–1000 EUR"] == "1"
+    assert sum(int(v) for v in counts.values()) == 4
+
+
+def test_nps_chart_and_stage_funnel(figures):
+    shop, _period, d = figures
+    if area_model("survey", "SurveyResponse") is None:
+        pytest.skip("survey not installed")
+    add_response(shop, "o2", 10, d + timedelta(days=5))
+    add_response(shop, "o3", 9, d + timedelta(days=5))
+    add_response(shop, "o5", 0, d + timedelta(days=5))
+    shop.db.session.commit()
+    chart = dashboard.nps_chart(shop.loyalty.state, d + timedelta(days=5))
+    last = chart.table.text_rows()[-1]
+    assert last[1:] == ["3", "2", "0", "1", "33"]
+
+
+# ----------------------------------------------------------------------------- the guard
+
+
+def test_guard_closes_every_admin_url(make_shop):
+    shop = make_shop()
+    urls = admin_urls(shop.app)
+    assert len(urls) >= 15
+    client = shop.client
+    for url, methods in urls:
+        for method in methods:
+            response = client.open(url, method=method)
+            assert response.status_code == 403, (method, url, response.status_code)
+
+
+def test_guard_false_or_raising_closes_true_opens(make_shop):
+    shop = make_shop()
+    client = shop.client
+    shop.loyalty.admin_guard(lambda: False)
+    assert client.get(PREFIX + "/").status_code == 403
+    shop.loyalty.admin_guard(lambda: 1)             # only True opens
+    assert client.get(PREFIX + "/").status_code == 403
+
+    def broken():
+        raise RuntimeError("no user")
+
+    shop.loyalty.admin_guard(broken)
+    assert client.get(PREFIX + "/").status_code == 403
+    shop.loyalty.admin_guard(allow)
+    assert client.get(PREFIX + "/").status_code == 200
+    for url, methods in admin_urls(shop.app):
+        if "GET" in methods and "<" not in url:
+            assert client.get(url).status_code != 403, url
+
+
+def test_guard_from_config_import_string(make_shop):
+    shop = make_shop(LOYALTY_ADMIN_GUARD=f"{__name__}:allow")
+    assert shop.client.get(PREFIX + "/charts").status_code == 200
+    closed = make_shop(LOYALTY_ADMIN_GUARD=lambda: False)
+    assert closed.client.get(PREFIX + "/charts").status_code == 403
+
+
+# ----------------------------------------------------------------------------- pages, CSV, CSRF, audit
+
+
+@pytest.fixture
+def admin(figures):
+    shop, period, d = figures
+    shop.app.config["LOYALTY_ADMIN_IDENTITY"] = f"{__name__}:who"
+    shop.loyalty.admin_guard(allow)
+    return shop, period, d
+
+
+def test_every_page_renders(admin):
+    shop, _period, _d = admin
+    client = shop.client
+    for path in ("/", "/?days=7", "/?start=2026-01-01&end=2026-01-31", "/charts", "/customers", "/customers?q=c",
+                 "/customers/c1", "/audit"):
+        response = client.get(PREFIX + path)
+        assert response.status_code == 200, path
+        assert b"<h1>" in response.data
+    assert client.get(PREFIX + "/customers/nobody").status_code == 404
+    assert client.get(PREFIX + "/?days=abc").status_code == 400
+    assert client.get(PREFIX + "/charts/nothing.csv").status_code == 404
+
+
+def test_overview_page_shows_figures(admin):
+    shop, _period, _d = admin
+    html = shop.client.get(PREFIX + "/?days=30").get_data(as_text=True)
+    assert 'id="metric-active_customers" data-value="3"' in html
+    assert 'id="metric-revenue" data-value="170.00"' in html
+    assert "€42.50" in html and "66.7%" in html
+
+
+def test_chart_csv_equals_table(admin):
+    shop, _period, _d = admin
+    client = shop.client
+    html = client.get(PREFIX + "/charts").get_data(as_text=True)
+    tables = tables_of(html)
+    names = [n for n in dashboard.chart_builders() if f'id="chart-{n}"' in html]
+    assert {"cohorts", "pareto", "clv"} <= set(names)
+    for name in names:
+        response = client.get(f"{PREFIX}/charts/{name}.csv")
+        assert response.status_code == 200 and response.mimetype == "text/csv"
+        rows = list(csv.reader(io.StringIO(response.get_data(as_text=True).lstrip("\ufeff"))))
+        assert rows == tables[f"table-{name}"], name
+        assert len(rows) > 1
+
+
+def test_customer_timeline(admin):
+    shop, _period, _d = admin
+    html = shop.client.get(PREFIX + "/customers/c2").get_data(as_text=True)
+    assert "Order o3" in html and "Order o4" in html and "refunded 10.00 EUR" in html
+    assert "Refund: -10 points" in html
+    assert html.index("Order o4") < html.index("Order o3")   # newest first
+
+
+def test_post_needs_csrf_and_writes_audit(admin):
+    shop, _period, _d = admin
+    if area_model("coupon", "Coupon") is None:
+        pytest.skip("coupons not installed")
+    client = shop.client
+    page = client.get(PREFIX + "/coupons").get_data(as_text=True)
+    token = csrf_of(page)
+    assert client.post(PREFIX + "/coupons", data={"kind": "fixed", "value": "5.00"}).status_code == 400
+    assert client.post(PREFIX + "/coupons", data={"kind": "fixed", "value": "5.00", "csrf_token": "x" * 43}
+                       ).status_code == 400
+    coupon_model = area_model("coupon", "Coupon")
+    base = shop.db.session.execute(select(func.count(coupon_model.id))).scalar_one()   # the plan's welcome coupons
+    assert not shop.db.session.execute(select(coupon_model).where(coupon_model.kind == "fixed",
+                                                                  coupon_model.value == Decimal("5"))).first()
+    response = client.post(PREFIX + "/coupons", data={"kind": "fixed", "value": "5.00", "campaign": "spring",
+                                                      "expires_at": "2099-12-31", "csrf_token": token})
+    assert response.status_code == 200 and b'id="made"' in response.data
+    bad = client.post(PREFIX + "/coupons", data={"kind": "fixed", "value": "-3", "csrf_token": token})
+    assert bad.status_code == 400 and b"correct the marked fields" in bad.data
+    batch = client.post(PREFIX + "/coupons/batch", data={"count": "3", "kind": "percent", "value": "10",
+                                                         "campaign": "postal", "csrf_token": token})
+    assert batch.status_code == 200
+    shop.db.session.expire_all()
+    assert shop.db.session.execute(select(func.count(coupon_model.id))).scalar_one() == base + 4
+    one = shop.db.session.execute(select(coupon_model).where(coupon_model.campaign == "spring")).scalar_one()
+    gone = client.post(f"{PREFIX}/coupons/{one.id}/deactivate", data={"csrf_token": token})
+    assert gone.status_code == 303
+    shop.db.session.expire_all()
+    assert shop.db.session.get(coupon_model, one.id).revoked_at is not None
+    exported = client.get(PREFIX + "/coupons/export.csv?campaign=postal").get_data(as_text=True)
+    rows = list(csv.DictReader(io.StringIO(exported.lstrip("\ufeff"))))
+    assert len(rows) == 3 and {r["offer"] for r in rows} == {"10% off"}
+    entries = shop.db.session.execute(select(AdminAuditEntry).order_by(AdminAuditEntry.id)).scalars().all()
+    assert [e.action for e in entries] == ["coupon.create", "coupon.batch", "coupon.deactivate", "coupon.export"]
+    assert {e.who for e in entries} == {"alice@shop"}
+    assert entries[1].details["count"] == 3 and entries[2].target == one.code
+    audit_html = client.get(PREFIX + "/audit").get_data(as_text=True)
+    assert "coupon.deactivate" in audit_html and "alice@shop" in audit_html
+
+
+def test_gift_card_issue(admin):
+    shop, _period, _d = admin
+    if area_model("gift_card", "GiftCard") is None:
+        pytest.skip("gift cards not installed")
+    client = shop.client
+    token = csrf_of(client.get(PREFIX + "/gift-cards").get_data(as_text=True))
+    response = client.post(PREFIX + "/gift-cards", data={"amount": "30.00", "customer_ref": "c1", "csrf_token": token})
+    assert response.status_code == 200 and b'id="issued"' in response.data
+    assert shop.db.session.execute(select(AdminAuditEntry.action)).scalars().all() == ["gift_card.issue"]
+    assert client.post(PREFIX + "/gift-cards", data={"amount": "0", "csrf_token": token}).status_code == 400
+
+
+def test_consent_lookup_export_and_erase_with_confirmation(admin):
+    shop, _period, _d = admin
+    if area_model("consent", "ConsentEvent") is None:
+        pytest.skip("consent not installed")
+    shop.loyalty.consent.grant("c1", "surveys", source="checkout")
+    client = shop.client
+    html = client.get(PREFIX + "/consent?ref=c1").get_data(as_text=True)
+    assert "surveys" in html and "granted" in html
+    token = csrf_of(html)
+    exported = client.post(PREFIX + "/consent/c1/export", data={"csrf_token": token})
+    assert exported.status_code == 200 and exported.mimetype == "application/json"
+    assert "customer" in exported.get_json() or exported.get_json()
+    assert client.get(PREFIX + "/consent/c1/erase").status_code == 200
+    wrong = client.post(PREFIX + "/consent/c1/erase", data={"confirm": "c2", "csrf_token": token})
+    assert wrong.status_code == 400
+    shop.db.session.expire_all()
+    assert shop.loyalty.customer("c1").email == "c1@example.com"
+    done = client.post(PREFIX + "/consent/c1/erase", data={"confirm": "c1", "csrf_token": token})
+    assert done.status_code == 303
+    shop.db.session.expire_all()
+    c1 = shop.db.session.execute(select(Customer).where(Customer.ref == "c1")).scalar_one()
+    assert c1.email is None and c1.erased_at is not None
+    actions = shop.db.session.execute(select(AdminAuditEntry.action).order_by(AdminAuditEntry.id)).scalars().all()
+    assert actions == ["consent.view", "consent.export", "consent.erase"]
+
+
+def test_survey_answers_detractors_first(admin):
+    shop, _period, d = admin
+    if area_model("survey", "SurveyResponse") is None:
+        pytest.skip("survey not installed")
+    add_response(shop, "o2", 10, d + timedelta(days=5), comment="Great tea", source="search")
+    add_response(shop, "o3", 8, d + timedelta(days=3), source="friend")
+    add_response(shop, "o5", 3, d + timedelta(days=10), comment="Late delivery", source="search")
+    shop.db.session.commit()
+    html = shop.client.get(PREFIX + "/surveys").get_data(as_text=True)
+    assert html.index("Late delivery") < html.index("Great tea")
+    assert "mailto:c3@example.com" in html
+    assert tables_of(html)["sources"][1:] == [["search", "2"], ["friend", "1"]]
+    only = shop.client.get(PREFIX + "/surveys?group=promoters").get_data(as_text=True)
+    assert "Great tea" in only and "Late delivery" not in only
+
+
+def test_outbox_filter_and_preview(admin):
+    shop, _period, d = admin
+    if area_model("message", "Message") is None:
+        pytest.skip("outbox not installed")
+    add_message(shop, "c1", kind="thank_you", sent_at=d, status="scheduled")
+    add_message(shop, "c2", kind="win_back", sent_at=d, status="suppressed")
+    shop.db.session.commit()
+    client = shop.client
+    html = client.get(PREFIX + "/outbox?status=suppressed&kind=win_back").get_data(as_text=True)
+    rows = tables_of(html)["outbox"][1:]
+    assert len(rows) == 1 and rows[0][1:4] == ["win_back", "c2", "suppressed"]
+    html = client.get(PREFIX + "/outbox?customer=c1&kind=thank_you").get_data(as_text=True)
+    rows = tables_of(html)["outbox"][1:]
+    assert rows and all(r[1] == "thank_you" and r[2] == "c1" for r in rows)
+    msg_id = rows[0][0]
+    for locale in ("en", "es", "ro", "ru"):
+        page = client.get(f"{PREFIX}/outbox/{msg_id}?locale={locale}")
+        assert page.status_code == 200
+        assert b'id="preview-subject"' in page.data or b"Could not render" in page.data
