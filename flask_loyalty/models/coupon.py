@@ -56,7 +56,7 @@ class Coupon(CreatedAt, Base):
     gift_name: Mapped[str | None] = mapped_column(String(200))
     currency: Mapped[str] = mapped_column(String(3), nullable=False)
     max_uses: Mapped[int | None] = mapped_column(Integer)
-    max_uses_per_customer: Mapped[int | None] = mapped_column(Integer, default=1)
+    max_uses_per_customer: Mapped[int | None] = mapped_column(Integer)
     uses: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     min_order_total: Mapped[Decimal | None] = mapped_column(Money())
     starts_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from babel.numbers import format_percent
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import contains_eager
@@ -50,6 +51,9 @@ from ..state import LoyaltyState
 from ..transaction import PendingSignal, begin_write, dialect_name, finish
 from . import codes
 from .base import Facade
+
+if TYPE_CHECKING:
+    from ..i18n import Translator
 
 _rules_schema = CouponRulesSchema()
 _batch_schema = BatchSchema()
@@ -639,4 +643,51 @@ def setup(state: LoyaltyState) -> None:
     state.add_hook("refund", _on_refund)
     state.add_hook("erase", _on_erase)
     state.add_hook("export", _on_export)
+    from .. import coupons_cli  # noqa: F401  (registers ``flask loyalty coupons ...``)
 
+
+
+# --- how a coupon reads to a shopper ---------------------------------------------------
+
+@dataclass(frozen=True)
+class CouponText:
+    """A coupon described in a shopper's language: value, conditions and expiry."""
+
+    value: str
+    conditions: list[str]
+    expiry: str
+
+
+def describe(coupon: Coupon, tr: Translator) -> CouponText:
+    """Describe ``coupon`` with ``tr``'s locale (Babel) and the shop's time zone."""
+    _ = tr.gettext
+    if coupon.kind == "percent":
+        assert coupon.value is not None
+        percent = format_percent(coupon.value / Decimal(100), locale=tr.locale, decimal_quantization=False)
+        value = _("%(percent)s off", percent=percent)
+    elif coupon.kind == "fixed":
+        assert coupon.value is not None
+        value = _("%(amount)s off", amount=tr.money(coupon.value, coupon.currency))
+    elif coupon.kind == "free_shipping":
+        value = _("Free shipping")
+    else:
+        value = _("Free gift: %(item)s", item=coupon.gift_name or "")
+    conditions = []
+    if coupon.min_order_total is not None and coupon.min_order_total > 0:
+        conditions.append(_("On orders of %(amount)s or more",
+                            amount=tr.money(coupon.min_order_total, coupon.currency)))
+    if coupon.first_order_only:
+        conditions.append(_("On your first order"))
+    if coupon.customer_ref is not None:
+        conditions.append(_("Personal: only for you"))
+    if coupon.max_uses_per_customer == 1:
+        conditions.append(_("One use per customer"))
+    if coupon.expires_at is None:
+        expiry = _("No expiry date")
+    else:
+        local = coupon.expires_at.astimezone(shop_zone(tr.timezone))
+        if (local.hour, local.minute) == (23, 59):
+            expiry = _("Valid until %(date)s", date=tr.date(coupon.expires_at))
+        else:
+            expiry = _("Valid until %(date)s", date=tr.datetime(coupon.expires_at, "short"))
+    return CouponText(value, conditions, expiry)
