@@ -379,8 +379,10 @@ def answers_schema(questions: Sequence[Question]) -> Schema:
 
 def missing_required(questions: Sequence[Question], answers: Mapping[str, Any]) -> dict[str, list[str]]:
     """Field errors for the required questions that ``answers`` leaves unanswered."""
-    return {q.id: [MSG_REQUIRED] for q in questions
-            if q.required and answers.get(q.id) in (None, "")}
+    def unanswered(value: Any) -> bool:
+        return value is None or (isinstance(value, str) and not value.strip())
+
+    return {q.id: [MSG_REQUIRED] for q in questions if q.required and unanswered(answers.get(q.id))}
 
 
 class SurveyCallSchema(Schema):

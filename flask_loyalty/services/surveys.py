@@ -278,19 +278,26 @@ def answer(state: LoyaltyState, order_ref: str, answers: Mapping[str, Any], *, p
         raise InvalidInput.field("answers", "Must be a mapping of question id to answer.")
     call = load(SurveyCallSchema(), {"order_ref": order_ref, "partial": partial, "channel": channel})
     config = survey_config(state)
-    values = load(config.schema, dict(answers))
     moment = resolve_now(now)
     session = state.session
     purchase = session.execute(select(Purchase).where(Purchase.order_ref == call["order_ref"])).scalar_one_or_none()
     if purchase is None:
         raise NotFound(f"no order {call['order_ref']!r}")
-
     existing = _get_response(state, purchase.id)
     if existing is not None and existing.completed_at is not None:
         return AnswerResult("already_answered", existing)
+    stored = _stored_values(state, existing.id) if existing is not None else {}
+    try:
+        values = load(config.schema, dict(answers))
+    except InvalidInput as exc:
+        # report the unanswered required questions together with the other mistakes
+        if not partial and "_schema" not in exc.errors:
+            given = {k: v for k, v in answers.items() if k not in exc.errors}
+            for qid, messages in missing_required(config.questions, {**stored, **given}).items():
+                exc.errors.setdefault(qid, messages)
+        raise
     if not partial:
-        merged = {**(_stored_values(state, existing.id) if existing is not None else {}), **values}
-        missing = missing_required(config.questions, merged)
+        missing = missing_required(config.questions, {**stored, **values})
         if missing:
             raise InvalidInput(missing)
 
