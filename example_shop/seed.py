@@ -1,0 +1,347 @@
+"""A believable year of history, written through flask_loyalty's public API.
+
+About 2,000 customers and 8,000 orders across the four channels, with
+consents, coupon redemptions, refunds, survey answers and the mails of the
+communication plan, so the dashboard shows real figures at first start.
+Everything is deterministic (one seeded random generator) and fast: the
+loyalty calls use ``commit=False`` and the seed commits in batches, exactly
+as a host importing its order history would.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+from sqlalchemy import func, select
+
+from flask_loyalty import CouponError
+
+from .app import db, loyalty
+from .catalogue import CATEGORIES, PRODUCTS
+from .models import Account, Category, Order, OrderLine, Product, cents, money
+
+STAFF_EMAIL = "staff@leafandbean.test"
+BATCH = 500
+#: The communication plan has been on for this many weeks; older orders are imported history.
+PLAN_WEEKS = 8
+PLAN_STEPS = ("thank_you", "usage_guide", "survey_invite", "replenish", "birthday", "win_back")
+
+NAMES = {
+    "en": (["Olivia", "Amelia", "Isla", "Ava", "Mia", "Grace", "Jack", "Noah", "Oliver", "George", "Harry", "Leo",
+            "Ella", "Ruby", "Thomas", "James"],
+           ["Smith", "Jones", "Taylor", "Brown", "Williams", "Wilson", "Evans", "Walker", "Wright", "Hughes",
+            "Green", "Hall", "Clarke", "Wood"]),
+    "es": (["Lucía", "Sofía", "Martina", "María", "Julia", "Paula", "Hugo", "Martín", "Lucas", "Mateo", "Pablo",
+            "Daniel", "Carmen", "Alba", "Javier", "Elena"],
+           ["García", "Rodríguez", "González", "Fernández", "López", "Martínez", "Sánchez", "Pérez", "Gómez",
+            "Martín", "Jiménez", "Ruiz", "Moreno", "Navarro"]),
+    "ro": (["Maria", "Elena", "Ioana", "Andreea", "Ana", "Alexandra", "Andrei", "Mihai", "Alexandru", "Ionuț",
+            "Ștefan", "Gabriel", "Cristina", "Bianca", "Radu", "Vlad"],
+           ["Popescu", "Ionescu", "Popa", "Pop", "Dumitru", "Stan", "Stoica", "Gheorghe", "Matei", "Ciobanu",
+            "Rusu", "Munteanu", "Constantin", "Marin"]),
+    "ru": (["Анна", "Мария", "Елена", "Ольга", "Наталья", "Татьяна", "Александр", "Дмитрий", "Сергей", "Андрей",
+            "Иван", "Михаил", "Екатерина", "Ирина", "Алексей", "Павел"],
+           ["Иванов", "Смирнов", "Кузнецов", "Попов", "Соколов", "Лебедев", "Козлов", "Новиков", "Морозов",
+            "Петров", "Волков", "Соловьёв", "Васильев", "Зайцев"]),
+}
+LOCALE_WEIGHTS = {"en": 40, "es": 30, "ro": 18, "ru": 12}
+CHANNEL_WEIGHTS = {"online": 62, "store": 24, "catalog": 8, "phone": 6}
+_TRANSLIT = str.maketrans({
+    "а": "a", "б": "b", "в": "v", "г": "g", "д": "d", "е": "e", "ё": "e", "ж": "zh", "з": "z", "и": "i", "й": "y",
+    "к": "k", "л": "l", "м": "m", "н": "n", "о": "o", "п": "p", "р": "r", "с": "s", "т": "t", "у": "u", "ф": "f",
+    "х": "kh", "ц": "ts", "ч": "ch", "ш": "sh", "щ": "sch", "ъ": "", "ы": "y", "ь": "", "э": "e", "ю": "yu",
+    "я": "ya", "á": "a", "é": "e", "í": "i", "ó": "o", "ú": "u", "ñ": "n", "ă": "a", "â": "a", "î": "i",
+    "ș": "s", "ț": "t"})
+
+
+def _ascii(text: str) -> str:
+    return text.lower().translate(_TRANSLIT)
+
+
+@dataclass
+class SeedReport:
+    """What :func:`seed` wrote, for the console."""
+
+    customers: int = 0
+    orders: int = 0
+    redemptions: int = 0
+    refunds: int = 0
+    consents: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        extra = "".join(f", {v} {k}" for k, v in self.extra.items())
+        return (f"{self.customers} customers, {self.orders} orders, {self.redemptions} coupon redemptions, "
+                f"{self.refunds} refunds, {self.consents} consents{extra} in {self.seconds:.1f} s")
+
+
+def is_seeded() -> bool:
+    """True once the catalogue exists (the demo seeds on first start only)."""
+    return bool(db.session.scalar(select(func.count()).select_from(Product)))
+
+
+def seed_catalogue() -> dict[str, Product]:
+    """Categories, products and the demo staff account."""
+    categories = {slug: Category(slug=slug, name=name) for slug, name in CATEGORIES.items()}
+    products = {}
+    for slug, sku, name, price, cost, lasts, description in PRODUCTS:
+        products[sku] = Product(sku=sku, name=name, category=categories[slug], price_cents=price, cost_cents=cost,
+                                replenish_after_days=lasts, description=description)
+    db.session.add_all([*categories.values(), *products.values()])
+    db.session.add(Account(email=STAFF_EMAIL, name="Sam (staff)", language="en", is_staff=True))
+    db.session.commit()
+    return products
+
+
+def seed(*, customers: int = 2000, orders: int = 8000, now: datetime | None = None,
+         echo: Callable[[str], Any] = print, rng_seed: int = 2026) -> SeedReport:
+    """Write the demo catalogue and a year of history ending at ``now`` (default: this moment)."""
+    started = time.perf_counter()
+    now = now or datetime.now(timezone.utc)
+    rng = random.Random(rng_seed)
+    report = SeedReport()
+    products = list(seed_catalogue().values())
+    echo(f"catalogue: {len(products)} products")
+
+    # A public campaign code at the till and in the catalogue; personal coupons come from the plan.
+    loyalty.coupons.create(kind="percent", value=Decimal(10), code="AUTUMN10", max_uses=600,
+                           starts_at=now - timedelta(days=400), expires_at=now + timedelta(days=60),
+                           campaign="autumn", commit=False)
+
+    # --- customers: accounts in the shop, customers in the programme ---------------
+    start = now - timedelta(days=365)
+    accounts: list[Account] = []
+    joined_at: dict[int, datetime] = {}  # by position; SQLite hands datetimes back naive
+    consents: dict[int, set[str]] = {}
+    for n in range(customers):
+        locale = rng.choices(list(LOCALE_WEIGHTS), weights=list(LOCALE_WEIGHTS.values()))[0]
+        first, last = rng.choice(NAMES[locale][0]), rng.choice(NAMES[locale][1])
+        birthday = (date(rng.randint(1950, 2004), rng.randint(1, 12), rng.randint(1, 28))
+                    if rng.random() < 0.7 else None)
+        joined = start + timedelta(days=rng.random() ** 1.3 * 360)
+        accounts.append(Account(email=f"{_ascii(first)}.{_ascii(last)}.{n}@example.com", name=f"{first} {last}",
+                                language=locale, birthday=birthday, created_at=joined))
+        joined_at[n] = joined
+    db.session.add_all(accounts)
+    db.session.flush()
+    for account in accounts:
+        # Importing the customer list: the same call a sign-up form makes.
+        loyalty.upsert_customer(account.ref, email=account.email, name=account.name, locale=account.language,
+                                birthday=account.birthday, commit=False)
+        consents[account.id] = seed_consents(rng, account)
+        report.consents += len(consents[account.id])
+    db.session.commit()
+    report.customers = len(accounts)
+    echo(f"customers: {report.customers}, consents: {report.consents}")
+
+    # --- orders: a few customers buy often, most once or twice (about 30% bring 70%) ---
+    weights = [rng.paretovariate(1.3) for _ in accounts]
+    scale = (orders - len(accounts)) / sum(weights)
+    firsts: list[tuple[datetime, Account]] = []
+    repeats: list[tuple[datetime, Account]] = []
+    for n, (account, weight) in enumerate(zip(accounts, weights, strict=True)):
+        span = max((now - joined_at[n]).total_seconds(), 3600)
+        firsts.append((joined_at[n], account))
+        repeats += [(joined_at[n] + timedelta(seconds=rng.random() * span), account)
+                    for _ in range(int(weight * scale + rng.random()))]
+    wanted = max(orders - len(firsts), 0)
+    history = sorted(firsts + (rng.sample(repeats, wanted) if len(repeats) > wanted else repeats),
+                     key=lambda pair: pair[0])
+    channel_of = {a.id: rng.choices(list(CHANNEL_WEIGHTS), weights=list(CHANNEL_WEIGHTS.values()))[0]
+                  for a in accounts}
+
+    # The shop switched the communication plan on PLAN_WEEKS ago: older orders are imported history
+    # and must not trigger thank-you or replenishment mails now.  From then on, cron ran the plan and
+    # the dispatcher; the seed runs them once a simulated week.
+    switched_on = now - timedelta(weeks=PLAN_WEEKS)
+    tick = switched_on
+    with plan_switched_off():
+        for index, (placed, account) in enumerate(history, start=1):
+            if placed >= switched_on:
+                break
+            write_order(rng, index, placed, account, products, channel_of[account.id], now, report)
+            if index % BATCH == 0:
+                db.session.commit()
+                echo(f"orders: {index}/{len(history)}")
+        db.session.commit()
+    surveyed = {a.id for a in accounts if "surveys" in consents[a.id]}
+    for index, (placed, account) in enumerate(history[report.orders:], start=report.orders + 1):
+        while placed >= tick:
+            run_jobs(tick, report)
+            tick += timedelta(days=7)
+        write_order(rng, index, placed, account, products, channel_of[account.id], now, report,
+                    answers_survey=account.id in surveyed and rng.random() < 0.35)
+        if index % BATCH == 0:
+            db.session.commit()
+            echo(f"orders: {index}/{len(history)}")
+    db.session.commit()
+    run_jobs(now, report)
+    echo(f"orders: {report.orders}, mails sent: {report.extra.get('mails sent', 0)}")
+
+    seed_rewards(rng, accounts, now, report)
+    # Customer value (RFM, lifetime value, stages, segments, tiers) as the nightly job computes it.
+    report.extra["profiles"] = loyalty.analytics.recompute(now=now)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+@contextmanager
+def plan_switched_off() -> Iterator[None]:
+    """Every step of the communication plan off (``LOYALTY_PLAN``) while importing older orders."""
+    config = current_app.config
+    saved = config["LOYALTY_PLAN"]
+    config["LOYALTY_PLAN"] = {name: False for name in PLAN_STEPS}
+    try:
+        yield
+    finally:
+        config["LOYALTY_PLAN"] = saved
+
+
+def run_jobs(now: datetime, report: SeedReport) -> None:
+    """What cron runs: the time-based plan steps, then the dispatcher (mails go to the outbox)."""
+    loyalty.plan(now=now)
+    sent = loyalty.dispatch(now=now).sent
+    report.extra["mails sent"] = report.extra.get("mails sent", 0) + sent
+
+
+def seed_rewards(rng: random.Random, accounts: list[Account], now: datetime, report: SeedReport) -> None:
+    """Points turned into coupons, a few gift cards, consent withdrawals and two segments."""
+    redeemed = 0
+    for account in accounts:
+        balance = loyalty.points.balance(account.ref)
+        if balance >= 300 and rng.random() < 0.25:
+            loyalty.points.redeem(account.ref, 100 * (balance // 300), commit=False)  # a coupon from points
+            redeemed += 1
+        if rng.random() < 0.04 and loyalty.consent.has(account.ref, "email_marketing"):
+            loyalty.consent.withdraw(account.ref, "email_marketing", source="preference_center", commit=False)
+    for _ in range(40):
+        card = loyalty.gift_cards.issue(Decimal(rng.choice((20, 25, 50))), customer_ref=rng.choice(accounts).ref,
+                                        expires_at=now + timedelta(days=365), commit=False)
+        if rng.random() < 0.5:
+            loyalty.gift_cards.charge(card.code, Decimal("12.50"), order_ref=f"GC-{card.id}", commit=False)
+    loyalty.segments.define("regulars", {"frequency": {">=": 3}, "recency_days": {"<=": 90}}, commit=False)
+    loyalty.segments.define("lapsed_big_spenders", {"monetary": {">=": 150}, "recency_days": {">": 120}},
+                            commit=False)
+    db.session.commit()
+    report.extra["points redemptions"] = redeemed
+    report.extra["gift cards"] = 40
+
+
+def seed_consents(rng: random.Random, account: Account) -> set[str]:
+    """Consent given at sign-up, as the sign-up form records it (double opt-in already confirmed)."""
+    granted = set()
+    for purpose, share in (("email_marketing", 0.55), ("surveys", 0.65), ("personalization", 0.4),
+                           ("postal_mail", 0.1)):
+        if rng.random() < share:
+            loyalty.consent.grant(account.ref, purpose, source="signup", wording="sign-up form v1",
+                                  double_opt_in=False, commit=False)
+            granted.add(purpose)
+    return granted
+
+
+def write_order(rng: random.Random, index: int, placed: datetime, account: Account, products: list[Product],
+                channel: str, now: datetime, report: SeedReport, *, answers_survey: bool = False) -> None:
+    """One historical order: the shop's row, the coupon it may use and the checkout hook."""
+    # 1-4 lines, consumables more often than gear
+    chosen = rng.sample(products, k=rng.choices((1, 2, 3, 4), weights=(45, 30, 17, 8))[0])
+    lines = [(p, rng.choices((1, 2, 3), weights=(75, 20, 5))[0]) for p in chosen
+             if p.replenish_after_days or rng.random() < 0.5] or [(chosen[0], 1)]
+    subtotal = sum(p.price_cents * q for p, q in lines)
+    order = Order(ref=f"LB-{100000 + index}", account=account, channel=channel, placed_at=placed,
+                  subtotal_cents=subtotal, total_cents=subtotal,
+                  lines=[OrderLine(sku=p.sku, name=p.name, quantity=q, unit_price_cents=p.price_cents)
+                         for p, q in lines])
+    db.session.add(order)
+    code = pick_coupon(rng, account)
+    if code:
+        try:
+            redemption = loyalty.coupons.redeem(code, customer_ref=account.ref, order_ref=order.ref,
+                                                order_total=money(subtotal), commit=False)
+        except CouponError:
+            pass
+        else:
+            order.coupon_code = code
+            order.discount_cents = cents(redemption.discount)
+            order.total_cents = subtotal - order.discount_cents
+            report.redemptions += 1
+    loyalty.record_purchase(
+        order.ref, account.ref, order.total, email=account.email, placed_at=placed, channel=channel,
+        items=[{"sku": p.sku, "name": p.name, "quantity": q, "unit_price": p.price, "category": p.category.name,
+                "unit_cost": money(p.cost_cents), "replenish_after_days": p.replenish_after_days}
+               for p, q in lines],
+        commit=False)
+    report.orders += 1
+    answered_at = placed + timedelta(days=rng.uniform(7, 12))
+    if answers_survey and answered_at < now:
+        # What the survey page stores when the shopper answers the invitation.
+        loyalty.surveys.answer(order.ref, survey_answers(rng, account.language), channel="page", now=answered_at,
+                               commit=False)
+        report.extra["survey answers"] = report.extra.get("survey answers", 0) + 1
+    if rng.random() < 0.03:  # about 3% come back: half in full, half in part
+        amount = None if rng.random() < 0.5 else money(order.total_cents // 3)
+        purchase = loyalty.record_refund(order.ref, amount=amount, commit=False)
+        order.refunded_cents = cents(purchase.refunded_total)
+        report.refunds += 1
+
+
+SOURCES = {"search_engine": 34, "friend_family": 22, "social_network": 18, "newsletter": 10, "advert": 9,
+           "other": 7}
+COMMENTS = {
+    "en": ["Lovely tea, fast delivery.", "The grinder is great, thanks!", "Parcel arrived a bit late.",
+           "Would love more decaf options."],
+    "es": ["Té buenísimo y envío rápido.", "El café llegó tarde.", "Muy buena atención."],
+    "ro": ["Ceai excelent, livrare rapidă.", "Cafeaua a ajuns cam târziu.", "Foarte mulțumită!"],
+    "ru": ["Отличный чай, быстрая доставка.", "Кофе пришёл с опозданием.", "Всё понравилось!"],
+}
+
+
+def survey_answers(rng: random.Random, locale: str) -> dict[str, Any]:
+    """One believable answer: mostly happy, some passive, a few unhappy (NPS around +35)."""
+    recommend = rng.choices(range(11), weights=(2, 1, 1, 2, 2, 3, 5, 10, 16, 25, 33))[0]
+    mood = 5 if recommend >= 9 else 4 if recommend >= 7 else rng.choice((1, 2, 3))
+    answers: dict[str, Any] = {
+        "source": rng.choices(list(SOURCES), weights=list(SOURCES.values()))[0],
+        "experience": max(1, min(5, mood + rng.choice((-1, 0, 0, 0)))),
+        "ease": max(1, min(5, mood + rng.choice((-1, 0, 0, 1)))),
+        "recommend": recommend,
+    }
+    if rng.random() < 0.25:
+        answers["comment"] = rng.choice(COMMENTS[locale])
+    return answers
+
+
+def pick_coupon(rng: random.Random, account: Account) -> str | None:
+    """Sometimes a customer uses a coupon they hold (welcome, birthday ...) or the campaign code."""
+    roll = rng.random()
+    if roll < 0.04:
+        return "AUTUMN10"
+    if roll < 0.30:
+        usable = loyalty.coupons.for_customer(account.ref)
+        if usable:
+            return str(usable[0].code)
+    return None
+
+
+seed_command = AppGroup("shop", help="Leaf & Bean demo shop commands.")
+
+
+@seed_command.command("seed")
+@click.option("--customers", default=2000, show_default=True)
+@click.option("--orders", default=8000, show_default=True)
+def seed_cli(customers: int, orders: int) -> None:
+    """Create the tables and seed the demo history (once; an existing catalogue is left alone)."""
+    if is_seeded():
+        click.echo("the shop is already seeded")
+        return
+    click.echo(str(seed(customers=customers, orders=orders, echo=click.echo)))
