@@ -524,6 +524,9 @@ def test_erased_address_is_not_silently_resubscribed(shop, customer):
     # a fresh, explicit choice of the shopper is accepted
     assert shop.loyalty.consent.capture("c2", {"loyalty_consent": "surveys"}, source="checkout")["surveys"].granted
     assert shop.loyalty.consent.grant("c2", "postal_mail", source="prefs", method="preference_center").granted
+    # the erased customer coming back and choosing again is no longer treated as erased
+    assert shop.loyalty.consent.grant("c1", "surveys", source="prefs", method="preference_center").granted
+    assert shop.loyalty.consent.has("c1", "surveys") and shop.loyalty.customer("c1").erased_at is None
 
 
 def test_unknown_customer_cannot_be_erased(shop):

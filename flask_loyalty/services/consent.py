@@ -345,13 +345,17 @@ def _grant(state: LoyaltyState, data: dict[str, Any], now: datetime) -> tuple[Co
     method: str = data["method"]
     ip_hash = hash_ip(state, data.get("ip"))
     double = purpose.double_opt_in if data.get("double_opt_in") is None else bool(data["double_opt_in"])
+    unchanged = _already_granted(state, data, purpose, now)
+    if unchanged is not None:       # read-only fast path: repeating a grant writes nothing
+        return unchanged, []
     begin_write(state)
     customer = ensure_customer(state, data["customer_ref"])
-    if (customer.erased_at is not None or is_suppressed(state, customer.email)) \
-            and method not in EXPLICIT_METHODS:
-        raise SuppressedAddress.field(
-            "customer_ref", "This address asked to be forgotten; only a fresh consent the shopper gives "
-            "(checkbox or preference center) can subscribe it again.")
+    if customer.erased_at is not None or is_suppressed(state, customer.email):
+        if method not in EXPLICIT_METHODS:
+            raise SuppressedAddress.field(
+                "customer_ref", "This address asked to be forgotten; only a fresh consent the shopper gives "
+                "(checkbox or preference center) can subscribe it again.")
+        customer.erased_at = None   # the shopper came back and chose again
     row = _lock_status(state, customer, purpose.name)
     current = _effective(row, now)
     locale = choose_locale(data.get("locale") or customer.locale, state=state)
@@ -396,6 +400,25 @@ def _grant(state: LoyaltyState, data: dict[str, Any], now: datetime) -> tuple[Co
     st = _to_state(state, customer.ref, purpose.name, row, now)
     signals.append(_signal(event, st))
     return st, signals
+
+
+def _already_granted(state: LoyaltyState, data: dict[str, Any], purpose: Purpose,
+                     now: datetime) -> ConsentState | None:
+    """The state when ``purpose`` is already granted with exactly this wording, else ``None``."""
+    customer = get_customer(state, data["customer_ref"])
+    if customer is None or customer.erased_at is not None:
+        return None
+    locale = choose_locale(data.get("locale") or customer.locale, state=state)
+    label, text = purpose.texts(locale)
+    digest = wording_hash(label, data.get("wording") or text)
+    row = state.session.execute(
+        select(ConsentStatus)
+        .join(ConsentEvent, ConsentEvent.id == ConsentStatus.event_id)
+        .join(ConsentWording, ConsentWording.id == ConsentEvent.wording_id)
+        .where(ConsentStatus.customer_id == customer.id, ConsentStatus.purpose == purpose.name,
+               ConsentStatus.status == "granted", ConsentWording.text_hash == digest,
+               ConsentWording.locale == locale, ConsentWording.purpose == purpose.name)).scalar_one_or_none()
+    return None if row is None else _to_state(state, customer.ref, purpose.name, row, now)
 
 
 def _queue_confirmation(state: LoyaltyState, customer: Customer, purpose: Purpose, row: ConsentStatus,
