@@ -140,7 +140,9 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def newcombe_interval(s1: int, n1: int, s0: int, n0: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -282,10 +284,11 @@ class Campaigns(Facade):
                 campaign=campaign.name, commit=False)
             rows.append({"campaign_id": campaign.id, "customer_id": customer.id, "grp": "treatment",
                          "coupon_code": str(coupon.code)})
-            payload: dict[str, Any] = {"campaign": campaign.name, "code": str(coupon.code), "kind": offer["kind"],
-                                       "expires_at": campaign.ends_at.isoformat(), **campaign.message}
+            payload: dict[str, Any] = {"campaign": campaign.name, "coupon_code": str(coupon.code),
+                                       "coupon_kind": offer["kind"], "coupon_currency": str(coupon.currency),
+                                       "coupon_expires_at": campaign.ends_at.isoformat(), **campaign.message}
             if value is not None:
-                payload["value"] = str(value)
+                payload["coupon_value"] = str(value)
             if min_total is not None:
                 payload["min_order_total"] = str(min_total)
             outbox.enqueue(state, "campaign", customer, due_at=due, payload=payload,

@@ -209,15 +209,16 @@ def expire_points(state: LoyaltyState, now: datetime | None = None) -> int:
                 expired += balance
                 signals += change.signal(customer.ref)
         elif warn_days:
-            _warn(state, customer, expires_at, active_at)
+            _warn(state, customer, expires_at, active_at, moment)
     _flush_signals(state, signals)
     return expired
 
 
-def _warn(state: LoyaltyState, customer: Customer, expires_at: datetime, active_at: datetime) -> None:
+def _warn(state: LoyaltyState, customer: Customer, expires_at: datetime, active_at: datetime,
+          now: datetime) -> None:
     from . import outbox
 
-    outbox.enqueue(state, "points_expiring", customer, due_at=None,
+    outbox.enqueue(state, "points_expiring", customer, due_at=now,
                    payload={"points": int(customer.points_balance), "expires_at": expires_at.isoformat()},
                    dedupe_key=f"points_expiring:{customer.id}:{active_at.isoformat()}")
 

@@ -100,6 +100,26 @@ def issue_prize(state: LoyaltyState, spec: Mapping[str, Any], customer: Customer
     return str(coupon.code)
 
 
-def describe(spec: Mapping[str, Any]) -> dict[str, str | None]:
-    """A JSON-able summary of a spec for mail payloads: kind and value as strings."""
-    return {"kind": str(spec["kind"]), "value": None if spec.get("value") is None else str(spec["value"])}
+def prize_payload(state: LoyaltyState, spec: Mapping[str, Any], code: str, *, now: datetime) -> dict[str, Any]:
+    """Mail payload keys for an issued reward.
+
+    Coupons use the ``coupon_*`` keys the shared mail partial
+    ``loyalty/mail/_coupon.*`` shows; gift cards ``gift_card_code`` and
+    ``gift_card_value``; points ``points``.  Everything is a string or an int.
+    """
+    kind = spec["kind"]
+    expires = (now + timedelta(days=int(spec["valid_days"]))).isoformat() if spec.get("valid_days") else None
+    if kind == "points":
+        return {"points": int(Decimal(spec["value"]))}
+    if kind == "gift_card":
+        data: dict[str, Any] = {"gift_card_code": code, "gift_card_value": str(spec["value"]),
+                                "gift_card_currency": state.config["LOYALTY_CURRENCY"]}
+        if expires:
+            data["gift_card_expires_at"] = expires
+        return data
+    data = {"coupon_code": code, "coupon_kind": kind, "coupon_currency": state.config["LOYALTY_CURRENCY"]}
+    if spec.get("value") is not None:
+        data["coupon_value"] = str(spec["value"])
+    if expires:
+        data["coupon_expires_at"] = expires
+    return data

@@ -49,7 +49,7 @@ from ..models import Customer, Purchase, Referral, ReferralCode
 from ..state import LoyaltyState
 from ..transaction import PendingSignal, begin_write, dialect_name, finish, insert_ignore
 from .base import Facade
-from .prizes import describe, issue_prize, parse_prize
+from .prizes import issue_prize, parse_prize, prize_payload
 from .purchases import get_customer
 
 #: Symbols of referral codes (no look-alikes: no 0/O, 1/I/L, no U).
@@ -183,16 +183,9 @@ def on_purchase(state: LoyaltyState, *, purchase: Purchase, customer: Customer, 
     state.session.execute(update(table).where(table.c.purchase_id == purchase.id).values(friend_coupon=reward))
     from . import outbox
 
-    outbox.enqueue(state, "referral_reward", customer, order_ref=purchase.order_ref,
-                   payload={"role": "friend", "code": reward, **_prize_payload(spec, now)},
+    outbox.enqueue(state, "referral_reward", customer, order_ref=purchase.order_ref, due_at=purchase.placed_at,
+                   payload={"role": "friend", **prize_payload(state, spec, reward, now=now)},
                    dedupe_key=f"referral_reward:friend:{purchase.id}")
-
-
-def _prize_payload(spec: dict[str, Any], now: datetime) -> dict[str, Any]:
-    data: dict[str, Any] = dict(describe(spec))
-    if spec.get("valid_days") and spec["kind"] != "points":
-        data["expires_at"] = (now + timedelta(days=int(spec["valid_days"]))).isoformat()
-    return {k: v for k, v in data.items() if v is not None}
 
 
 def on_refund(state: LoyaltyState, *, purchase: Purchase, full: bool, **_kwargs: Any) -> None:
@@ -245,8 +238,8 @@ def process_matured(state: LoyaltyState, *, now: datetime | None = None) -> int:
         state.session.execute(update(table).where(table.c.id == referral_id).values(advocate_coupon=reward))
         from . import outbox
 
-        outbox.enqueue(state, "referral_reward", advocate,
-                       payload={"role": "advocate", "code": reward, **_prize_payload(spec, moment)},
+        outbox.enqueue(state, "referral_reward", advocate, due_at=moment,
+                       payload={"role": "advocate", **prize_payload(state, spec, reward, now=moment)},
                        dedupe_key=f"referral_reward:advocate:{referral_id}")
         rewarded += 1
     state.session.flush()

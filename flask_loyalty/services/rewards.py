@@ -19,12 +19,15 @@ It also validates the rewards configuration (a bad ``LOYALTY_TIERS`` or
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, cast
 
+from babel.numbers import format_decimal
+
 from ..errors import InvalidInput
-from ..models import Customer
+from ..models import Customer, Message
 from ..state import Hook, LoyaltyState, get_state
-from . import campaigns, points, raffles, referrals, tiers
+from . import campaigns, outbox, points, raffles, referrals, tiers
 
 
 def run_tick(state: LoyaltyState, *, now: datetime | None = None, **_kwargs: Any) -> None:
@@ -34,11 +37,12 @@ def run_tick(state: LoyaltyState, *, now: datetime | None = None, **_kwargs: Any
     tiers.refresh_windows(state, now=now)
 
 
-def wallet_rewards(customer: Customer | str) -> dict[str, Any]:
+def wallet_rewards(customer: Customer | str, locale: str = "en") -> dict[str, Any]:
     """What the wallet shows about rewards: points, redemption rate, tier and referral link.
 
     Registered as the template global ``wallet_rewards``; creates the
-    customer's referral code on first use.
+    customer's referral code on first use.  ``tier_percent`` and
+    ``tier_multiplier`` are the perks written for ``locale``.
     """
     state = get_state()
     customer_ref = customer if isinstance(customer, str) else customer.ref
@@ -58,6 +62,8 @@ def wallet_rewards(customer: Customer | str) -> dict[str, Any]:
         "points": balance, "points_unit": unit, "points_value": value,
         "points_worth": value * (balance // unit), "currency": state.config["LOYALTY_CURRENCY"],
         "tier": tier, "next_tier": next_tier, "referral_link": link,
+        "tier_percent": _number(tier.discount_percent, locale) if tier and tier.discount_percent else None,
+        "tier_multiplier": _number(tier.points_multiplier, locale) if tier and tier.points_multiplier != 1 else None,
     }
 
 
@@ -76,6 +82,39 @@ def _export(state: LoyaltyState, *, customer: Customer, data: dict[str, Any], **
 def _erase(state: LoyaltyState, *, customer: Customer, **kwargs: Any) -> None:
     referrals.erase(state, customer=customer)
     raffles.erase(state, customer=customer)
+
+
+def _wallet_url(state: LoyaltyState, customer: Customer) -> str | None:
+    try:
+        return str(state.extension.links.wallet(customer.ref))
+    except InvalidInput:  # no LOYALTY_BASE_URL outside a request
+        return None
+
+
+def _mail_context(state: LoyaltyState, message: Message, customer: Customer, locale: str) -> dict[str, Any]:
+    """Render-time context of the rewards mails: the wallet link and parsed dates/amounts."""
+    payload = message.payload or {}
+    context: dict[str, Any] = {"wallet_url": _wallet_url(state, customer)}
+    if payload.get("expires_at"):
+        context["expires_on"] = datetime.fromisoformat(payload["expires_at"])
+    if payload.get("gift_card_value"):
+        context["gift_card_amount"] = Decimal(payload["gift_card_value"])
+    if payload.get("min_order_total"):
+        context["min_order_total"] = Decimal(payload["min_order_total"])
+    multiplier = payload.get("points_multiplier")
+    context["multiplier"] = _number(Decimal(multiplier), locale) if multiplier else None
+    percent = payload.get("discount_percent")
+    context["percent"] = _number(Decimal(percent), locale) if percent and Decimal(percent) else None
+    return context
+
+
+def _number(value: Decimal, locale: str) -> str:
+    """A factor or percentage as the locale writes it (``1.5`` / ``1,5``), without trailing zeros."""
+    return str(format_decimal(value.normalize(), format="#,##0.###", locale=locale))
+
+
+for _kind in ("campaign", "tier_changed", "points_expiring", "referral_reward"):
+    outbox.register_context(_kind, _mail_context)
 
 
 def setup(state: LoyaltyState) -> None:

@@ -195,7 +195,7 @@ def recompute(state: LoyaltyState, customer: Customer, *, now: datetime | None =
     if new is not None and (old is None or new.rank > old.rank) and tiers:
         from . import outbox
 
-        outbox.enqueue(state, "tier_changed", customer, order_ref=order_ref,
+        outbox.enqueue(state, "tier_changed", customer, order_ref=order_ref, due_at=moment,
                        payload={"tier": new.name, "previous": old_name or "",
                                 "discount_percent": str(new.discount_percent),
                                 "points_multiplier": str(new.points_multiplier)},

@@ -5,6 +5,8 @@
   (``LOYALTY_REFERRAL_LANDING_URL``, else the shop's base URL).  The host's
   checkout reads the cookie and passes ``referral_code=`` to
   ``record_purchase``.  An unknown code shows the friendly "not found" page.
+- ``POST <prefix>/wallet/<token>/points`` (form field ``points``): the
+  wallet's "turn points into a coupon" form; redirects back to the wallet.
 - ``GET <prefix>/raffles/<name>.json``: the raffle's public record (the seed
   hash before the draw; entries, winners and the seed after it) so anyone
   can re-run the draw with :func:`flask_loyalty.services.raffles.rerun_draw`.
@@ -18,11 +20,13 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from flask import Blueprint, has_request_context, jsonify, redirect, request
+from flask import Blueprint, has_request_context, jsonify, redirect, request, url_for
 from werkzeug.wrappers import Response
 
-from ..errors import NotFound
+from .. import tokens
+from ..errors import InvalidInput, NotFound, TokenError
 from ..services.links import base_url
+from ..services.points import NotEnoughPoints
 from ..services.referrals import normalize_code, owner_of
 from ..state import Hook, LoyaltyState, get_state
 from . import register_blueprint
@@ -53,6 +57,23 @@ def make_blueprint() -> Blueprint:
                             httponly=True, samesite="Lax", secure=request.is_secure)
         response.headers["Cache-Control"] = "no-store"
         return response
+
+    @bp.post("/wallet/<token>/points")
+    def redeem_points(token: str) -> Any:
+        state = get_state()
+        payload = tokens.load("wallet", token, state=state)
+        ref = payload.get("c") if isinstance(payload, dict) else None
+        if not isinstance(ref, str) or not ref:
+            raise TokenError("invalid")
+        raw = request.form.get("points", "")
+        if not raw.isdigit():
+            raise InvalidInput.field("points", "Choose how many points to use.")
+        back = url_for("loyalty_wallet.wallet_page", token=token)
+        try:
+            state.extension.points.redeem(ref, int(raw))
+        except NotEnoughPoints:
+            return redirect(back + "?redeem_error=1", code=303)
+        return redirect(back + "?redeemed=1", code=303)
 
     @bp.get("/raffles/<name>.json")
     def raffle_record(name: str) -> Any:
