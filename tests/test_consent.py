@@ -269,14 +269,21 @@ def test_double_opt_in_needs_an_email_address(shop):
 
 def test_confirmation_mails_are_rate_limited(shop, customer):
     c = shop.loyalty.consent
-    c.grant("c1", "email_marketing", source="signup", now=T0)
-    c.grant("c1", "email_marketing", source="signup", now=T0 + timedelta(minutes=5))     # too soon
+    start = datetime.now(timezone.utc) - timedelta(hours=3)
+    c.grant("c1", "email_marketing", source="signup", now=start)
+    c.grant("c1", "email_marketing", source="signup", now=start + timedelta(minutes=5))     # too soon
     assert len(_confirm_messages(shop)) == 1
-    c.grant("c1", "email_marketing", source="signup", now=T0 + timedelta(minutes=16))
-    c.grant("c1", "email_marketing", source="signup", now=T0 + timedelta(minutes=40))
-    c.grant("c1", "email_marketing", source="signup", now=T0 + timedelta(minutes=80))    # over the maximum
+    c.grant("c1", "email_marketing", source="signup", now=start + timedelta(minutes=16))
+    c.grant("c1", "email_marketing", source="signup", now=start + timedelta(minutes=40))
+    c.grant("c1", "email_marketing", source="signup", now=start + timedelta(minutes=80))    # over the maximum
     assert len(_confirm_messages(shop)) == 3
     assert _events(shop) == 1   # one pending event, however often the shopper asks
+    # following any of the links confirms, and the unsent reminders are cancelled
+    link = _confirm_messages(shop)[1].payload["confirm_url"]
+    assert shop.client.get(_path(link)).status_code == 200
+    shop.db.session.expire_all()
+    assert [m.status for m in _confirm_messages(shop)] == ["cancelled"] * 3
+    assert shop.loyalty.consent.has("c1", "email_marketing")
 
 
 def test_pending_grant_expires(shop, customer):
@@ -307,6 +314,8 @@ def test_withdrawing_a_pending_grant_voids_its_link(shop, customer):
     shop.loyalty.consent.grant("c1", "email_marketing", source="signup")
     (msg,) = _confirm_messages(shop)
     shop.loyalty.consent.withdraw("c1", "email_marketing", source="account")
+    shop.db.session.expire_all()
+    assert [m.status for m in _confirm_messages(shop)] == ["cancelled"]   # the mail is not sent any more
     response = shop.client.get(_path(msg.payload["confirm_url"]))
     assert response.status_code == 410
     assert not shop.loyalty.consent.has("c1", "email_marketing")

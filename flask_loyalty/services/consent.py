@@ -444,6 +444,19 @@ def _queue_confirmation(state: LoyaltyState, customer: Customer, purpose: Purpos
     return True
 
 
+def _cancel_confirmations(state: LoyaltyState, customer: Customer, purpose: str, reason: str,
+                          now: datetime) -> int:
+    """Cancel the not-yet-sent confirmation mails of one customer and purpose."""
+    from ..models import Message
+    from . import outbox
+
+    prefix = f"consent_confirm:{customer.id}:{purpose}:".replace("\\", "\\\\").replace("_", "\\_").replace(
+        "%", "\\%")
+    return outbox.cancel_pending(state, reason=reason, now=now, customer_id=customer.id,
+                                 kinds=("consent_confirm",),
+                                 where=table_of(Message).c.dedupe_key.like(prefix + "%", escape="\\"))
+
+
 def _withdraw(state: LoyaltyState, data: dict[str, Any], now: datetime) -> tuple[ConsentState, list[PendingSignal]]:
     purpose = get_purpose(state, data["purpose"])
     ip_hash = hash_ip(state, data.get("ip"))
@@ -455,6 +468,8 @@ def _withdraw(state: LoyaltyState, data: dict[str, Any], now: datetime) -> tuple
     current = _effective(row, now)
     if current not in ("granted", "pending"):
         return _to_state(state, customer.ref, purpose.name, row, now), []
+    if current == "pending":
+        _cancel_confirmations(state, customer, purpose.name, "consent withdrawn", now)
     event = _append(state, customer, purpose.name, "withdrawn", source=data["source"], method=data["method"],
                     now=now, ip_hash=ip_hash)
     row.status = "withdrawn"
@@ -520,6 +535,7 @@ def confirm(state: LoyaltyState, customer_ref: str, purpose: str, event_id: int,
         raise ConfirmationGone()
     pending = state.session.get(ConsentEvent, event_id)
     assert pending is not None
+    _cancel_confirmations(state, customer, target.name, "consent confirmed", moment)
     event = _append(state, customer, target.name, "confirmed", source="confirmation_link",
                     method="double_opt_in", now=moment, wording_id=pending.wording_id, locale=pending.locale,
                     ip_hash=ip_hash)
@@ -640,6 +656,8 @@ def erase(state: LoyaltyState, customer_ref: str, *, commit: bool = True, now: d
     for name in sorted(touched):
         row = _lock_status(state, customer, name)
         if row.status in ("granted", "pending"):
+            if row.status == "pending":
+                _cancel_confirmations(state, customer, name, "customer erased", moment)
             event = _append(state, customer, name, "erased", source="erasure", method="erasure", now=moment)
             row.status = "withdrawn"
             row.event_id = event.id
