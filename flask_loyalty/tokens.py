@@ -29,13 +29,22 @@ MIN_UNSUBSCRIBE_AGE = 60 * 86400
 _SALT_PREFIX = "flask-loyalty/"
 
 
+def _key_list(value: Any) -> list[str | bytes]:
+    """A fallback setting as a list of keys: one string is one key (never its characters)."""
+    if not value:
+        return []
+    if isinstance(value, (str, bytes)):
+        return [value]
+    return [k for k in value if isinstance(k, (str, bytes)) and k]
+
+
 def _secret_keys(state: LoyaltyState) -> list[str | bytes]:
     config = state.config
     current = config.get("SECRET_KEY")
     if not current:
         raise TokenError("no_secret_key")
-    fallbacks = list(config.get("LOYALTY_SECRET_KEY_FALLBACKS") or ())
-    fallbacks += [k for k in config.get("SECRET_KEY_FALLBACKS") or () if k not in fallbacks]
+    fallbacks = _key_list(config.get("LOYALTY_SECRET_KEY_FALLBACKS"))
+    fallbacks += [k for k in _key_list(config.get("SECRET_KEY_FALLBACKS")) if k not in fallbacks]
     # itsdangerous signs with the last key and accepts all of them.
     return [*reversed(fallbacks), current]
 

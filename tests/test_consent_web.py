@@ -263,3 +263,13 @@ def test_erasure_needs_a_second_step(shop, subscribed):
     assert not shop.loyalty.consent.has("c1", "email_marketing")
     again = shop.client.get(url)
     assert again.status_code == 200 and b"Your data is erased" in again.data
+
+
+def test_a_single_fallback_string_is_one_key_not_its_characters(shop, subscribed):
+    url = _path(shop.loyalty.links.unsubscribe("c1"))
+    shop.app.config.update(SECRET_KEY="rotated", LOYALTY_SECRET_KEY_FALLBACKS="test-secret")
+    assert shop.client.get(url).status_code == 200
+    shop.app.config.update(SECRET_KEY="t", LOYALTY_SECRET_KEY_FALLBACKS=())
+    forged = _path(shop.loyalty.links.unsubscribe("c1"))        # signed with the one-character key "t"
+    shop.app.config.update(SECRET_KEY="rotated", LOYALTY_SECRET_KEY_FALLBACKS="test-secret")
+    assert shop.client.get(forged).status_code == 404
