@@ -98,6 +98,10 @@ def test_host_replaces_and_extends_the_set(make_shop):
     ({"LOYALTY_SURVEY_REWARD": {"kind": "fixed", "value": 5.0}}, "LOYALTY_SURVEY_REWARD.value"),
     ({"LOYALTY_SURVEY_REWARD": {"kind": "percent", "value": "5", "valid_days": 0}}, "LOYALTY_SURVEY_REWARD.valid_days"),
     ({"LOYALTY_SURVEY_REWARD": {"kind": "percent", "value": "5", "customer_ref": "x"}}, "LOYALTY_SURVEY_REWARD"),
+    ({"LOYALTY_SURVEY_REWARD": {"kind": "percent", "value": "150"}}, "LOYALTY_SURVEY_REWARD.value"),
+    ({"LOYALTY_SURVEY_REWARD": {"kind": "fixed", "value": "abc"}}, "LOYALTY_SURVEY_REWARD.value"),
+    ({"LOYALTY_SURVEY_REWARD": {"kind": "fixed", "value": "3", "currency": "XYZ"}}, "LOYALTY_SURVEY_REWARD.currency"),
+    ({"LOYALTY_SURVEY_REWARD": {"kind": "percent", "value": "5", "max_uses": 0}}, "LOYALTY_SURVEY_REWARD.max_uses"),
 ])
 def test_bad_configuration_fails_at_init_app(make_shop, config, where):
     with pytest.raises(InvalidInput) as info:

@@ -74,7 +74,7 @@ class SurveyConfig:
         return next((q for q in self.questions if q.id == question_id), None)
 
 
-def _check_reward(rule: object) -> dict[str, Any] | None:
+def _check_reward(rule: object, currency: str = "EUR") -> dict[str, Any] | None:
     if rule is None:
         return None
     if not isinstance(rule, Mapping):
@@ -92,6 +92,17 @@ def _check_reward(rule: object) -> dict[str, Any] | None:
     days = rule.get("valid_days")
     if days is not None and (not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 3650):
         errors["LOYALTY_SURVEY_REWARD.valid_days"] = ["Must be a whole number of days from 1 to 3650."]
+    if not errors:
+        # the coupons area's own rules (value ranges, currency ...), checked now rather than at the first answer
+        from ..schemas.coupon import CouponRulesSchema
+
+        rules = {k: v for k, v in rule.items() if k != "valid_days"}
+        rules.setdefault("currency", currency)
+        try:
+            load(CouponRulesSchema(), rules)
+        except InvalidInput as exc:
+            errors = {f"LOYALTY_SURVEY_REWARD.{k}": [str(m) for m in v] if isinstance(v, list) else [str(v)]
+                      for k, v in exc.errors.items()}
     if errors:
         raise InvalidInput(errors, "invalid LOYALTY_SURVEY_REWARD: " + "; ".join(
             f"{k}: {' '.join(v)}" for k, v in errors.items()))
@@ -107,12 +118,7 @@ def setup(state: LoyaltyState) -> None:
     """
     questions = build_questions(state.config.get("LOYALTY_SURVEY_QUESTIONS"),
                                 state.config.get("LOYALTY_SURVEY_EXTRA_QUESTIONS"))
-    reward = _check_reward(state.config.get("LOYALTY_SURVEY_REWARD"))
-    if reward is not None:
-        import importlib.util
-
-        if importlib.util.find_spec("flask_loyalty.services.coupons") is None:  # pragma: no cover
-            raise LoyaltyError("LOYALTY_SURVEY_REWARD needs the coupons area of flask_loyalty")
+    reward = _check_reward(state.config.get("LOYALTY_SURVEY_REWARD"), state.config["LOYALTY_CURRENCY"])
     state.extras[_EXTRAS_KEY] = SurveyConfig(questions=questions, schema=answers_schema(questions), reward=reward)
     state.add_hook("erase", _erase_hook)
     state.add_hook("export", _export_hook)
