@@ -137,6 +137,7 @@ def test_float_money_is_a_type_error(shop):
 
 
 def test_segment_coupons_need_segments(shop):
+    shop.loyalty.state.hooks.pop("segment_exists", None)     # as in a tree without the segments area
     with pytest.raises(InvalidInput) as info:
         shop.loyalty.coupons.create(kind="percent", value=5, segment="vip")
     assert "not available" in str(info.value.errors["segment"])
@@ -145,9 +146,9 @@ def test_segment_coupons_need_segments(shop):
 def test_segment_coupons_with_hooks(shop):
     state = shop.loyalty.state
     members = {"vip": {"c1"}}
-    state.add_hook("segment_exists", lambda st, name: name in members)
-    state.add_hook("segment_member",
-                   lambda st, name, customer: customer is not None and customer.ref in members[name])
+    state.hooks["segment_exists"] = [lambda st, name: name in members]
+    state.hooks["segment_member"] = [
+        lambda st, name, customer: customer is not None and customer.ref in members[name]]
     with pytest.raises(InvalidInput):
         shop.loyalty.coupons.create(kind="percent", value=5, segment="nobody")
     c = shop.loyalty.coupons.create(kind="percent", value=5, segment="vip", max_uses_per_customer=None)

@@ -41,7 +41,8 @@ def test_wallet_shows_usable_coupons_in_customer_locale(make_shop):
         assert "12,5\xa0%" in html and "5,00\xa0€" in html and "30,00\xa0€" in html
         assert "29 de marzo de 2030" in html
         assert "1.234" in html
-        assert 'lang="es"' in html
+        assert 'lang="es"' in html and "Tu monedero" in html and "1.234 puntos" in html
+        assert "12,5\xa0% de descuento" in html and "Válido hasta el 29 de marzo de 2030" in html
         assert "/print" in html
 
 
@@ -49,9 +50,26 @@ def test_wallet_points_and_empty_state(shop):
     shop.loyalty.record_purchase("o1", "c1", "42")
     html = shop.client.get(wallet_path(shop, "c1")).get_data(as_text=True)
     assert "42 points" in html
-    assert "You have no coupons to use right now." in html
+    shop.loyalty.upsert_customer("c2")
+    html = shop.client.get(wallet_path(shop, "c2")).get_data(as_text=True)
+    assert "0 points" in html and "You have no coupons to use right now." in html
     html = shop.client.get(wallet_path(shop, "stranger")).get_data(as_text=True)
     assert "0 points" in html
+
+
+@pytest.mark.parametrize("locale,words", [
+    ("ro", ["Portofelul tău", "Livrare gratuită", "Tipărește cupoanele mele", "1 punct"]),
+    ("ru", ["Ваш кошелёк", "Бесплатная доставка", "Распечатать мои купоны", "1 балл"]),
+])
+def test_wallet_translated(shop, locale, words):
+    shop.loyalty.upsert_customer("c1", locale=locale)
+    shop.loyalty.record_purchase("o1", "c1", "1.50")
+    shop.loyalty.coupons.create(kind="free_shipping", customer_ref="c1")
+    html = shop.client.get(wallet_path(shop, "c1")).get_data(as_text=True)
+    for word in words:
+        assert word in html
+    cards = shop.client.get(wallet_path(shop, "c1") + "/print").get_data(as_text=True)
+    assert words[1] in cards
 
 
 def test_wallet_refuses_other_tokens(shop):
