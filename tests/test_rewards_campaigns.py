@@ -9,8 +9,11 @@ from decimal import Decimal
 from statistics import NormalDist
 
 import pytest
+from sqlalchemy import insert, select
 
 from flask_loyalty import InvalidInput
+from flask_loyalty.models import Customer, Purchase
+from flask_loyalty.models.base import table_of
 from flask_loyalty.services.campaigns import newcombe_interval, split_holdout, welch_interval, wilson_interval
 
 UTC = timezone.utc
@@ -100,11 +103,15 @@ def test_report_fixture_uplift_and_intervals(shop):
     held = s.loyalty.campaigns.members("fixture", "holdout")
     assert (len(treated), len(held)) == (70, 80)
     order = 0
+    ids = dict(s.db.session.execute(select(Customer.ref, Customer.id)).all())
 
-    def buy(ref, total, when):
+    def buy(ref, total, when):   # bulk rows: the report only reads purchases
         nonlocal order
         order += 1
-        s.loyalty.record_purchase(f"o{order}", ref, total, placed_at=when, commit=False)
+        s.db.session.execute(insert(table_of(Purchase)).values(
+            order_ref=f"o{order}", customer_id=ids[ref], total=Decimal(total), refunded_total=Decimal(0),
+            currency="EUR", placed_at=when, channel="online", points_earned=0, points_reversed=0,
+            created_at=when))
 
     for ref in treated[:56]:
         buy(ref, "20", START + timedelta(days=2))
@@ -164,6 +171,7 @@ def test_segment_audience(shop):
     assert len(s.loyalty.campaigns.members("seg", "holdout")) == 1
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # validation only: one database is enough
 @pytest.mark.parametrize("kwargs,field", [
     ({"segment": None}, "segment"),
     ({"segment": "nope"}, "segment"),
@@ -190,3 +198,23 @@ def test_launch_after_window_refused(shop):
                                   starts_at=START, ends_at=END)
     with pytest.raises(InvalidInput):
         shop.loyalty.campaigns.launch("late", now=END + timedelta(seconds=1))
+
+
+def test_cli_campaign_and_points(make_shop):
+    s = make_shop(LOYALTY_POINTS_EXPIRE_DAYS=10, LOYALTY_POINTS_EXPIRY_WARNING_DAYS=0)
+    with s.app.app_context():
+        for i in range(10):
+            s.loyalty.record_purchase(f"o{i}", f"c{i}", 10, placed_at=START - timedelta(days=30))
+    runner = s.app.test_cli_runner()
+    result = runner.invoke(args=["loyalty", "campaigns", "create", "cli", "--customers",
+                                 ",".join(f"c{i}" for i in range(10)), "--kind", "fixed", "--value", "5",
+                                 "--starts", START.isoformat(), "--ends", END.isoformat(), "--holdout", "0.2"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(args=["loyalty", "campaigns", "launch", "cli", "--now", START.isoformat()])
+    assert result.exit_code == 0 and "8 offered, 2 in the holdout" in result.output
+    result = runner.invoke(args=["loyalty", "campaigns", "report", "cli", "--now", END.isoformat()])
+    assert '"members": 8' in result.output
+    result = runner.invoke(args=["loyalty", "points", "expire", "--now", START.isoformat()])
+    assert result.exit_code == 0 and "100 points expired" in result.output
+    result = runner.invoke(args=["loyalty", "referrals", "process"])
+    assert result.exit_code == 0 and "0 advocates rewarded" in result.output

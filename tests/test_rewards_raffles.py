@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -116,6 +117,7 @@ def test_consent_and_segment_eligibility(shop):
     assert s.loyalty.raffles.entry_of("segmented", "bob").number == 1
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # validation only: one database is enough
 @pytest.mark.parametrize("kwargs,field", [
     ({"name": "Bad Name"}, "name"),
     ({"rule": {"since": datetime(2026, 1, 1)}}, "rule"),
@@ -141,3 +143,26 @@ def test_bad_raffles(shop, kwargs, field):
 def test_unknown_raffle(shop):
     with pytest.raises(NotFound):
         shop.loyalty.raffles.draw("ghost")
+
+
+def test_cli_create_draw_show_verify(make_shop):
+    s = make_shop()
+    with s.app.app_context():
+        buy(s, "a1", "alice", 10, 1)
+        buy(s, "b1", "bob", 10, 2)
+    runner = s.app.test_cli_runner()
+    result = runner.invoke(args=["loyalty", "raffles", "create", "cli", "--title", "CLI raffle",
+                                 "--since", T0.isoformat(), "--until", (T0 + timedelta(days=30)).isoformat(),
+                                 "--prize-kind", "fixed", "--prize-value", "5", "--winners", "1"])
+    assert result.exit_code == 0, result.output
+    seed_hash = result.output.strip().rsplit(" ", 1)[1]
+    result = runner.invoke(args=["loyalty", "raffles", "draw", "cli", "--salt", "public"])
+    assert result.exit_code == 0 and "winning entries:" in result.output
+    seed = result.output.split("seed: ")[1].split()[0]
+    assert hashlib.sha256(seed.encode()).hexdigest() == seed_hash
+    shown = runner.invoke(args=["loyalty", "raffles", "show", "cli"])
+    assert verify_public(json.loads(shown.output))
+    assert "verified" in runner.invoke(args=["loyalty", "raffles", "verify", "cli"]).output
+    bad = runner.invoke(args=["loyalty", "raffles", "create", "x", "--title", "t", "--since", "2026-01-01",
+                              "--prize-kind", "fixed", "--prize-value", "5"])
+    assert bad.exit_code != 0 and "time zone" in bad.output

@@ -111,6 +111,7 @@ def test_rolling_window_lapses_in_plan_tick(make_shop):
         assert seen == [("c1", "VIP", None)]
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # validation only: one database is enough
 @pytest.mark.parametrize("tiers,field", [
     ("gold", None),
     ([{"name": "A"}], "min_spend"),

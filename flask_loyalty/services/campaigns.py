@@ -262,9 +262,12 @@ class Campaigns(Facade):
             raise InvalidInput.field("name", "This campaign was already launched.")
         state.session.refresh(campaign)
         refs = _audience(state, campaign)
-        customers = state.session.execute(
-            select(Customer).where(Customer.ref.in_(refs), Customer.erased_at.is_(None))
-            .order_by(Customer.id)).scalars().all() if refs else []
+        customers: list[Customer] = []
+        for start in range(0, len(refs), 500):   # bounded IN lists on every database
+            customers += state.session.execute(
+                select(Customer).where(Customer.ref.in_(refs[start:start + 500]), Customer.erased_at.is_(None))
+            ).scalars().all()
+        customers.sort(key=lambda c: c.id)
         holdout = split_holdout((c.id for c in customers), campaign.holdout_share, campaign.seed)
         from . import outbox
 

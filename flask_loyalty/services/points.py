@@ -13,7 +13,8 @@ activity is their latest purchase or points redemption.  ``LOYALTY_POINTS_
 EXPIRY_WARNING_DAYS`` before the points would expire a ``points_expiring``
 message is scheduled; once the inactivity reaches the limit the whole balance
 is written off with an ``expire`` ledger entry.  :func:`expire_points` runs
-from the plan tick (hook ``plan_tick``) and from ``flask loyalty points expire``.
+from the plan tick (hook ``plan_tick``, see :mod:`.rewards`) and from
+``flask loyalty points expire``.
 """
 
 from __future__ import annotations
@@ -228,11 +229,6 @@ def _flush_signals(state: LoyaltyState, signals: list[PendingSignal]) -> None:
     state.session.flush()
     for signal, kwargs in signals:
         signal.send(state.app, **kwargs)
-
-
-def plan_tick(state: LoyaltyState, *, now: datetime | None = None, **_kwargs: Any) -> None:
-    """The ``plan_tick`` hook: expire inactive points."""
-    expire_points(state, now=now)
 
 
 __all__ = ["NotEnoughPoints", "Points", "check_config", "expire_points", "redeem", "redemption_rate"]

@@ -248,11 +248,6 @@ def process_matured(state: LoyaltyState, *, now: datetime | None = None) -> int:
     return rewarded
 
 
-def plan_tick(state: LoyaltyState, *, now: datetime | None = None, **_kwargs: Any) -> None:
-    """The ``plan_tick`` hook: reward matured referrals."""
-    process_matured(state, now=now)
-
-
 def erase(state: LoyaltyState, *, customer: Customer, **_kwargs: Any) -> None:
     """``erase`` hook: drop the IP hashes of the customer's referrals and retire their code."""
     table = table_of(Referral)
