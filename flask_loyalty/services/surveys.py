@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import case, delete, func, insert, literal, select, update
 
 from ..clock import local_date, resolve_now, shop_zone, start_of_local_day, utcnow
 from ..errors import InvalidInput, LoyaltyError, NotFound
@@ -624,35 +624,50 @@ def series(state: LoyaltyState, *, period: str = "week", since: datetime | None 
         raise InvalidInput.field("period", "Must be 'week' or 'month'.")
     since, until = _bounds(since, until)
     zone = shop_zone(state.config["LOYALTY_TIMEZONE"])
-    query = (select(SurveyResponse.id, SurveyResponse.answered_at, SurveyAnswer.question, SurveyAnswer.number)
-             .join(SurveyAnswer, SurveyAnswer.response_id == SurveyResponse.id, isouter=True))
-    query = _window(query, SurveyResponse.answered_at, since, until)
-    buckets: dict[date, dict[str, Any]] = {}
-    for rid, answered_at, qid, number in state.session.execute(query):
-        start = _bucket_start(local_date(answered_at, zone), period)
-        b = buckets.setdefault(start, {"ids": set(), "recommend": {}, "experience": [], "ease": []})
-        b["ids"].add(rid)
-        if number is None:
-            continue
-        if qid == "recommend":
-            b["recommend"][number] = b["recommend"].get(number, 0) + 1
-        elif qid in ("experience", "ease"):
-            b[qid].append(number)
-    starts = list(buckets)
-    if since is not None:
-        starts.append(_bucket_start(local_date(since, zone), period))
-    if until is not None:
-        starts.append(_bucket_start(local_date(until - timedelta(microseconds=1), zone), period))
-    if not starts:
-        return []
+    session = state.session
+    first, last = since, until
+    if first is None or last is None:
+        low, high = session.execute(_window(
+            select(func.min(SurveyResponse.answered_at), func.max(SurveyResponse.answered_at)),
+            SurveyResponse.answered_at, since, until)).one()
+        if low is None:
+            if since is None or until is None:
+                return []
+        else:
+            first = first or low
+            last = last or high + timedelta(microseconds=1)
+    assert first is not None and last is not None
+    starts = [_bucket_start(local_date(first, zone), period)]
+    end = _bucket_start(local_date(last - timedelta(microseconds=1), zone), period)
+    while starts[-1] < end:
+        starts.append(_next_bucket(starts[-1], period))
+    # One grouped query per table: the bucket of each row is a CASE over the buckets' UTC bounds,
+    # so the database does the counting on SQLite and PostgreSQL alike.
+    bounds = [start_of_local_day(_next_bucket(start, period), zone) for start in starts[:-1]]
+    bucket: Any = (case(*[(SurveyResponse.answered_at < b, i) for i, b in enumerate(bounds)],
+                        else_=len(bounds)) if bounds else literal(0))
+    responses = {int(k): int(n) for k, n in session.execute(_window(
+        select(bucket, func.count(SurveyResponse.id)).group_by(bucket),
+        SurveyResponse.answered_at, since, until))}
+    numbers: dict[int, dict[str, dict[int, int]]] = {}
+    query = (select(bucket, SurveyAnswer.question, SurveyAnswer.number, func.count())
+             .join(SurveyResponse, SurveyResponse.id == SurveyAnswer.response_id)
+             .where(SurveyAnswer.question.in_(("recommend", "experience", "ease")),
+                    SurveyAnswer.type == "scale", SurveyAnswer.number.is_not(None))
+             .group_by(bucket, SurveyAnswer.question, SurveyAnswer.number))
+    for k, qid, number, n in session.execute(_window(query, SurveyResponse.answered_at, since, until)):
+        numbers.setdefault(int(k), {}).setdefault(qid, {})[int(number)] = int(n)
+
+    def average(counts: dict[int, int]) -> float | None:
+        return _avg(sum(v * n for v, n in counts.items()), sum(counts.values()))
+
     result = []
-    cursor, last = min(starts), max(starts)
-    while cursor <= last:
-        b = buckets.get(cursor, {"ids": set(), "recommend": {}, "experience": [], "ease": []})
-        result.append(SurveyBucket(start=cursor, responses=len(b["ids"]), nps=nps_of(b["recommend"])[0],
-                                   experience_avg=_avg(sum(b["experience"]), len(b["experience"])),
-                                   ease_avg=_avg(sum(b["ease"]), len(b["ease"]))))
-        cursor = _next_bucket(cursor, period)
+    for i, start in enumerate(starts):
+        got = numbers.get(i, {})
+        result.append(SurveyBucket(start=start, responses=responses.get(i, 0),
+                                   nps=nps_of(got.get("recommend", {}))[0],
+                                   experience_avg=average(got.get("experience", {})),
+                                   ease_avg=average(got.get("ease", {}))))
     return result
 
 
