@@ -82,6 +82,7 @@ SETTINGS: list[Setting] = [
     Setting("LOYALTY_RETRY_BACKOFF", 60, "Seconds before the first retry; doubled after each failed attempt."),
     Setting("LOYALTY_RETRY_MAX_BACKOFF", 6 * 3600, "Longest wait between two attempts, in seconds."),
     Setting("LOYALTY_DISPATCH_LEASE", 300, "Seconds a dispatcher holds the rows it claimed; after that a crashed dispatcher's rows are claimed again."),
+    Setting("LOYALTY_DISPATCH_ASYNC_COMMIT", True, "PostgreSQL: record deliveries without waiting for the WAL flush (much faster; if the database server itself crashes, the last fraction of a second of mails may be sent again with the same Message-ID)."),
     Setting("LOYALTY_DISPATCH_BATCH", 100, "Rows a dispatcher claims at once."),
     Setting("LOYALTY_TRACKING", True, "Record opens (pixel) and clicks (signed redirects) of marketing mails; False switches tracking off for the shop."),
     # --- customer value and rewards -------------------------------------
@@ -91,7 +92,7 @@ SETTINGS: list[Setting] = [
     Setting("LOYALTY_CLV_DISCOUNT_RATE", "0.10", "Yearly discount rate applied to future profit in predicted lifetime value (0.10 = 10% a year)."),
     Setting("LOYALTY_CLV_MIN_CUSTOMERS", 200, "Fewest buyers needed to fit the BG/NBD and Gamma-Gamma models; with fewer, profiles use the documented heuristic."),
     Setting("LOYALTY_CLV_MIN_REPEAT_CUSTOMERS", 50, "Fewest buyers with a repeat purchase (on a later day) needed to fit the models."),
-    Setting("LOYALTY_CLV_FIT_SAMPLE", 200000, "At most this many buyers (a fixed-seed random sample) are used to fit the models; predictions cover every buyer."),
+    Setting("LOYALTY_CLV_FIT_SAMPLE", 50000, "At most this many buyers (a fixed-seed random sample) are used to fit the models; predictions cover every buyer."),
     Setting("LOYALTY_REWARD_TOP_SHARE", "0.30", "Top share of buyers by lifetime value that the 'reward' stage and the built-in segment top_30_clv take."),
     Setting("LOYALTY_LOYAL_SUBSCRIBED_DAYS", 183, "Loyalty indicator: marketing consent held at least this many days and a purchase in that many last days."),
     Setting("LOYALTY_RECOMPUTE_WORK_MEM", "256MB", "PostgreSQL work_mem set for the recompute transaction only (SET LOCAL); None keeps the server's setting."),

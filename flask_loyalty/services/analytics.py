@@ -46,6 +46,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -258,7 +259,7 @@ def _has_columns(table: str, *columns: str) -> bool:
 def _day(dialect: str, column: str) -> str:
     """Whole UTC days since 1970-01-01 of a stored datetime column."""
     if dialect == "postgresql":
-        return f"CAST(FLOOR(EXTRACT(EPOCH FROM {column}) / {_EPOCH_DAY}) AS BIGINT)"
+        return f"(CAST({column} AT TIME ZONE 'UTC' AS DATE) - DATE '1970-01-01')"
     return f"CAST(julianday({column}) - 2440587.5 AS INTEGER)"
 
 
@@ -450,13 +451,13 @@ def _profile_sql(dialect: str, *, with_model: bool) -> str:
 INSERT INTO loyalty_customer_profile ({", ".join(PROFILE_COLUMNS)})
 SELECT s.customer_id, s.recency_days, s.frequency, s.monetary, s.r_score, s.f_score, s.m_score,
        CASE WHEN s.buyer = 1 THEN CAST(s.r_score AS {varchar}) || CAST(s.f_score AS {varchar})
-                                  || CAST(s.m_score AS {varchar}) END,
+                                  || CAST(s.m_score AS {varchar}) END AS rfm,
        s.segment, s.first_purchase_at, s.last_purchase_at, s.avg_interval_days, s.repeat_purchases,
        s.tenure_days, s.orders_online, s.orders_store, s.orders_catalog, s.orders_phone, s.main_channel,
        s.opens, s.clicks, s.reading_hour, s.survey_recommend, s.survey_experience, s.consent, s.loyal_indicator,
        s.refunds, s.discounts, s.margin, s.historical_clv, s.predicted_clv, s.total_clv, s.clv_top_share,
        s.p_alive, s.expected_purchases, s.expected_order_value, s.clv_method,
-       {stage}, {reasons}, :computed_at
+       {stage} AS stage, {reasons} AS stage_reasons, :computed_at AS computed_at
 FROM (
   SELECT v.*,
          {_segment_sql()} AS segment,
@@ -652,13 +653,23 @@ def recompute(state: LoyaltyState, *, now: datetime | None = None) -> int:
     if dialect == "postgresql" and settings.work_mem:
         session.execute(text(f"SET LOCAL work_mem = '{settings.work_mem}'"))
     now_day = math.floor(moment.timestamp() / _EPOCH_DAY)
+    steps: list[tuple[str, float]] = []
+    clock = time.perf_counter()
+
+    def step(name: str) -> None:
+        nonlocal clock
+        steps.append((name, time.perf_counter() - clock))
+        clock = time.perf_counter()
+
     for name in (_AGG, _PRED):
         session.execute(text(f"DROP TABLE IF EXISTS {name}"))
     session.execute(_text(_aggregate_sql(dialect), now=UTCDateTime()),
                     {"now": moment, "margin": settings.margin})
     if dialect == "postgresql":
         session.execute(text(f"ANALYZE {_AGG}"))
+    step("aggregate")
     fit = _fit_model(state, dialect, settings, now_day)
+    step("model")
     half_discount = (1.0 + settings.discount_rate) ** (-(settings.horizon / 365.0) / 2.0)
     params = {"now": moment, "now_day": now_day, "margin": settings.margin, "horizon": settings.horizon,
               "half_discount": half_discount, "top_share": settings.top_share, "computed_at": moment,
@@ -668,6 +679,7 @@ def recompute(state: LoyaltyState, *, now: datetime | None = None) -> int:
                                    loyal_cutoff=UTCDateTime(), now_day=Integer(), horizon=Integer(),
                                    margin=Float(), half_discount=Float(), top_share=Float()), params)
     scored = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    step("profiles")
     profile = table_of(CustomerProfile)
     session.execute(delete(profile).where(profile.c.computed_at != moment))
     for name in (_AGG, _PRED):
@@ -676,6 +688,9 @@ def recompute(state: LoyaltyState, *, now: datetime | None = None) -> int:
                          repeat_customers=fit.repeat_customers, log_likelihood=fit.log_likelihood,
                          horizon_days=settings.horizon, discount_rate=settings.discount_rate, fitted_at=moment))
     finish(state, commit=True)
+    step("cleanup and commit")
+    log.info("flask_loyalty recompute: %d customers; %s", scored,
+             ", ".join(f"{name} {seconds:.2f}s" for name, seconds in steps))
     if fit.reason:
         log.info("flask_loyalty recompute used the heuristic: %s", fit.reason)
     return scored

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import minimize
-from scipy.special import gammaln, hyp2f1
+from scipy.special import digamma, gammaln, hyp2f1
 
 FloatArray = NDArray[np.float64]
 
@@ -81,39 +81,77 @@ def bgnbd_log_likelihood(params: tuple[float, float, float, float], x: FloatArra
     return result
 
 
-def _minimize(fun: Any, start: FloatArray) -> FloatArray:
+_BOUND = 12.0
+
+
+def _minimize(fun: Any, start: FloatArray, *, free_edges: tuple[int, ...] = ()) -> FloatArray:
+    """Minimise ``fun`` (value and gradient) over log-parameters bounded to +-12.
+
+    Retries from other starting points only when the first run does not converge.
+
+    A parameter ending on the bound means the data cannot identify it; that
+    is an error except for the indices in ``free_edges`` (BG/NBD ``a``/``b``:
+    an unbounded ``b`` is the legitimate "hardly anyone drops out" limit).
+    """
     best: Any = None
-    for guess in (start, start + 0.5, start - 0.5):
-        res = minimize(fun, guess, method="L-BFGS-B", bounds=[(-12.0, 12.0)] * len(start))
+    for guess in (start, start + 0.7, start - 0.7):
+        res = minimize(fun, guess, jac=True, method="L-BFGS-B", bounds=[(-_BOUND, _BOUND)] * len(start),
+                       options={"maxiter": 500})
         if np.all(np.isfinite(res.x)) and np.isfinite(res.fun) and (best is None or res.fun < best.fun):
             best = res
+        if best is not None and best.success:
+            break
     if best is None:
         raise FitError("the optimiser found no finite optimum")
     solution: FloatArray = np.asarray(best.x, dtype=np.float64)
-    if np.any(np.abs(solution) >= 11.99):
-        raise FitError("a parameter ran to the edge of its range (degenerate data)")
+    at_edge = [i for i, v in enumerate(solution) if abs(v) >= _BOUND - 0.01 and i not in free_edges]
+    if at_edge:
+        raise FitError("a parameter ran to the edge of its range (the data cannot identify it)")
     return solution
 
 
 def fit_bgnbd(x: FloatArray, t_x: FloatArray, T: FloatArray) -> BGNBDParams:  # noqa: N803
-    """Maximum-likelihood BG/NBD fit over customers' ``(x, t_x, T)`` (days)."""
+    """Maximum-likelihood BG/NBD fit over customers' ``(x, t_x, T)`` (days).
+
+    Identical customers are grouped (weights) and the gamma-function terms,
+    which depend on ``x`` only, are evaluated once per distinct ``x``.
+    """
     (gx, gt, g_big_t), weights = _group(np.asarray(x, np.float64), np.asarray(t_x, np.float64),
-                                   np.asarray(T, np.float64))
+                                        np.asarray(T, np.float64))
     total = weights.sum()
     if total == 0:
         raise FitError("no customers")
+    ux, index = np.unique(gx, return_inverse=True)
+    repeat = gx > 0
+    x_minus_1 = np.where(repeat, gx - 1, 0.0)
 
-    def negative(log_params: FloatArray) -> float:
-        params = tuple(float(v) for v in np.exp(log_params))
-        ll = bgnbd_log_likelihood(params, gx, gt, g_big_t)  # type: ignore[arg-type]
+    def negative(log_params: FloatArray) -> tuple[float, FloatArray]:
+        r, alpha, a, b = (float(v) for v in np.exp(log_params))
+        per_x = (gammaln(r + ux) - gammaln(r) + r * np.log(alpha)
+                 + gammaln(a + b) + gammaln(b + ux) - gammaln(b) - gammaln(a + b + ux))
+        log_at, log_atx = np.log(alpha + g_big_t), np.log(alpha + gt)
+        a3 = -(r + gx) * log_at
+        with np.errstate(divide="ignore"):
+            a4 = np.where(repeat, np.log(a) - np.log(b + x_minus_1) - (r + gx) * log_atx, -np.inf)
+        lse = np.logaddexp(a3, a4)
+        ll = per_x[index] + lse
         value = -float(np.dot(weights, ll)) / total
-        return value if np.isfinite(value) else 1e300
+        if not np.isfinite(value):
+            return 1e300, np.zeros(4)
+        w3, w4 = np.exp(a3 - lse), np.exp(a4 - lse)
+        d_r = (digamma(r + ux) - digamma(r))[index] + np.log(alpha) - w3 * log_at - w4 * log_atx
+        d_alpha = r / alpha - w3 * (r + gx) / (alpha + g_big_t) - w4 * (r + gx) / (alpha + gt)
+        d_a = (digamma(a + b) - digamma(a + b + ux))[index] + w4 / a
+        d_b = ((digamma(a + b) + digamma(b + ux) - digamma(b) - digamma(a + b + ux))[index]
+               - w4 / (b + x_minus_1))
+        grad = np.array([np.dot(weights, d) for d in (d_r, d_alpha, d_a, d_b)]) * np.array([r, alpha, a, b])
+        return value, -grad / total
 
     mean_rate = max(float(np.mean(x)) / max(float(np.mean(T)), 1.0), 1e-4)
     start = np.log(np.array([1.0, 1.0 / mean_rate, 1.0, 1.0]))
-    solution = _minimize(negative, start)
+    solution = _minimize(negative, start, free_edges=(2, 3))
     r, alpha, a, b = (float(v) for v in np.exp(solution))
-    return BGNBDParams(r, alpha, a, b, float(-negative(solution)))
+    return BGNBDParams(r, alpha, a, b, float(-negative(solution)[0]))
 
 
 def gamma_gamma_log_likelihood(params: tuple[float, float, float], x: FloatArray, m: FloatArray) -> FloatArray:
@@ -134,20 +172,31 @@ def fit_gamma_gamma(x: FloatArray, m: FloatArray) -> GammaGammaParams:
     total = weights.sum()
     if total == 0:
         raise FitError("no repeat customers with a positive spend")
+    ux, index = np.unique(gx, return_inverse=True)
+    log_m, log_x, wx = np.log(gm), np.log(gx), weights * gx
 
-    def negative(log_params: FloatArray) -> float:
-        params = tuple(float(v) for v in np.exp(log_params))
-        ll = gamma_gamma_log_likelihood(params, gx, gm)  # type: ignore[arg-type]
+    def negative(log_params: FloatArray) -> tuple[float, FloatArray]:
+        p, q, g = (float(v) for v in np.exp(log_params))
+        per_x = gammaln(p * ux + q) - gammaln(p * ux) - gammaln(q) + q * np.log(g)
+        log_xmg = np.log(gx * gm + g)
+        ll = per_x[index] + (p * gx - 1) * log_m + p * gx * log_x - (p * gx + q) * log_xmg
         value = -float(np.dot(weights, ll)) / total
-        return value if np.isfinite(value) else 1e300
+        if not np.isfinite(value):
+            return 1e300, np.zeros(3)
+        psi_pxq, psi_px = digamma(p * ux + q)[index], digamma(p * ux)[index]
+        d_p = gx * (psi_pxq - psi_px + log_m + log_x - log_xmg)
+        d_q = psi_pxq - digamma(q) + np.log(g) - log_xmg
+        d_g = q / g - (p * gx + q) / (gx * gm + g)
+        grad = np.array([np.dot(weights, d) for d in (d_p, d_q, d_g)]) * np.array([p, q, g])
+        return value, -grad / total
 
-    mean = float(np.average(gm, weights=weights))
+    mean = float(np.dot(wx, gm) / wx.sum())
     start = np.log(np.array([2.0, 3.0, mean]))
     solution = _minimize(negative, start)
     p, q, g = (float(v) for v in np.exp(solution))
     if q <= 1:
         raise FitError("Gamma-Gamma q <= 1: the expected spend is not finite")
-    return GammaGammaParams(p, q, g, float(-negative(solution)))
+    return GammaGammaParams(p, q, g, float(-negative(solution)[0]))
 
 
 def probability_alive(params: BGNBDParams, x: FloatArray, t_x: FloatArray, T: FloatArray) -> FloatArray:  # noqa: N803
@@ -188,12 +237,12 @@ def expected_spend(params: GammaGammaParams, x: FloatArray, m: FloatArray) -> Fl
 
 
 def discounted_purchases(params: BGNBDParams, horizon_days: float, annual_rate: float, x: FloatArray,
-                         t_x: FloatArray, T: FloatArray, steps: int = 12) -> tuple[FloatArray, FloatArray]:  # noqa: N803
+                         t_x: FloatArray, T: FloatArray, steps: int = 4) -> tuple[FloatArray, FloatArray]:  # noqa: N803
     """Expected purchases over the horizon, undiscounted and discounted.
 
     The horizon is cut into ``steps`` equal periods; the purchases expected in
     period ``k`` are discounted by ``(1 + annual_rate) ** (k * length / 365)``
-    (end-of-period convention).
+    (end-of-period convention; quarters by default).
     """
     length = horizon_days / steps
     previous = np.zeros_like(np.asarray(x, np.float64))
