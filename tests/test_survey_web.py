@@ -327,3 +327,35 @@ def test_every_survey_string_is_translated():
     assert len(ids) > 60
     report = tool.missing()
     assert {locale: sorted(ids & set(missing)) for locale, missing in report.items()} == {"es": [], "ro": [], "ru": []}
+
+
+# --- the whole journey: plan -> dispatch -> mail -> one click -> form -> figures -------------------
+
+def test_invitation_to_answer_end_to_end(make_shop):
+    from datetime import datetime, timedelta, timezone
+
+    from flask_loyalty.models import Message
+
+    sent = []
+    s = make_shop(LOYALTY_MAIL_TRANSPORT=sent.append, LOYALTY_TRACKING=False, LOYALTY_SURVEY_DELAY_DAYS=10)
+    placed = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+    with s.app.app_context():
+        s.loyalty.upsert_customer("c1", email="ana@example.com", locale="ro")
+        s.loyalty.consent.grant("c1", "surveys", source="checkout", double_opt_in=False)
+        s.loyalty.record_purchase("o1", "c1", "20.00", placed_at=placed)
+        invite = s.db.session.execute(select(Message).where(Message.kind == "survey_invite")).scalar_one()
+        s.loyalty.dispatch(now=placed + timedelta(days=10, hours=1))
+        s.db.session.refresh(invite)
+        assert invite.status == "sent", (invite.status, invite.reason)
+        mail = next(m for m in sent if m["Subject"] == invite.subject)
+        html = mail.get_body(("html",)).get_content()
+        links = re.findall(r'href="(http://shop\.test/loyalty/survey/[^"?]+\?recommend=(\d+))"', html)
+        assert [int(n) for _, n in links] == list(range(11))
+        page = s.client.get(links[10][0].replace("http://shop.test", ""))
+        assert page.status_code == 200 and "Vă mulțumim, am salvat răspunsul" in page.get_data(as_text=True)
+        stats = s.loyalty.surveys.stats()
+        assert stats.responses == 1 and stats.nps == 100.0 and stats.invitations == 1 and stats.response_rate == 1.0
+        done = s.client.post(links[10][0].replace("http://shop.test", "").split("?")[0],
+                             data={"recommend": "10", "source": "friend_family"})
+        assert done.status_code == 303
+        assert s.loyalty.surveys.stats().by_source["friend_family"] == 1
