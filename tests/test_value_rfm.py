@@ -221,3 +221,24 @@ def test_cli_recompute(shop):
     assert shop.loyalty.analytics.profile("x").recency_days == 59
     bad = runner.invoke(args=["loyalty", "recompute", "--now", "yesterday"])
     assert bad.exit_code != 0
+
+
+def test_engagement_from_open_and_click_tracking(shop):
+    from flask_loyalty.services import outbox, tracking
+
+    shop.loyalty.record_purchase("o1", "x", "10", placed_at=day(1, 1))
+    shop.loyalty.record_purchase("o2", "y", "10", placed_at=day(1, 1))
+    customer = shop.loyalty.customer("x")
+    messages = [outbox.enqueue(shop.loyalty.state, "thank_you", customer, dedupe_key=f"t{i}") for i in range(3)]
+    messages[0].links = ["https://shop.test/page"]
+    shop.db.session.commit()
+    ids = [m.id for m in messages]
+    state = shop.loyalty.state
+    assert tracking.record_open(state, ids[0], now=datetime(2026, 2, 1, 20, 5, tzinfo=timezone.utc))
+    assert tracking.record_open(state, ids[1], now=datetime(2026, 2, 2, 20, 40, tzinfo=timezone.utc))
+    assert tracking.record_open(state, ids[2], now=datetime(2026, 2, 3, 8, 0, tzinfo=timezone.utc))
+    tracking.click_target(state, ids[0], 0, now=datetime(2026, 2, 1, 20, 6, tzinfo=timezone.utc))
+    shop.loyalty.analytics.recompute(now=NOW)
+    x, y = shop.loyalty.analytics.profile("x"), shop.loyalty.analytics.profile("y")
+    assert (x.opens, x.clicks, x.reading_hour) == (3, 1, 20)
+    assert (y.opens, y.clicks, y.reading_hour) == (0, 0, None)
