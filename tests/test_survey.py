@@ -286,6 +286,21 @@ def test_alert_mail_to_the_shop(make_shop):
         assert "An advert" in rendered.body_html
 
 
+def test_alert_after_one_click_waits_and_shows_the_finished_form(make_shop):
+    s = make_shop(LOYALTY_ALERT_EMAIL="owner@example.com")
+    with s.app.app_context():
+        _order(s)
+        s.loyalty.surveys.answer("o1", {"recommend": 1}, partial=True, now=T0)
+        m = s.db.session.execute(select(Message).where(Message.kind == "detractor_alert")).scalar_one()
+        assert m.due_at == T0 + timedelta(minutes=30)
+        s.loyalty.surveys.answer("o1", {"comment": "Box was crushed"}, now=T0 + timedelta(minutes=2))
+        assert s.db.session.execute(select(func.count(Message.id)).where(Message.kind == "detractor_alert")).scalar_one() == 1
+        from flask_loyalty.services import mail
+
+        rendered = mail.render_message(s.loyalty.state, m, m.customer)
+        assert "Box was crushed" in rendered.body_text and "Box was crushed" in rendered.body_html
+
+
 # --- mails --------------------------------------------------------------------------
 
 def test_invite_mail_carries_the_eleven_link_scale(make_shop):

@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
 #: ``experience`` answers at or below this raise a detractor alert too.
 EXPERIENCE_ALERT_MAX = 2
+#: Minutes a detractor alert raised by a one-click answer waits, so the mail can show the whole form.
+ALERT_GRACE_MINUTES = 30
 #: Keys a ``LOYALTY_SURVEY_REWARD`` rule may have (``coupons.create`` rules plus ``valid_days``).
 REWARD_KEYS = frozenset({"kind", "value", "currency", "min_order_total", "valid_days", "campaign", "gift_name",
                          "max_uses", "max_uses_per_customer"})
@@ -226,14 +228,13 @@ def is_alarming(values: Mapping[str, Any]) -> bool:
                 and experience <= EXPERIENCE_ALERT_MAX))
 
 
-def _alert_payload(state: LoyaltyState, config: SurveyConfig, response: SurveyResponse,
-                   values: Mapping[str, Any]) -> dict[str, Any]:
+def _alert_payload(state: LoyaltyState, response: SurveyResponse) -> dict[str, Any]:
     from . import links
 
     rows = [list(pair) for pair in display_answers(state, response, state.config["LOYALTY_DEFAULT_LOCALE"])]
     return {"order_ref": response.order_ref, "customer_ref": response.customer_ref,
             "customer_email": response.customer.email or "", "customer_name": response.customer.name or "",
-            "recommend": values.get("recommend", ""), "experience": values.get("experience", ""),
+            "recommend": response.values.get("recommend", ""), "experience": response.values.get("experience", ""),
             "answers": rows,
             "customer_url": links.absolute(state, "/admin/customers/" + _quote(response.customer_ref))}
 
@@ -323,6 +324,7 @@ def answer(state: LoyaltyState, order_ref: str, answers: Mapping[str, Any], *, p
                                  .values(updated_at=moment, completed_at=completed_at))
         if not result.rowcount:  # type: ignore[attr-defined]
             session.refresh(response)
+            finish(state, commit=commit)     # ends the write begun above; nothing was changed
             return AnswerResult("already_answered", response)
     _write_answers(state, config, response.id, values)
     session.flush()
@@ -342,8 +344,11 @@ def answer(state: LoyaltyState, order_ref: str, answers: Mapping[str, Any], *, p
             if state.config.get("LOYALTY_ALERT_EMAIL"):
                 from . import outbox
 
+                # A one-click answer leaves the shopper a moment to finish the form: the mail shows the
+                # answers as they are when it is sent (see _alert_context).
+                due = moment + timedelta(minutes=ALERT_GRACE_MINUTES) if partial else moment
                 outbox.enqueue(state, "detractor_alert", response.customer, order_ref=response.order_ref,
-                               payload=_alert_payload(state, config, response, stored),
+                               due_at=due, payload=_alert_payload(state, response),
                                dedupe_key=f"detractor_alert:{response.order_ref}",
                                reason="survey answer: recommend <= 6 or experience <= 2")
     coupon = None
@@ -398,6 +403,19 @@ def _reward_context(state: LoyaltyState, message: Any, customer: Customer, local
             "reward_expires": tr.date(datetime.fromisoformat(expires)) if expires else ""}
 
 
+def _alert_context(state: LoyaltyState, message: Any, customer: Customer, locale: str) -> dict[str, Any]:
+    """Template context of ``detractor_alert``: the response's answers as they are now."""
+    payload = message.payload or {}
+    answers = [tuple(pair) for pair in payload.get("answers", [])]
+    if message.order_ref:
+        response = state.session.execute(
+            select(SurveyResponse).join(Purchase, Purchase.id == SurveyResponse.purchase_id)
+            .where(Purchase.order_ref == message.order_ref)).scalar_one_or_none()
+        if response is not None:
+            answers = display_answers(state, response, locale)
+    return {"alert_answers": answers}
+
+
 def _invite_check(state: LoyaltyState, message: Any, now: datetime) -> str | None:
     """Cancel a survey invitation whose order was answered meanwhile."""
     if not message.order_ref:
@@ -413,6 +431,7 @@ def _register_mail_parts() -> None:
 
     outbox.register_context("survey_invite", _invite_context)
     outbox.register_context("survey_reward", _reward_context)
+    outbox.register_context("detractor_alert", _alert_context)
     if _invite_check not in outbox.CHECKS.get("survey_invite", []):
         outbox.register_check("survey_invite", _invite_check)
 
