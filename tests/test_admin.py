@@ -355,7 +355,8 @@ def admin(figures):
 def test_every_page_renders(admin):
     shop, _period, _d = admin
     client = shop.client
-    for path in ("/", "/?days=7", "/?start=2026-01-01&end=2026-01-31", "/charts", "/customers", "/customers?q=c",
+    for path in ("/", "/?days=7", "/?start=2026-01-01&end=2026-01-31", "/charts", "/charts/cohorts", "/customers",
+                 "/customers?q=c",
                  "/customers/c1", "/audit"):
         response = client.get(PREFIX + path)
         assert response.status_code == 200, path
@@ -376,16 +377,26 @@ def test_overview_page_shows_figures(admin):
 def test_chart_csv_equals_table(admin):
     shop, _period, _d = admin
     client = shop.client
-    html = client.get(PREFIX + "/charts").get_data(as_text=True)
-    tables = tables_of(html)
-    names = [n for n in dashboard.chart_builders() if f'id="chart-{n}"' in html]
+    index = client.get(PREFIX + "/charts").get_data(as_text=True)
+    names = dashboard.available_charts()
     assert {"cohorts", "pareto", "clv"} <= set(names)
+    shown = 0
     for name in names:
+        assert f"/charts/{name}" in index
+        html = client.get(f"{PREFIX}/charts/{name}").get_data(as_text=True)
+        tables = tables_of(html)
+        if f"table-{name}" not in tables:          # no data for this chart (e.g. no profiles computed)
+            assert 'id="no-data"' in html
+            assert client.get(f"{PREFIX}/charts/{name}.csv").status_code == 404
+            continue
+        shown += 1
+        assert "<svg" in html and "<caption>" in html
         response = client.get(f"{PREFIX}/charts/{name}.csv")
         assert response.status_code == 200 and response.mimetype == "text/csv"
         rows = list(csv.reader(io.StringIO(response.get_data(as_text=True).lstrip("\ufeff"))))
         assert rows == tables[f"table-{name}"], name
         assert len(rows) > 1
+    assert shown >= 3
 
 
 def test_customer_timeline(admin):

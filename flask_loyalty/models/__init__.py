@@ -41,3 +41,6 @@ __all__ += ["CustomerProfile", "ModelFit", "Segment"]
 from .survey import SurveyAnswer, SurveyResponse  # noqa: E402
 
 __all__ += ["SurveyAnswer", "SurveyResponse"]
+from .dashboard import INDEXES as DASHBOARD_INDEXES  # noqa: E402
+
+__all__ += ["DASHBOARD_INDEXES"]

@@ -116,10 +116,12 @@ def customer_view(state: LoyaltyState, ref: str) -> CustomerView:
             detail += f"; refunded {_money(p.refunded_total, p.currency)}"
         events.append(Event(p.placed_at, "purchase", f"Order {p.order_ref}: {_money(p.total, p.currency)}", detail,
                             "refunded" if p.refunded_total >= p.total and p.total else ""))
-    orders = {p_id: ref_ for p_id, ref_ in session.execute(
-        select(Purchase.id, Purchase.order_ref).where(Purchase.customer_id == cid)).all()}
-    for e in session.execute(select(PointsEntry).where(PointsEntry.customer_id == cid)
-                             .order_by(PointsEntry.id.desc()).limit(TIMELINE_LIMIT)).scalars():
+    entries = list(session.execute(select(PointsEntry).where(PointsEntry.customer_id == cid)
+                                   .order_by(PointsEntry.id.desc()).limit(TIMELINE_LIMIT)).scalars())
+    wanted = {e.purchase_id for e in entries if e.purchase_id}
+    orders = dict(session.execute(select(Purchase.id, Purchase.order_ref).where(Purchase.id.in_(wanted))).all()
+                  ) if wanted else {}
+    for e in entries:
         order = f" (order {orders.get(e.purchase_id, '?')})" if e.purchase_id else ""
         kind = "refund" if e.reason == "refund" else "points"
         title = f"Refund: {e.delta:+d} points{order}" if kind == "refund" else f"{e.delta:+d} points: {e.reason}{order}"

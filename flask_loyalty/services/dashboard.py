@@ -237,48 +237,51 @@ def overview(state: LoyaltyState, period: Period) -> Overview:
     return result
 
 
-def _purchase_metrics(state: LoyaltyState, period: Period, currency: str) -> list[Metric]:
+def _orders_in(state: LoyaltyState, window: Period, currency: str) -> tuple[int, int, int]:
+    """``(orders, distinct customers, net revenue in raw units)`` placed in ``window`` (an index-only scan)."""
+    p = table_of(Purchase).c
+    row = state.session.execute(select(
+        func.count(), func.count(distinct(p.customer_id)),
+        sum_if(p.currency == currency, raw(p.total) - raw(p.refunded_total)),
+    ).where(p.placed_at >= window.start, p.placed_at < window.end)).one()
+    return int(row[0] or 0), int(row[1] or 0), int(row[2] or 0)
+
+
+def _new_in(state: LoyaltyState, window: Period, currency: str) -> tuple[int, int, int]:
+    """``(new customers, of them with one order only by the window's end, net of their first orders)``."""
     p = table_of(Purchase).c
     c = table_of(Customer).c
-    cur, prev = period, period.previous
     net = raw(p.total) - raw(p.refunded_total)
-    in_cur = between(p.placed_at, cur.start, cur.end)
-    in_prev = between(p.placed_at, prev.start, prev.end)
-    same_currency = p.currency == currency
-    returning = p.placed_at > c.first_purchase_at
-    per_customer = (
-        select(
-            p.customer_id.label("cid"),
-            count_if(in_cur).label("n_cur"),
-            count_if(in_prev).label("n_prev"),
-            sum_if(and_(in_cur, same_currency), net).label("rev_cur"),
-            sum_if(and_(in_prev, same_currency), net).label("rev_prev"),
-            sum_if(and_(in_cur, same_currency, returning), net).label("ret_cur"),
-            sum_if(and_(in_prev, same_currency, returning), net).label("ret_prev"),
-            func.min(c.first_purchase_at).label("first"),
-        )
-        .select_from(table_of(Purchase).join(table_of(Customer), c.id == p.customer_id))
-        .where(p.placed_at >= prev.start, p.placed_at < cur.end)
-        .group_by(p.customer_id)
-        .subquery()
-    )
-    t = per_customer.c
-    row = state.session.execute(select(
-        count_if(t.n_cur > 0), count_if(t.n_prev > 0),
-        count_if(and_(t.n_cur > 0, or_(t.n_cur >= 2, t.first < cur.start))),
-        count_if(and_(t.n_prev > 0, or_(t.n_prev >= 2, t.first < prev.start))),
-        func.coalesce(func.sum(t.n_cur), 0), func.coalesce(func.sum(t.n_prev), 0),
-        func.coalesce(func.sum(t.rev_cur), 0), func.coalesce(func.sum(t.rev_prev), 0),
-        func.coalesce(func.sum(t.ret_cur), 0), func.coalesce(func.sum(t.ret_prev), 0),
-    )).one()
-    active, active_prev, repeat, repeat_prev, orders, orders_prev = (int(v or 0) for v in row[:6])
-    rev, rev_prev, ret, ret_prev = (money(v) for v in row[6:])
-    crow = state.session.execute(select(
-        count_if(c.first_purchase_at < cur.end), count_if(c.first_purchase_at < prev.end),
-        count_if(between(c.first_purchase_at, cur.start, cur.end)),
-        count_if(between(c.first_purchase_at, prev.start, prev.end)),
-    )).one()
-    customers, customers_prev, new, new_prev = (int(v or 0) for v in crow)
+    first_net = (select(func.coalesce(func.sum(net), 0)).where(
+        p.customer_id == c.id, p.placed_at == c.first_purchase_at, p.currency == currency).scalar_subquery())
+    second = (select(literal(1)).where(p.customer_id == c.id, p.placed_at > c.first_purchase_at,
+                                       p.placed_at < window.end).exists())
+    row = state.session.execute(select(func.count(), count_if(~second), func.coalesce(func.sum(first_net), 0))
+                                .where(c.first_purchase_at >= window.start, c.first_purchase_at < window.end)).one()
+    return int(row[0] or 0), int(row[1] or 0), int(row[2] or 0)
+
+
+def _purchase_metrics(state: LoyaltyState, period: Period, currency: str) -> list[Metric]:
+    """Order figures of both periods from a few cheap queries per period (no per-order join).
+
+    An active customer is a repeat buyer unless the period holds their very
+    first order and they had no other order by the period's end; such
+    customers are new in the period, a small set found through the
+    first-purchase index.  Likewise revenue from returning customers is the
+    period's revenue minus the first orders of its new customers.
+    """
+    c = table_of(Customer).c
+    cur, prev = period, period.previous
+    orders, active, rev_raw = _orders_in(state, cur, currency)
+    orders_prev, active_prev, rev_prev_raw = _orders_in(state, prev, currency)
+    new, single, first_raw = _new_in(state, cur, currency)
+    new_prev, single_prev, first_prev_raw = _new_in(state, prev, currency)
+    repeat, repeat_prev = active - single, active_prev - single_prev
+    rev, rev_prev = money(rev_raw), money(rev_prev_raw)
+    ret, ret_prev = money(rev_raw - first_raw), money(rev_prev_raw - first_prev_raw)
+    customers = int(state.session.execute(select(func.count()).where(c.first_purchase_at < cur.end)).scalar_one())
+    customers_prev = int(state.session.execute(select(func.count()).where(c.first_purchase_at < prev.end))
+                         .scalar_one())
 
     def aov(revenue: Decimal, n: int) -> Decimal | None:
         return (revenue / n).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN) if n else None
@@ -298,7 +301,7 @@ def _purchase_metrics(state: LoyaltyState, period: Period, currency: str) -> lis
         Metric("aov", "Average order value", "money", aov(rev, orders), aov(rev_prev, orders_prev)),
         Metric("returning_revenue", "Revenue from returning customers", "money", ret, ret_prev),
         Metric("returning_share", "Share of revenue from returning customers", "percent",
-               ratio(ret.scaleb(4), rev.scaleb(4)), ratio(ret_prev.scaleb(4), rev_prev.scaleb(4))),
+               ratio(rev_raw - first_raw, rev_raw), ratio(rev_prev_raw - first_prev_raw, rev_prev_raw)),
     ]
 
 
@@ -310,10 +313,13 @@ def points_value(state: LoyaltyState) -> tuple[int, Decimal]:
 
 def _liability_metrics(state: LoyaltyState, period: Period) -> list[Metric]:
     e = table_of(PointsEntry).c
-    row = state.session.execute(select(
-        sum_if(e.created_at < period.end, e.delta), sum_if(e.created_at < period.previous.end, e.delta),
-    )).one()
-    points, points_prev = int(row[0] or 0), int(row[1] or 0)
+    c = table_of(Customer).c
+    # Balances now, minus what changed since each period's end (an index range scan on the ledger's time).
+    now_total = int(state.session.execute(select(func.coalesce(func.sum(c.points_balance), 0))).scalar_one())
+    since = state.session.execute(select(
+        sum_if(e.created_at >= period.end, e.delta), func.coalesce(func.sum(e.delta), 0),
+    ).where(e.created_at >= period.previous.end)).one()
+    points, points_prev = now_total - int(since[0] or 0), now_total - int(since[1] or 0)
     per, value = points_value(state)
 
     def worth(n: int) -> Decimal:
@@ -349,30 +355,26 @@ def _coupon_metrics(state: LoyaltyState, period: Period) -> list[Metric] | None:
         return None
     cp = table_of(coupon).c
     r = table_of(redemption).c
-    cur, prev = period, period.previous
-    used = select(r.coupon_id).where(r.released_at.is_(None), r.created_at < cur.end).distinct().subquery()
-    row = state.session.execute(
-        select(count_if(between(cp.created_at, cur.start, cur.end)),
-               count_if(between(cp.created_at, prev.start, prev.end)),
-               count_if(and_(between(cp.created_at, cur.start, cur.end), used.c.coupon_id.is_not(None))),
-               count_if(and_(between(cp.created_at, prev.start, prev.end), used.c.coupon_id.is_not(None))))
-        .select_from(table_of(coupon).outerjoin(used, used.c.coupon_id == cp.id))
-        .where(cp.created_at >= prev.start, cp.created_at < cur.end)).one()
-    issued, issued_prev, redeemed, redeemed_prev = (int(v or 0) for v in row)
     currency = state.config["LOYALTY_CURRENCY"]
-    live = and_(r.released_at.is_(None), r.currency == currency)
-    drow = state.session.execute(select(
-        count_if(and_(live, between(r.created_at, cur.start, cur.end))),
-        count_if(and_(live, between(r.created_at, prev.start, prev.end))),
-        sum_if(and_(live, between(r.created_at, cur.start, cur.end)), raw(r.discount)),
-        sum_if(and_(live, between(r.created_at, prev.start, prev.end)), raw(r.discount)),
-    ).where(r.created_at >= prev.start, r.created_at < cur.end)).one()
+
+    def figures(window: Period) -> tuple[int, int, int, int]:
+        used = select(literal(1)).where(r.coupon_id == cp.id, r.released_at.is_(None),
+                                        r.created_at < window.end).exists()
+        issued, redeemed = state.session.execute(select(func.count(), count_if(used)).where(
+            cp.created_at >= window.start, cp.created_at < window.end)).one()
+        uses, cost = state.session.execute(select(func.count(), func.coalesce(func.sum(raw(r.discount)), 0)).where(
+            r.released_at.is_(None), r.currency == currency, r.created_at >= window.start,
+            r.created_at < window.end)).one()
+        return int(issued or 0), int(redeemed or 0), int(uses or 0), int(cost or 0)
+
+    issued, redeemed, uses, cost = figures(period)
+    issued_prev, redeemed_prev, uses_prev, cost_prev = figures(period.previous)
     return [
         Metric("coupons_issued", "Coupons issued", "count", issued, issued_prev),
         Metric("coupon_redemption_rate", "Coupon redemption rate", "percent", ratio(redeemed, issued),
-               ratio(redeemed_prev, issued_prev), note="coupons issued in the period and used since"),
-        Metric("redemptions", "Coupon redemptions", "count", int(drow[0] or 0), int(drow[1] or 0)),
-        Metric("discount_cost", "Discount cost", "money", money(drow[2]), money(drow[3]), better="down",
+               ratio(redeemed_prev, issued_prev), note="coupons issued in the period and used by its end"),
+        Metric("redemptions", "Coupon redemptions", "count", uses, uses_prev),
+        Metric("discount_cost", "Discount cost", "money", money(cost), money(cost_prev), better="down",
                note="discounts granted on orders in the period"),
     ]
 
@@ -401,18 +403,16 @@ def _survey_metrics(state: LoyaltyState, period: Period) -> list[Metric] | None:
         return None
     r = table_of(response).c
     a = table_of(answer).c
-    cur, prev = period, period.previous
-    in_cur, in_prev = between(r.answered_at, cur.start, cur.end), between(r.answered_at, prev.start, prev.end)
-    rec = select(a.response_id.label("rid"), a.number.label("score")).where(
-        a.question == "recommend", a.number.is_not(None)).subquery()
-    row = state.session.execute(
-        select(count_if(in_cur), count_if(in_prev),
-               count_if(and_(in_cur, rec.c.score.is_not(None))), count_if(and_(in_prev, rec.c.score.is_not(None))),
-               count_if(and_(in_cur, rec.c.score >= 9)), count_if(and_(in_prev, rec.c.score >= 9)),
-               count_if(and_(in_cur, rec.c.score <= 6)), count_if(and_(in_prev, rec.c.score <= 6)))
-        .select_from(table_of(response).outerjoin(rec, rec.c.rid == r.id))
-        .where(r.answered_at >= prev.start, r.answered_at < cur.end)).one()
-    responses, responses_prev, n, n_prev, pro, pro_prev, det, det_prev = (int(v or 0) for v in row)
+    joined = table_of(response).outerjoin(table_of(answer), and_(a.response_id == r.id, a.question == "recommend"))
+
+    def figures(window: Period) -> tuple[int, int, int, int]:
+        row = state.session.execute(
+            select(func.count(), func.count(a.number), count_if(a.number >= 9), count_if(a.number <= 6))
+            .select_from(joined).where(r.answered_at >= window.start, r.answered_at < window.end)).one()
+        return int(row[0] or 0), int(row[1] or 0), int(row[2] or 0), int(row[3] or 0)
+
+    responses, n, pro, det = figures(period)
+    responses_prev, n_prev, pro_prev, det_prev = figures(period.previous)
     metrics = [
         Metric("survey_responses", "Survey responses", "count", responses, responses_prev),
         Metric("nps", "Net Promoter Score", "nps", nps_of(pro, det, n), nps_of(pro_prev, det_prev, n_prev),
@@ -421,13 +421,14 @@ def _survey_metrics(state: LoyaltyState, period: Period) -> list[Metric] | None:
     message = area_model("message", "Message")
     if message is not None:
         m = table_of(message).c
-        sent = and_(m.kind == "survey_invite", m.status == "sent")
-        irow = state.session.execute(select(
-            count_if(between(m.sent_at, cur.start, cur.end)), count_if(between(m.sent_at, prev.start, prev.end)),
-        ).where(sent, m.sent_at >= prev.start, m.sent_at < cur.end)).one()
-        invites, invites_prev = int(irow[0] or 0), int(irow[1] or 0)
-        metrics.append(Metric("response_rate", "Survey response rate", "percent", ratio(responses, invites),
-                              ratio(responses_prev, invites_prev),
+
+        def invites(window: Period) -> int:
+            return int(state.session.execute(select(func.count()).where(
+                m.status == "sent", m.sent_at >= window.start, m.sent_at < window.end,
+                m.kind == "survey_invite")).scalar_one())
+
+        metrics.append(Metric("response_rate", "Survey response rate", "percent",
+                              ratio(responses, invites(period)), ratio(responses_prev, invites(period.previous)),
                               note="responses per survey invitation sent in the period"))
     return metrics
 
@@ -447,47 +448,43 @@ def _mail_metrics(state: LoyaltyState, period: Period,
     event = area_model("consent", "ConsentEvent")
     if event is not None:
         e = table_of(event).c
-        cur, prev = period, period.previous
-        row = state.session.execute(select(
-            count_if(between(e.created_at, cur.start, cur.end)), count_if(between(e.created_at, prev.start, prev.end)),
-        ).where(e.purpose == "email_marketing", e.action == "withdrawn",
-                e.created_at >= prev.start, e.created_at < cur.end)).one()
-        metrics.append(Metric("unsubscribes", "Unsubscribes", "count", int(row[0] or 0), int(row[1] or 0),
-                              better="down", note="withdrawals of e-mail marketing consent"))
+
+        def withdrawals(window: Period) -> int:
+            return int(state.session.execute(select(func.count()).where(
+                e.created_at >= window.start, e.created_at < window.end, e.purpose == "email_marketing",
+                e.action == "withdrawn")).scalar_one())
+
+        metrics.append(Metric("unsubscribes", "Unsubscribes", "count", withdrawals(period),
+                              withdrawals(period.previous), better="down",
+                              note="withdrawals of e-mail marketing consent"))
     return metrics or None
 
 
-def _funnel_counts(state: LoyaltyState, period: Period) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+def _funnel_window(state: LoyaltyState, window: Period) -> tuple[int, int, int, int]:
     message = area_model("message", "Message")
     engagement = area_model("message", "Engagement")
-    if message is None or engagement is None:
-        return None
     m = table_of(message).c
     g = table_of(engagement).c
     p = table_of(Purchase).c
-    cur, prev = period, period.previous
     days = int(state.config["LOYALTY_ADMIN_ATTRIBUTION_DAYS"])
-    eng = (select(g.message_id.label("mid"), func.min(g.at).label("first_seen"),
-                  func.min(case((g.event == "click", g.at))).label("first_click"))
-           .where(g.at >= prev.start).group_by(g.message_id).subquery())
-    per_message = (
-        select(m.sent_at.label("sent_at"), eng.c.first_seen, eng.c.first_click,
-               select(literal(1)).where(p.customer_id == m.customer_id, p.placed_at >= eng.c.first_click,
-                                        p.placed_at < plus_days(state, eng.c.first_click, days))
-               .exists().label("bought"))
-        .select_from(table_of(message).outerjoin(eng, eng.c.mid == m.id))
-        .where(m.status == "sent", m.marketing.is_(True), m.sent_at >= prev.start, m.sent_at < cur.end)
-        .subquery())
-    t = per_message.c
-    here, before = between(t.sent_at, cur.start, cur.end), between(t.sent_at, prev.start, prev.end)
-    row = state.session.execute(select(
-        count_if(here), count_if(and_(here, t.first_seen.is_not(None))),
-        count_if(and_(here, t.first_click.is_not(None))), count_if(and_(here, t.bought)),
-        count_if(before), count_if(and_(before, t.first_seen.is_not(None))),
-        count_if(and_(before, t.first_click.is_not(None))), count_if(and_(before, t.bought)),
-    )).one()
-    values = tuple(int(v or 0) for v in row)
-    return values[:4], values[4:]
+    in_window = (m.status == "sent", m.sent_at >= window.start, m.sent_at < window.end, m.marketing.is_(True))
+    sent = int(state.session.execute(select(func.count()).where(*in_window)).scalar_one())
+    engaged = (select(g.message_id.label("mid"), g.customer_id.label("cid"),
+                      func.min(case((g.event == "click", g.at))).label("first_click"))
+               .where(g.message_id.in_(select(m.id).where(*in_window)))
+               .group_by(g.message_id, g.customer_id).subquery())
+    k = engaged.c
+    bought = (select(literal(1)).where(p.customer_id == k.cid, p.placed_at >= k.first_click,
+                                       p.placed_at < plus_days(state, k.first_click, days)).exists())
+    row = state.session.execute(select(func.count(), func.count(k.first_click),
+                                       count_if(and_(k.first_click.is_not(None), bought)))).one()
+    return sent, int(row[0] or 0), int(row[1] or 0), int(row[2] or 0)
+
+
+def _funnel_counts(state: LoyaltyState, period: Period) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    if area_model("message", "Message") is None or area_model("message", "Engagement") is None:
+        return None
+    return _funnel_window(state, period), _funnel_window(state, period.previous)
 
 
 def mail_funnel(state: LoyaltyState, period: Period) -> list[tuple[str, int, int | None]] | None:
@@ -611,7 +608,7 @@ def pareto_chart(state: LoyaltyState, now: datetime, *, steps: int = 20, mark: D
 
     c = table_of(Customer).c
     ranked = select(raw(c.total_spent).label("spent"),
-                    func.ntile(steps).over(order_by=(raw(c.total_spent).desc(), c.id)).label("tile")
+                    func.ntile(steps).over(order_by=raw(c.total_spent).desc()).label("tile")
                     ).where(c.orders_count > 0).subquery()
     rows_db = state.session.execute(
         select(ranked.c.tile, func.count(), func.sum(ranked.c.spent)).group_by(ranked.c.tile)
@@ -865,6 +862,32 @@ def chart_builders() -> dict[str, ChartBuilder]:
         "stages": stage_chart,
         "uplift": uplift_chart,
     }
+
+
+#: What each chart shows, for the chart index (title, one line).
+CHART_TITLES: dict[str, tuple[str, str]] = {
+    "cohorts": ("Cohort retention", "Monthly cohorts: who keeps buying, month after month."),
+    "nps": ("NPS over time", "Net Promoter Score of each month's survey answers."),
+    "pareto": ("Pareto curve", "How much of the revenue the best 30% of customers bring."),
+    "clv": ("Lifetime value distribution", "Customers by lifetime value band."),
+    "rfm": ("RFM segment grid", "Customers by recency and frequency score, and the named segments."),
+    "stages": ("Stage funnel", "Trust, relationship, reward: how many customers reached each stage."),
+    "uplift": ("Campaign uplift vs holdout", "Did the offer make people buy? Offered group against holdout."),
+}
+
+#: Which area each chart needs: ``(models module, class)``; charts without an entry need only the core.
+CHART_AREAS: dict[str, tuple[str, str]] = {
+    "nps": ("survey", "SurveyResponse"),
+    "rfm": ("profile", "CustomerProfile"),
+    "stages": ("profile", "CustomerProfile"),
+    "uplift": ("rewards", "Campaign"),
+}
+
+
+def available_charts() -> list[str]:
+    """The charts whose area is installed in this tree (cheap: no query)."""
+    return [name for name in chart_builders()
+            if name not in CHART_AREAS or area_model(*CHART_AREAS[name]) is not None]
 
 
 def build_chart(state: LoyaltyState, name: str, *, now: datetime | None = None) -> Chart | None:

@@ -54,10 +54,17 @@ def sections() -> list[tuple[str, str]]:
     return nav
 
 
+#: Pages that belong under another page's navigation entry.
+NAV_PARENT = {"chart": "charts", "customer": "customers", "message": "outbox", "consent_erase_confirm": "consent",
+              "consent_erase": "consent", "coupon_create": "coupons", "coupon_batch": "coupons",
+              "gift_card_issue": "gift_cards"}
+
+
 def page(template: str, *, status: int = 200, **context: Any) -> tuple[str, int]:
     """Render an admin page (English; the shop's time zone for dates)."""
     state = get_state()
-    return render(f"loyalty/admin/{template}", locale=ADMIN_LOCALE, nav=sections(), endpoint=request.endpoint,
+    here = (request.endpoint or "").rpartition(".")[2]
+    return render(f"loyalty/admin/{template}", locale=ADMIN_LOCALE, nav=sections(), here=NAV_PARENT.get(here, here),
                   currency=state.config["LOYALTY_CURRENCY"], page_size=_size(), **context), status
 
 
@@ -98,7 +105,16 @@ def register(bp: Blueprint) -> None:
 
     @bp.get("/charts")
     def charts() -> Any:
-        return page("charts.html", charts=dashboard.build_charts(get_state()))
+        names = dashboard.available_charts()
+        return page("charts.html", names=names, titles=dashboard.CHART_TITLES)
+
+    @bp.get("/charts/<name>")
+    def chart(name: str) -> Any:
+        if name not in dashboard.chart_builders():
+            abort(404)
+        built = dashboard.build_chart(get_state(), name)
+        names = dashboard.available_charts()
+        return page("chart.html", chart=built, name=name, names=names, titles=dashboard.CHART_TITLES)
 
     @bp.get("/charts/<name>.csv")
     def chart_csv(name: str) -> Any:

@@ -1,0 +1,41 @@
+"""Indexes the dashboard's set-wise figures rely on (kept here so the owning models stay focused).
+
+* purchases by time, covering what the overview sums (an index-only range scan);
+* customers by first purchase (new customers, cohorts) and by net spend (Pareto);
+* the points ledger by time (the liability at a past moment);
+* sent mails by time and their opens and clicks (the mail funnel), when the outbox is installed.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Index
+
+from .base import table_of
+from .customer import Customer
+from .points import PointsEntry
+from .purchase import Purchase
+
+_purchase = table_of(Purchase)
+_customer = table_of(Customer)
+_points = table_of(PointsEntry)
+
+#: All dashboard indexes (for documentation and tests).
+INDEXES: list[Index] = [
+    Index("ix_loyalty_purchase_dashboard", _purchase.c.placed_at, _purchase.c.customer_id, _purchase.c.total,
+          _purchase.c.refunded_total, _purchase.c.currency),
+    Index("ix_loyalty_customer_first_purchase", _customer.c.first_purchase_at),
+    Index("ix_loyalty_customer_total_spent", _customer.c.total_spent, _customer.c.orders_count),
+    Index("ix_loyalty_points_entry_created", _points.c.created_at, _points.c.delta),
+]
+
+try:
+    from .message import Engagement, Message
+except ImportError:  # pragma: no cover - the outbox is not installed in this tree
+    pass
+else:
+    _message = table_of(Message)
+    _engagement = table_of(Engagement)
+    INDEXES.append(Index("ix_loyalty_message_sent", _message.c.status, _message.c.sent_at, _message.c.marketing,
+                         _message.c.kind, _message.c.customer_id))
+    INDEXES.append(Index("ix_loyalty_engagement_funnel", _engagement.c.message_id, _engagement.c.event,
+                         _engagement.c.at, _engagement.c.customer_id))
