@@ -614,11 +614,12 @@ def export(state: LoyaltyState, customer_ref: str, *, now: datetime | None = Non
              "sku", "name", "category", "quantity", "unit_price", "unit_cost", "replenish_after_days")}
              for i in p.items]}
         for p in purchases_]
-    data["points"] = [
+    # Same shape as the rewards area's "points" export (which may replace it through its hook).
+    data["points"] = {"balance": customer.points_balance, "history": [
         {"at": _json(e.created_at), "delta": e.delta, "balance_after": e.balance_after, "reason": e.reason,
          "order_ref": refs.get(e.purchase_id) if e.purchase_id else None, "note": e.note}
         for e in session.execute(select(PointsEntry).where(PointsEntry.customer_id == customer.id)
-                                 .order_by(PointsEntry.id)).scalars()]
+                                 .order_by(PointsEntry.id)).scalars()]}
     data["consent"] = {
         "current": {name: {"status": st.status, "since": _json(st.since), "method": st.method,
                            "source": st.source, "wording_version": st.wording_version}
