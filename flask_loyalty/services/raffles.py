@@ -33,7 +33,7 @@ from datetime import datetime
 from typing import Any
 
 from marshmallow import RAISE, Schema, fields, validate
-from sqlalchemy import BigInteger, func, select, type_coerce, update
+from sqlalchemy import BigInteger, func, insert, select, type_coerce, update
 
 from flask_loyalty.models.base import table_of
 
@@ -178,12 +178,18 @@ def get_raffle(state: LoyaltyState, name: str) -> Raffle:
     return raffle
 
 
-def eligible_tickets(state: LoyaltyState, raffle: Raffle) -> list[tuple[Customer, int]]:
-    """Eligible customers with their tickets, by customer id (set-wise query, then segment/consent)."""
+def eligible_tickets(state: LoyaltyState, raffle: Raffle) -> list[tuple[int, str, int]]:
+    """Eligible ``(customer_id, customer_ref, tickets)`` by customer id.
+
+    One aggregate query over the purchases (net of refunds, erased customers
+    left out); then the segment (one ``segments.members`` call) and the
+    consent purpose (checked per candidate) filter the rows.
+    """
     rule = raffle.rule
     net = type_coerce(Purchase.total, BigInteger) - type_coerce(Purchase.refunded_total, BigInteger)
-    query = (select(Purchase.customer_id, func.count(Purchase.id), func.sum(net))
-             .where(net > 0).group_by(Purchase.customer_id)
+    query = (select(Purchase.customer_id, Customer.ref, func.count(Purchase.id), func.sum(net))
+             .join(Customer, Customer.id == Purchase.customer_id)
+             .where(net > 0, Customer.erased_at.is_(None)).group_by(Purchase.customer_id, Customer.ref)
              .having(func.count(Purchase.id) >= int(rule.get("min_orders") or 1))
              .order_by(Purchase.customer_id))
     if rule.get("since"):
@@ -195,14 +201,11 @@ def eligible_tickets(state: LoyaltyState, raffle: Raffle) -> list[tuple[Customer
     if rule.get("segment"):
         members = set(state.extension.segments.members(rule["segment"]))
     purpose = rule.get("consent")
-    result: list[tuple[Customer, int]] = []
-    for customer_id, orders, spent in rows:
-        customer = state.session.get(Customer, customer_id)
-        if customer is None or customer.erased_at is not None:
+    result: list[tuple[int, str, int]] = []
+    for customer_id, ref, orders, spent in rows:
+        if members is not None and ref not in members:
             continue
-        if members is not None and customer.ref not in members:
-            continue
-        if purpose and not state.extension.consent.has(customer.ref, purpose):
+        if purpose and not state.extension.consent.has(ref, purpose):
             continue
         if raffle.entries_per == "order":
             tickets = int(orders)
@@ -210,7 +213,7 @@ def eligible_tickets(state: LoyaltyState, raffle: Raffle) -> list[tuple[Customer
             assert raffle.amount_per_entry is not None
             tickets = math.floor(from_storage(int(spent)) / raffle.amount_per_entry)
         if tickets > 0:
-            result.append((customer, tickets))
+            result.append((int(customer_id), str(ref), tickets))
     return result
 
 
@@ -271,18 +274,24 @@ class Raffles(Facade):
             raise InvalidInput.field("name", "This raffle was already drawn.")
         state.session.refresh(raffle)
         eligible = eligible_tickets(state, raffle)
-        entries = [(number, tickets) for number, (_c, tickets) in enumerate(eligible, start=1)]
+        entries = [(number, tickets) for number, (_id, _ref, tickets) in enumerate(eligible, start=1)]
         digest = entries_digest(entries)
         winners = rerun_draw(raffle.seed, entries, raffle.winners, public_salt or "")
         place_of = {number: place for place, number in enumerate(winners, start=1)}
         signals: list[PendingSignal] = []
-        for number, (customer, tickets) in enumerate(eligible, start=1):
-            entry = RaffleEntry(raffle_id=raffle.id, customer_id=customer.id, number=number, tickets=tickets,
-                                place=place_of.get(number))
-            if entry.place is not None:
-                entry.prize_code = issue_prize(state, raffle.prize, customer, now=moment,
-                                               note=f"raffle {raffle.name}", signals=signals)
-            state.session.add(entry)
+        rows: list[dict[str, Any]] = []
+        for number, (customer_id, _ref, tickets) in enumerate(eligible, start=1):
+            place = place_of.get(number)
+            code = None
+            if place is not None:
+                customer = state.session.get(Customer, customer_id)
+                assert customer is not None
+                code = issue_prize(state, raffle.prize, customer, now=moment, note=f"raffle {raffle.name}",
+                                   signals=signals)
+            rows.append({"raffle_id": raffle.id, "customer_id": customer_id, "number": number,
+                         "tickets": tickets, "place": place, "prize_code": code})
+        for start in range(0, len(rows), 5000):
+            state.session.execute(insert(table_of(RaffleEntry)), rows[start:start + 5000])
         raffle.entries_digest = digest
         finish(state, commit=commit, signals=signals)
         return raffle

@@ -26,7 +26,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from marshmallow import RAISE, Schema, fields, validate
-from sqlalchemy import BigInteger, case, func, select, type_coerce
+from sqlalchemy import BigInteger, case, func, select, type_coerce, update
 
 from flask_loyalty.models.base import table_of
 
@@ -38,7 +38,7 @@ from ..schemas import load
 from ..schemas.fields import Money
 from ..signals import tier_changed
 from ..state import LoyaltyState
-from ..transaction import PendingSignal, dialect_name, insert_ignore
+from ..transaction import PendingSignal, insert_ignore
 from .base import Facade
 from .purchases import get_customer
 
@@ -168,25 +168,30 @@ def recompute(state: LoyaltyState, customer: Customer, *, now: datetime | None =
     moment = resolve_now(now)
     tiers = tiers_of(state)
     new = qualifying_tier(state, customer.id, moment)
-    table = table_of(CustomerTier)
-    inserted = insert_ignore(state, table, {"customer_id": customer.id, "tier": new.name if new else None,
-                                            "changed_at": moment}, ["customer_id"])
-    if inserted:
-        old_name: str | None = None
-    else:
-        query = select(CustomerTier).where(CustomerTier.customer_id == customer.id)
-        if dialect_name(state) == "postgresql":
-            query = query.with_for_update()
-        row = state.session.execute(query).scalar_one()
-        state.session.refresh(row)
-        old_name = row.tier
-        if old_name == (new.name if new else None):
-            return new
-        row.tier = new.name if new else None
-        row.changed_at = moment
     new_name = new.name if new else None
-    if old_name == new_name:
-        return new
+    table = table_of(CustomerTier)
+    # The common case (no change) costs one read; a change is one conditional write.
+    stored = state.session.execute(
+        select(table.c.tier).where(table.c.customer_id == customer.id)).first()
+    if stored is None:
+        if new_name is None:
+            return None                 # never held a tier and still none: nothing to store
+        if insert_ignore(state, table, {"customer_id": customer.id, "tier": new_name, "changed_at": moment},
+                         ["customer_id"]):
+            old_name: str | None = None
+        else:                           # a concurrent transaction stored a row first
+            stored = state.session.execute(
+                select(table.c.tier).where(table.c.customer_id == customer.id)).first()
+    if stored is not None:
+        old_name = stored[0]
+        if old_name == new_name:
+            return new
+        same_old = table.c.tier.is_(None) if old_name is None else table.c.tier == old_name
+        moved = state.session.execute(
+            update(table).where(table.c.customer_id == customer.id, same_old)
+            .values(tier=new_name, changed_at=moment).returning(table.c.customer_id)).first()
+        if moved is None:               # changed concurrently: that transaction signalled it
+            return new
     state.session.flush()
     if signals is not None:
         signals.append((tier_changed, {"customer_ref": customer.ref, "old_tier": old_name,
