@@ -324,10 +324,11 @@ def generate(db: SQLAlchemy, customers: int, purchases: int, seed: int = 7) -> d
 
 def pages(info: dict[str, Any], app: Flask, customers: int) -> list[str]:
     prefix = "/loyalty/admin"
-    urls = [f"{prefix}/", f"{prefix}/?days=7", f"{prefix}/?days=365", f"{prefix}/charts"]
-    from flask_loyalty.services.dashboard import chart_builders
+    urls = [f"{prefix}/", f"{prefix}/?days=7", f"{prefix}/?days=90", f"{prefix}/?days=365", f"{prefix}/charts"]
+    from flask_loyalty.services.dashboard import available_charts
 
-    urls += [f"{prefix}/charts/{name}.csv" for name in chart_builders()]
+    for name in available_charts():
+        urls += [f"{prefix}/charts/{name}", f"{prefix}/charts/{name}.csv"]
     urls += [f"{prefix}/customers", f"{prefix}/customers?q=c00012", f"{prefix}/customers/{info['heavy']}",
              f"{prefix}/customers/c{customers - 1:06d}", f"{prefix}/audit"]
     have = {rule.endpoint for rule in app.url_map.iter_rules()}

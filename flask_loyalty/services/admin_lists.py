@@ -15,7 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, Select, and_, cast, func, literal, or_, select, update
+from sqlalchemy import Select, and_, func, or_, select, update
 
 from ..clock import local_date, resolve_now, shop_zone
 from ..errors import NotFound
@@ -241,11 +241,16 @@ def _profile(state: LoyaltyState, customer: Customer) -> dict[str, Any] | None:
     row = state.session.execute(select(profile).where(profile.customer_id == customer.id)).scalar_one_or_none()
     if row is None:
         return None
-    data = {name: getattr(row, name) for name in PROFILE_FIELDS if hasattr(row, name)}
+    data = {name: _shown(getattr(row, name)) for name in PROFILE_FIELDS if hasattr(row, name)}
     reasons = getattr(row, "stage_reasons", None) or getattr(row, "reasons", None)
     if reasons:
         data["reasons"] = [_reason_text(r) for r in reasons]
     return data
+
+
+def _shown(value: Any) -> Any:
+    """Profile values as shown: floats rounded to three places."""
+    return round(value, 3) if isinstance(value, float) else value
 
 
 def _reason_text(code: str) -> str:
@@ -480,58 +485,71 @@ class SurveyRow:
         return value if isinstance(value, str) else ""
 
 
+GROUPS = (("detractors", 0, 6), ("passives", 7, 8), ("promoters", 9, 10))
+
+
 def survey_page(state: LoyaltyState, *, group: str | None = None, comments: bool = False,
                 source: str | None = None, before: int | None = None, size: int = 50) -> Page:
-    """Survey responses, detractors first (then passives, then promoters), newest first within each group.
+    """Survey responses, detractors first (then passives, promoters, unscored), newest first within each.
 
-    ``before`` pages within the ordering by ``(group rank, id)`` encoded as ``rank * 2**40 + id``.
+    One indexed query per group (``recommend`` answers by score), so the
+    first page never sorts every response.  ``before`` pages within that
+    order; it encodes ``(group rank, response id)`` as ``rank * 2**40 + id``.
     """
     response = area_model("survey", "SurveyResponse")
     answer = area_model("survey", "SurveyAnswer")
     if response is None or answer is None:
         raise NotFound("surveys are not installed")
-    rec = select(answer.response_id.label("rid"), answer.number.label("score")).where(
-        answer.question == "recommend").subquery()
-    rank = case_rank(rec.c.score)
-    key = cast(rank, BigInteger) * literal(2 ** 40, BigInteger) + response.id
-    query = (select(response.id, response.answered_at, Customer.ref, Customer.email, Customer.name,
-                    Purchase.order_ref, rec.c.score, key.label("k"))
-             .join(Customer, Customer.id == response.customer_id)
-             .join(Purchase, Purchase.id == response.purchase_id)
-             .outerjoin(rec, rec.c.rid == response.id))
-    if group == "detractors":
-        query = query.where(rec.c.score <= 6)
-    elif group == "passives":
-        query = query.where(rec.c.score.between(7, 8))
-    elif group == "promoters":
-        query = query.where(rec.c.score >= 9)
-    if comments:
-        query = query.where(response.id.in_(select(answer.response_id).where(
-            answer.question == "comment", answer.text.is_not(None), answer.text != "")))
-    if source:
-        query = query.where(response.id.in_(select(answer.response_id).where(
-            answer.question == "source", answer.choice == source)))
-    if before is not None:
-        query = query.where(key > before)
-    rows = state.session.execute(query.order_by(key).limit(size + 1)).all()
-    more = len(rows) > size
-    rows = rows[:size]
-    ids = [r[0] for r in rows]
+    ranks: list[tuple[int, int | None, int | None]] = [
+        (i, lo, hi) for i, (name, lo, hi) in enumerate(GROUPS) if group in (None, name)]
+    if group is None:
+        ranks.append((3, None, None))
+    start_rank, start_id = divmod(before, 2 ** 40) if before is not None else (0, None)
+    found: list[tuple[int, int]] = []
+    for rank, lo, hi in ranks:
+        if rank < start_rank or len(found) > size:
+            continue
+        if lo is not None and hi is not None:
+            query = select(answer.response_id).where(answer.question == "recommend", answer.number.between(lo, hi))
+            id_col = answer.response_id
+        else:
+            scored = select(answer.response_id).where(answer.question == "recommend", answer.number.is_not(None))
+            query = select(response.id).where(response.id.not_in(scored))
+            id_col = response.id
+        if comments:
+            query = query.where(id_col.in_(select(answer.response_id).where(
+                answer.question == "comment", answer.text.is_not(None), answer.text != "")))
+        if source:
+            query = query.where(id_col.in_(select(answer.response_id).where(
+                answer.question == "source", answer.choice == source)))
+        if rank == start_rank and start_id is not None:
+            query = query.where(id_col < start_id)
+        ids = state.session.execute(query.order_by(id_col.desc()).limit(size + 1 - len(found))).scalars().all()
+        found += [(rank, int(i)) for i in ids]
+    more = len(found) > size
+    found = found[:size]
+    rows = {}
+    ids = [i for _r, i in found]
+    if ids:
+        for r in state.session.execute(
+                select(response.id, response.answered_at, Customer.ref, Customer.email, Customer.name,
+                       Purchase.order_ref)
+                .join(Customer, Customer.id == response.customer_id)
+                .join(Purchase, Purchase.id == response.purchase_id).where(response.id.in_(ids))).all():
+            rows[int(r[0])] = r
     values: dict[int, dict[str, Any]] = {i: {} for i in ids}
     if ids:
         for a in state.session.execute(select(answer).where(answer.response_id.in_(ids))
                                        .order_by(answer.id)).scalars():
             if a.value is not None:
                 values[a.response_id][a.question] = a.value
-    items = [SurveyRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], values.get(r[0], {})) for r in rows]
-    return Page(items, int(rows[-1][7]) if more and rows else None)
-
-
-def case_rank(score: Any) -> Any:
-    """0 for detractors (0-6), 1 passives, 2 promoters, 3 without a recommend answer."""
-    from sqlalchemy import case
-
-    return case((score.is_(None), 3), (score <= 6, 0), (score <= 8, 1), else_=2)
+    items = []
+    for _rank, i in found:
+        r = rows[i]
+        rec = values[i].get("recommend")
+        items.append(SurveyRow(i, r[1], r[2], r[3], r[4], r[5], rec if isinstance(rec, int) else None, values[i]))
+    next_before = found[-1][0] * 2 ** 40 + found[-1][1] if more and found else None
+    return Page(items, next_before)
 
 
 def source_breakdown(state: LoyaltyState) -> list[tuple[str, int]]:

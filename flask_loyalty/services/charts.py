@@ -30,7 +30,8 @@ def _f(value: Number) -> str:
 def _open(width: int, height: int, title: str, desc: str = "") -> tuple[str, list[str]]:
     uid = f"lc{next(_ids)}"
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" class="loyalty-chart" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'class="loyalty-chart" '
         f'role="img" aria-labelledby="{uid}t{" " + uid + "d" if desc else ""}" '
         f'preserveAspectRatio="xMidYMid meet" font-family="system-ui, sans-serif" font-size="12">',
         f'<title id="{uid}t">{escape(title)}</title>',
@@ -84,7 +85,7 @@ def heatmap(row_labels: Sequence[str], col_labels: Sequence[str], grid: Sequence
     Cells show ``cell_labels`` when given, else the fraction as a whole percentage.
     """
     left, top, cw, ch = 80, 40, 48, 26
-    width = left + cw * max(len(col_labels), 1) + 10
+    width = max(left + cw * max(len(col_labels), 1) + 10, 8 * len(title) + left)
     height = top + ch * max(len(row_labels), 1) + 30
     _uid, parts = _open(width, height, title)
     parts.append(_text(left, 16, title, anchor="start", size=14, weight="600"))

@@ -102,6 +102,28 @@ def month_starts(now: datetime, zone_name: str, months: int) -> list[datetime]:
     return [start_of_local_day(d, zone) for d in firsts]
 
 
+def month_key(state: LoyaltyState, column: Any,
+              edges: Sequence[datetime]) -> tuple[ColumnElement[Any], Callable[[Any], int]]:
+    """An SQL expression naming the shop-local calendar month of ``column``, and a key -> month-index mapper.
+
+    PostgreSQL: ``to_char(timezone(zone, column), 'YYYY-MM')``.  SQLite with
+    a UTC shop: the stored text's ``YYYY-MM`` prefix; other zones fall back
+    to comparisons with the month starts (:func:`bucket`).  Index ``i``
+    means ``edges[i] <= column < edges[i + 1]``.
+    """
+    zone_name = state.config["LOYALTY_TIMEZONE"]
+    dialect = state.session.get_bind().dialect.name
+    zone = shop_zone(zone_name)
+    labels = {local_date(edge, zone).strftime("%Y-%m"): i for i, edge in enumerate(edges[:-1])}
+    if dialect == "postgresql":
+        expr: ColumnElement[Any] = func.to_char(func.timezone(zone_name, column), "YYYY-MM")
+    elif dialect == "sqlite" and zone_name in ("UTC", "Etc/UTC"):
+        expr = func.substr(column, 1, 7)
+    else:
+        return bucket(column, edges), int
+    return expr, lambda key: labels[str(key)]
+
+
 def bucket(column: Any, edges: Sequence[Any]) -> ColumnElement[int]:
     """Index ``i`` with ``edges[i] <= column < edges[i+1]`` (assumes ``edges[0] <= column < edges[-1]``)."""
     whens = [(column < edge, i) for i, edge in enumerate(edges[1:-1])]
@@ -566,24 +588,28 @@ def cohort_chart(state: LoyaltyState, now: datetime, *, months: int = 12) -> Cha
     edges = month_starts(now, state.config["LOYALTY_TIMEZONE"], months)
     p = table_of(Purchase).c
     c = table_of(Customer).c
-    cohort_of = bucket(c.first_purchase_at, edges)
-    sizes = dict(state.session.execute(
+    cohort_of, cohort_index = month_key(state, c.first_purchase_at, edges)
+    month_of, month_index = month_key(state, p.placed_at, edges)
+    sizes = {cohort_index(k): int(n) for k, n in state.session.execute(
         select(cohort_of, func.count()).where(c.first_purchase_at >= edges[0], c.first_purchase_at < edges[-1])
-        .group_by(cohort_of)).all())
-    month_of = bucket(p.placed_at, edges)
+        .group_by(cohort_of)).all()}
+    # distinct (customer, month) pairs first: a cheap grouping on the customer's purchase index order
+    pairs = (select(p.customer_id.label("cid"), month_of.label("month"))
+             .where(p.customer_id.in_(select(c.id).where(c.first_purchase_at >= edges[0],
+                                                          c.first_purchase_at < edges[-1])),
+                    p.placed_at >= edges[0], p.placed_at < edges[-1])
+             .group_by(p.customer_id, month_of).subquery())
     active = state.session.execute(
-        select(cohort_of, month_of, func.count(distinct(p.customer_id)))
-        .select_from(table_of(Purchase).join(table_of(Customer), c.id == p.customer_id))
-        .where(c.first_purchase_at >= edges[0], c.first_purchase_at < edges[-1],
-               p.placed_at >= edges[0], p.placed_at < edges[-1])
-        .group_by(cohort_of, month_of)).all()
-    counts = {(int(a), int(b)): int(n) for a, b, n in active}
+        select(cohort_of, pairs.c.month, func.count())
+        .select_from(pairs.join(table_of(Customer), c.id == pairs.c.cid))
+        .group_by(cohort_of, pairs.c.month)).all()
+    counts = {(cohort_index(a), month_index(b)): int(n) for a, b, n in active}
     zone = shop_zone(state.config["LOYALTY_TIMEZONE"])
     labels = [local_date(edge, zone).strftime("%Y-%m") for edge in edges[:-1]]
     grid: list[list[Decimal | None]] = []
     rows: list[list[Any]] = []
     for i, label in enumerate(labels):
-        size = int(sizes.get(i, 0))
+        size = sizes.get(i, 0)
         shares: list[Decimal | None] = []
         for k in range(months):
             if i + k >= months:
@@ -713,13 +739,13 @@ def nps_chart(state: LoyaltyState, now: datetime, *, months: int = 12) -> Chart 
     edges = month_starts(now, state.config["LOYALTY_TIMEZONE"], months)
     r = table_of(response).c
     a = table_of(answer).c
-    month = bucket(r.answered_at, edges)
+    month, month_index = month_key(state, r.answered_at, edges)
     rows_db = state.session.execute(
         select(month, func.count(), count_if(a.number >= 9), count_if(a.number <= 6))
         .select_from(table_of(answer).join(table_of(response), r.id == a.response_id))
         .where(a.question == "recommend", a.number.is_not(None), r.answered_at >= edges[0], r.answered_at < edges[-1])
         .group_by(month)).all()
-    by_month = {int(k): (int(n), int(pro), int(det)) for k, n, pro, det in rows_db}
+    by_month = {month_index(k): (int(n), int(pro), int(det)) for k, n, pro, det in rows_db}
     zone = shop_zone(state.config["LOYALTY_TIMEZONE"])
     labels = [local_date(edge, zone).strftime("%Y-%m") for edge in edges[:-1]]
     values: list[int | None] = []

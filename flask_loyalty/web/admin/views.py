@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -32,6 +33,8 @@ from ...state import get_state
 from . import audit_action
 
 ADMIN_LOCALE = "en"
+#: The survey page's summary covers this many days.
+STATS_DAYS = 90
 _period_q, _page_q, _outbox_q, _preview_q = PeriodQuery(), PageQuery(), OutboxQuery(), PreviewQuery()
 _coupon_q, _coupon_f, _batch_f, _card_f = CouponQuery(), CouponForm(), BatchForm(), GiftCardForm()
 _customer_q, _survey_q, _consent_q, _erase_f = CustomerQuery(), SurveyQuery(), ConsentQuery(), EraseForm()
@@ -280,12 +283,12 @@ def register(bp: Blueprint) -> None:
         args = _args(_survey_q)
         result = admin_lists.survey_page(state, group=args.get("group"), comments=bool(args.get("comments")),
                                          source=args.get("source"), before=args.get("before"), size=_size())
-        stats = None
+        since = utcnow() - timedelta(days=STATS_DAYS)
         try:
-            stats = state.extension.surveys.stats()
+            stats = state.extension.surveys.stats(since=since)
         except (ImportError, AttributeError):  # pragma: no cover - survey service not installed
             stats = None
-        return page("surveys.html", result=result, args=args, stats=stats,
+        return page("surveys.html", result=result, args=args, stats=stats, stats_days=STATS_DAYS,
                     sources=admin_lists.source_breakdown(state))
 
     # ---------------------------------------------------------------- consent
