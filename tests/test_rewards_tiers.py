@@ -128,3 +128,16 @@ def test_bad_tiers_fail_at_setup(make_shop, tiers, field):
     assert "LOYALTY_TIERS" in info.value.errors
     if field:
         assert field in str(info.value.errors)
+
+
+def test_recompute_after_config_change(tiered):
+    s = tiered
+    s.loyalty.record_purchase("o1", "c1", 150)
+    assert s.loyalty.tiers.of("c1").name == "Silver"
+    s.app.config["LOYALTY_TIERS"] = [{"name": "Bronze", "min_spend": "50"}, {"name": "Silver", "min_spend": "200"}]
+    assert s.loyalty.tiers.of("c1").name == "Silver"          # stored until recomputed
+    assert [t.name for t in s.loyalty.tiers.all()] == ["Bronze", "Silver"]
+    assert s.loyalty.tiers.recompute("c1").name == "Bronze"
+    assert s.loyalty.tiers.of("c1").name == "Bronze"
+    with pytest.raises(InvalidInput):
+        s.loyalty.tiers.recompute("ghost")

@@ -136,10 +136,12 @@ def redeem(state: LoyaltyState, customer_ref: str, points: int, *, commit: bool 
     if wanted % unit:
         raise InvalidInput.field("points", f"Must be a multiple of {unit}.")
     moment = resolve_now(now)
+    begin_write(state)   # SQLite: take the write lock before the first read
     customer = get_customer(state, data["customer_ref"])
     if customer is None:
+        if commit:
+            state.session.rollback()
         raise NotEnoughPoints(0, wanted)
-    begin_write(state)
     change = change_points(state, customer.id, -wanted, reason="redeem", note="coupon")
     if change is None:
         balance = int(state.session.execute(

@@ -295,10 +295,12 @@ class Tiers(Facade):
         from ..transaction import begin_write, finish
 
         state = self._state
+        begin_write(state)
         customer = get_customer(state, customer_ref)
         if customer is None:
+            if commit:
+                state.session.rollback()
             raise InvalidInput.field("customer_ref", "Unknown customer.")
-        begin_write(state)
         signals: list[PendingSignal] = []
         tier = recompute(state, customer, now=now, signals=signals)
         finish(state, commit=commit, signals=signals)
