@@ -153,3 +153,15 @@ def test_export_and_erase(ref_shop):
     s.loyalty.state.run_hooks("erase", customer=s.loyalty.customer("friend"))
     s.db.session.commit()
     assert s.loyalty.referrals.of_order("f1").ip_hash is None
+
+
+def test_referrals_disabled(make_shop):
+    s = make_shop(LOYALTY_REFERRAL_ENABLED=False)
+    with s.app.app_context():
+        s.loyalty.record_purchase("a0", "adv", 10)
+        code = s.loyalty.referrals.code_for("adv")
+        s.loyalty.record_purchase("f1", "friend", 40, referral_code=code)
+        assert s.loyalty.referrals.of_order("f1") is None
+        assert s.client.get(f"/loyalty/r/{code}").status_code == 404
+        page = s.client.get(s.loyalty.links.wallet("adv").removeprefix("http://shop.test")).get_data(as_text=True)
+        assert "Invite your friends" not in page

@@ -49,7 +49,8 @@ def make_blueprint() -> Blueprint:
     def referral_landing(code: str) -> Any:
         state = get_state()
         key = normalize_code(code)
-        if len(key) > 32 or not key.isalnum() or owner_of(state, key) is None:
+        if (not state.config["LOYALTY_REFERRAL_ENABLED"] or len(key) > 32 or not key.isalnum()
+                or owner_of(state, key) is None):
             raise NotFound("unknown referral code")
         target = state.config.get("LOYALTY_REFERRAL_LANDING_URL") or (base_url(state) + "/")
         response: Response = redirect(target, code=302)
