@@ -147,7 +147,7 @@ def seed(*, customers: int = 2000, orders: int = 8000, now: datetime | None = No
 
     # --- orders: a few customers buy often, most once or twice (about 30% bring 70%) ---
     weights = [rng.paretovariate(1.3) for _ in accounts]
-    scale = (orders - len(accounts)) / sum(weights)
+    scale = 1.2 * (orders - len(accounts)) / sum(weights)  # a little more than needed; sampled down below
     firsts: list[tuple[datetime, Account]] = []
     repeats: list[tuple[datetime, Account]] = []
     for n, (account, weight) in enumerate(zip(accounts, weights, strict=True)):
@@ -162,8 +162,8 @@ def seed(*, customers: int = 2000, orders: int = 8000, now: datetime | None = No
                   for a in accounts}
 
     # The shop switched the communication plan on PLAN_WEEKS ago: older orders are imported history
-    # and must not trigger thank-you or replenishment mails now.  From then on, cron ran the plan and
-    # the dispatcher; the seed runs them once a simulated week.
+    # and must not trigger thank-you or replenishment mails now.  From then on the dispatcher ran; the
+    # seed runs it once a simulated week, and the time-based plan (birthdays, win-back) once at the end.
     switched_on = now - timedelta(weeks=PLAN_WEEKS)
     tick = switched_on
     with plan_switched_off():
@@ -181,12 +181,12 @@ def seed(*, customers: int = 2000, orders: int = 8000, now: datetime | None = No
             run_jobs(tick, report)
             tick += timedelta(days=7)
         write_order(rng, index, placed, account, products, channel_of[account.id], now, report,
-                    answers_survey=account.id in surveyed and rng.random() < 0.35)
+                    answers_survey=account.id in surveyed and rng.random() < 0.35, plan_on=True)
         if index % BATCH == 0:
             db.session.commit()
             echo(f"orders: {index}/{len(history)}")
     db.session.commit()
-    run_jobs(now, report)
+    run_jobs(now, report, plan=True)
     echo(f"orders: {report.orders}, mails sent: {report.extra.get('mails sent', 0)}")
 
     seed_rewards(rng, accounts, now, report)
@@ -208,9 +208,10 @@ def plan_switched_off() -> Iterator[None]:
         config["LOYALTY_PLAN"] = saved
 
 
-def run_jobs(now: datetime, report: SeedReport) -> None:
-    """What cron runs: the time-based plan steps, then the dispatcher (mails go to the outbox)."""
-    loyalty.plan(now=now)
+def run_jobs(now: datetime, report: SeedReport, *, plan: bool = False) -> None:
+    """What cron runs: the time-based plan steps (birthday, win-back ...), then the dispatcher."""
+    if plan:
+        report.extra["planned"] = report.extra.get("planned", 0) + loyalty.plan(now=now)
     sent = loyalty.dispatch(now=now).sent
     report.extra["mails sent"] = report.extra.get("mails sent", 0) + sent
 
@@ -251,7 +252,8 @@ def seed_consents(rng: random.Random, account: Account) -> set[str]:
 
 
 def write_order(rng: random.Random, index: int, placed: datetime, account: Account, products: list[Product],
-                channel: str, now: datetime, report: SeedReport, *, answers_survey: bool = False) -> None:
+                channel: str, now: datetime, report: SeedReport, *, answers_survey: bool = False,
+                plan_on: bool = False) -> None:
     """One historical order: the shop's row, the coupon it may use and the checkout hook."""
     # 1-4 lines, consumables more often than gear
     chosen = rng.sample(products, k=rng.choices((1, 2, 3, 4), weights=(45, 30, 17, 8))[0])
@@ -263,7 +265,7 @@ def write_order(rng: random.Random, index: int, placed: datetime, account: Accou
                   lines=[OrderLine(sku=p.sku, name=p.name, quantity=q, unit_price_cents=p.price_cents)
                          for p, q in lines])
     db.session.add(order)
-    code = pick_coupon(rng, account)
+    code = pick_coupon(rng, account, personal=plan_on)
     if code:
         try:
             redemption = loyalty.coupons.redeem(code, customer_ref=account.ref, order_ref=order.ref,
@@ -321,12 +323,12 @@ def survey_answers(rng: random.Random, locale: str) -> dict[str, Any]:
     return answers
 
 
-def pick_coupon(rng: random.Random, account: Account) -> str | None:
-    """Sometimes a customer uses a coupon they hold (welcome, birthday ...) or the campaign code."""
+def pick_coupon(rng: random.Random, account: Account, *, personal: bool) -> str | None:
+    """Sometimes the campaign code; once the plan is on, often a personal coupon (welcome, survey ...)."""
     roll = rng.random()
     if roll < 0.04:
         return "AUTUMN10"
-    if roll < 0.30:
+    if personal and roll < 0.30:  # before the plan was switched on nobody held a personal coupon
         usable = loyalty.coupons.for_customer(account.ref)
         if usable:
             return str(usable[0].code)
