@@ -86,7 +86,7 @@ def generate_sqlite(db: SQLAlchemy, customers: int, purchases: int) -> None:
             SELECT x, 'c' || x, '2024-01-01 00:00:00.000000', 0, 0, 0 FROM g"""), {"n": customers})
         conn.execute(text("""
             WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < :m),
-            s AS (SELECT x,
+            s AS MATERIALIZED (SELECT x,
                          CASE WHEN x <= :n THEN x
                               ELSE 1 + CAST((abs(random()) % 1000000) / 1000000.0
                                             * (abs(random()) % 1000000) / 1000000.0 * :n AS INTEGER) END AS c,

@@ -528,10 +528,10 @@ def _read_model_input(state: LoyaltyState, dialect: str, now_day: int, margin: f
     """The buyers' model inputs as a numpy structured array (binary COPY on PostgreSQL)."""
     import numpy as np
 
-    sql = _model_input_sql()
+    # the two parameters are an int and a float we computed: inlined as literals (COPY takes no parameters)
+    literal = _model_input_sql().replace(":now_day", str(int(now_day))).replace(":margin", repr(float(margin)))
     names = ["customer_id", "x", "t_x", "big_t", "m", "rate"]
     if dialect == "postgresql":
-        literal = (sql.replace(":now_day", str(int(now_day))).replace(":margin", repr(float(margin))))
         raw = state.session.connection().connection.dbapi_connection
         assert raw is not None
         buffer = io.BytesIO()
@@ -549,15 +549,24 @@ def _read_model_input(state: LoyaltyState, dialect: str, now_day: int, margin: f
         for n in names:
             out[n] = rows[n]
         return out
-    result = state.session.execute(text(sql), {"now_day": now_day, "margin": margin})
-    chunks = []
-    while True:
-        batch = result.fetchmany(50000)
-        if not batch:
-            break
-        chunks.append(np.array([tuple(float(v) for v in row) for row in batch],
-                               dtype=[(n, "f8") for n in names]))
-    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=[(n, "f8") for n in names])
+    raw = state.session.connection().connection.dbapi_connection
+    assert raw is not None
+    cursor = raw.cursor()
+    try:
+        cursor.execute(literal)
+        chunks = []
+        while True:
+            batch = cursor.fetchmany(100000)
+            if not batch:
+                break
+            chunks.append(np.array(batch, dtype=np.float64))
+    finally:
+        cursor.close()
+    matrix = np.concatenate(chunks) if chunks else np.zeros((0, len(names)))
+    out = np.zeros(len(matrix), dtype=[(n, "f8") for n in names])
+    for i, n in enumerate(names):
+        out[n] = matrix[:, i]
+    return out
 
 
 def _write_predictions(state: LoyaltyState, dialect: str, ids: Any, p_alive: Any, expected: Any,
@@ -590,16 +599,15 @@ def _write_predictions(state: LoyaltyState, dialect: str, ids: Any, p_alive: Any
         return
     session.execute(text(f"CREATE TEMP TABLE {_PRED} (customer_id INTEGER PRIMARY KEY, p_alive REAL,"
                          " expected_purchases REAL, expected_order_value INTEGER, predicted_clv INTEGER)"))
-    insert = text(f"INSERT INTO {_PRED} VALUES (:i, :p, :e, :v, :c)")
-    batch: list[dict[str, Any]] = []
-    for i, p, e, v, c in zip(ids.tolist(), p_alive.tolist(), expected.tolist(), order_value.tolist(),
-                             predicted.tolist(), strict=True):
-        batch.append({"i": int(i), "p": p, "e": e, "v": int(v), "c": int(c)})
-        if len(batch) >= 20000:
-            session.execute(insert, batch)
-            batch = []
-    if batch:
-        session.execute(insert, batch)
+    raw = session.connection().connection.dbapi_connection
+    assert raw is not None
+    cursor = raw.cursor()
+    try:
+        cursor.executemany(f"INSERT INTO {_PRED} VALUES (?, ?, ?, ?, ?)",
+                           zip(ids.tolist(), p_alive.tolist(), expected.tolist(), order_value.tolist(),
+                               predicted.tolist(), strict=True))
+    finally:
+        cursor.close()
 
 
 def _fit_model(state: LoyaltyState, dialect: str, settings: _Settings, now_day: int) -> _Fit:
