@@ -604,8 +604,8 @@ def _write_predictions(state: LoyaltyState, dialect: str, ids: Any, p_alive: Any
     cursor = raw.cursor()
     try:
         cursor.executemany(f"INSERT INTO {_PRED} VALUES (?, ?, ?, ?, ?)",
-                           zip(ids.tolist(), p_alive.tolist(), expected.tolist(), order_value.tolist(),
-                               predicted.tolist(), strict=True))
+                           list(zip(ids.tolist(), p_alive.tolist(), expected.tolist(), order_value.tolist(),
+                                    predicted.tolist(), strict=True)))
     finally:
         cursor.close()
 
