@@ -89,6 +89,28 @@ def test_create_batch_unique(shop):
     assert all(c.code_key.startswith("MA11") for c in made)   # prefix normalised like any code
     assert count(shop, Coupon) == 2500
     assert {c.campaign for c in made} == {"spring"}
+    shop.db.session.expire_all()
+    stored = shop.loyalty.coupons.get(made[-1].code)
+    assert stored.id == made[-1].id and stored.code == made[-1].code and stored.value == Decimal("5")
+    assert stored.created_at.tzinfo is not None and stored.max_uses_per_customer == 1 and stored.uses == 0
+
+
+def test_create_batch_rules_are_stored(shop):
+    made = shop.loyalty.coupons.create_batch(3, kind="percent", value="12.5", min_order_total="20", max_uses=2,
+                                             max_uses_per_customer=None, starts_at=date(2026, 1, 1),
+                                             expires_at=date(2026, 12, 31), first_order_only=True,
+                                             customer_ref="c9", currency="USD", commit=False)
+    shop.db.session.commit()
+    assert made[0].code.replace("-", "") == made[0].code_key   # still readable after the commit (detached)
+    shop.db.session.expire_all()
+    c = shop.loyalty.coupons.get(made[1].code)
+    assert (c.kind, c.value, c.min_order_total, c.max_uses, c.max_uses_per_customer) == (
+        "percent", Decimal("12.5"), Decimal("20"), 2, None)
+    assert c.starts_at == datetime(2026, 1, 1, tzinfo=UTC) and c.expires_at.date() == date(2026, 12, 31)
+    assert c.first_order_only is True and c.customer_ref == "c9" and c.currency == "USD"
+    assert c.revoked_at is None
+    q = shop.loyalty.coupons.validate(c.code, customer_ref="c9", order_total="40", currency="USD", now=NOW)
+    assert q.valid and q.discount == Decimal("5.00")
 
 
 def test_create_batch_refuses_code_and_bad_count(shop):

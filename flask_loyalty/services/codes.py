@@ -74,3 +74,29 @@ def generate(length: int, prefix: str = "") -> tuple[str, str]:
     groups = [body[i:i + 4] for i in range(0, len(body), 4)]
     display = "-".join(([prefix] if prefix else []) + groups)
     return display, prefix + body
+
+
+def generate_many(count: int, length: int, prefix: str = "") -> list[tuple[str, str]]:
+    """``count`` fresh random codes at once (same format as :func:`generate`), fast.
+
+    Draws bytes from :func:`secrets.token_bytes` and keeps those below the
+    largest multiple of the alphabet size (rejection sampling, so every symbol
+    stays equally likely).
+    """
+    if length < MIN_LENGTH:
+        raise InvalidInput.field("length", f"Generated codes need at least {MIN_LENGTH} characters.")
+    size = len(ALPHABET)
+    limit = 256 - 256 % size
+    table = ALPHABET * (limit // size)
+    symbols: list[str] = []
+    needed = count * length
+    while len(symbols) < needed:
+        chunk = secrets.token_bytes(int((needed - len(symbols)) * 256 / limit) + 64)
+        symbols.extend(table[b] for b in chunk if b < limit)
+    text = "".join(symbols[:needed])
+    result = []
+    for i in range(count):
+        body = text[i * length:(i + 1) * length]
+        groups = [body[j:j + 4] for j in range(0, length, 4)]
+        result.append(("-".join(([prefix] if prefix else []) + groups), prefix + body))
+    return result

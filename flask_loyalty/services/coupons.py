@@ -20,16 +20,19 @@ order's redemptions when ``LOYALTY_RELEASE_COUPONS_ON_REFUND``), ``erase``
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from babel.dates import format_time
 from babel.numbers import format_percent
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import String, and_, bindparam, cast, func, inspect, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import contains_eager
+from sqlalchemy.orm import configure_mappers, contains_eager
+from sqlalchemy.orm.attributes import instance_state, set_committed_value
 
 from ..clock import as_deadline, as_start, resolve_now, shop_zone
 from ..errors import CouponError, InvalidInput
@@ -62,7 +65,7 @@ _redeem_schema = RedeemSchema()
 _order_schema = OrderRefSchema()
 
 #: Rows per INSERT statement in ``create_batch``.
-BATCH_CHUNK = 2000
+BATCH_CHUNK = 5000
 _ZERO = Decimal(0)
 
 
@@ -226,7 +229,7 @@ def _customer(state: LoyaltyState, customer_ref: str | None) -> Customer | None:
 
 def evaluate(state: LoyaltyState, coupon: Coupon | None, *, customer_ref: str | None,
              order_total: Decimal | None, currency: str | None, now: datetime,
-             order_ref: str | None = None, usage: _Usage | None = None) -> Quote:
+             order_ref: str | None = None, usage: _Usage | None = None, claimed: bool = False) -> Quote:
     """Check every rule of ``coupon`` for this customer and order; a :class:`Quote`.
 
     The order of the checks never reveals a personal coupon to someone else:
@@ -244,8 +247,8 @@ def evaluate(state: LoyaltyState, coupon: Coupon | None, *, customer_ref: str | 
     order_currency = currency or coupon.currency
     if order_currency != coupon.currency and (coupon.kind == "fixed" or coupon.min_order_total is not None):
         return Quote.rejected("currency")
-    if coupon.max_uses is not None and coupon.uses >= coupon.max_uses:
-        return Quote.rejected("exhausted")
+    if not claimed and coupon.max_uses is not None and coupon.uses >= coupon.max_uses:
+        return Quote.rejected("exhausted")   # (``claimed``: the caller already took a use with its UPDATE)
     if usage is None:
         usage = _usage(state, coupon, customer_ref, order_ref)
     if (coupon.max_uses_per_customer is not None and customer_ref is not None
@@ -343,29 +346,87 @@ def create_coupon(state: LoyaltyState, *, commit: bool = True, **raw: Any) -> Co
     return coupon
 
 
+def _bulk_insert_codes(state: LoyaltyState, row: dict[str, Any],
+                       pairs: list[tuple[str, str]]) -> list[tuple[int, str, str]]:
+    """Insert coupons that share ``row``'s rules, one per ``(code, key)``; skips keys already taken.
+
+    Returns ``(id, code, key)`` of the rows inserted.  One ``INSERT ... SELECT``
+    per chunk whatever its size: from ``unnest(codes, keys)`` (two array
+    parameters) on PostgreSQL, from ``json_each(pairs)`` on SQLite.
+    """
+    table = table_of(Coupon)
+    names = [name for name in row if name not in ("code", "code_key")]
+    postgres = dialect_name(state) == "postgresql"
+    # PostgreSQL needs the parameters' types spelt out in a SELECT list; SQLite must not get a CAST
+    # (CAST(... AS DATETIME) would turn the stored text into a number)
+    consts = [(cast(bindparam(None, row[name], type_=table.c[name].type), table.c[name].type) if postgres
+               else bindparam(None, row[name], type_=table.c[name].type)).label(name) for name in names]
+    if postgres:
+        source = func.unnest(
+            cast(bindparam("codes", [p[0] for p in pairs], type_=postgresql.ARRAY(String)),
+                 postgresql.ARRAY(String)),
+            cast(bindparam("keys", [p[1] for p in pairs], type_=postgresql.ARRAY(String)),
+                 postgresql.ARRAY(String))).table_valued("code", "code_key").render_derived()
+        rows = select(source.c.code, source.c.code_key, *consts)
+        stmt: Any = postgresql.insert(table)
+    else:   # SQLite: one JSON parameter, json_each() unpacks it
+        items = func.json_each(bindparam("pairs", json.dumps(pairs), type_=String)).table_valued("value")
+        rows = select(func.json_extract(items.c.value, "$[0]"), func.json_extract(items.c.value, "$[1]"),
+                      *consts).where(true())   # WHERE: SQLite's parser needs it before ON CONFLICT
+        stmt = sqlite.insert(table)
+    stmt = (stmt.from_select(["code", "code_key", *names], rows)
+            .on_conflict_do_nothing(index_elements=["code_key"])
+            .returning(table.c.id, table.c.code, table.c.code_key))
+    return [(int(i), c, k) for i, c, k in state.session.execute(stmt).all()]
+
+
+def _detached_coupon(values: dict[str, Any]) -> Coupon:
+    """A ``Coupon`` built from known column values (as if loaded), detached from any session.
+
+    Detached objects keep their values after the caller's commit, so reading
+    ``code`` from 100,000 of them never goes back to the database.  This is
+    what :func:`sqlalchemy.orm.make_transient_to_detached` does, minus its
+    per-object bookkeeping for pending changes (there are none here).
+    """
+    mapper = inspect(Coupon)
+    coupon: Coupon = mapper.class_manager.new_instance()
+    coupon.__dict__.update(values)
+    instance_state(coupon).key = mapper.identity_key_from_primary_key((values["id"],))
+    return coupon
+
+
 def create_batch(state: LoyaltyState, count: int, *, prefix: str = "", commit: bool = True,
                  **raw: Any) -> list[Coupon]:
-    """Create ``count`` coupons with the same rules and unique generated codes."""
+    """Create ``count`` coupons with the same rules and unique generated codes.
+
+    The coupons come back detached from the session (their values stay
+    readable after the commit without a query per coupon).
+    """
     if "code" in raw:
         raise InvalidInput.field("code", "A batch generates its codes; do not pass code=.")
     data = load(_batch_schema, {"count": count, "prefix": prefix if prefix is not None else ""})
     prefix_key = codes.check_prefix(data["prefix"] or state.config["LOYALTY_COUPON_CODE_PREFIX"])
     length = int(state.config["LOYALTY_COUPON_CODE_LENGTH"])
+    if length < codes.MIN_LENGTH:
+        raise InvalidInput.field("LOYALTY_COUPON_CODE_LENGTH", f"At least {codes.MIN_LENGTH}.")
+    if raw.get("segment") is not None:
+        begin_write(state)
     row = _rules(state, raw)
-    now = resolve_now(None)
+    configure_mappers()   # _detached_coupon builds instances without a query having configured them
+    row["created_at"] = resolve_now(None)
+    row["revoked_at"] = None
     begin_write(state)
     made: list[Coupon] = []
     wanted = data["count"]
     seen: set[str] = set()
     while len(made) < wanted:
-        batch: list[dict[str, Any]] = []
-        while len(batch) < min(BATCH_CHUNK, wanted - len(made)):
-            display, key = codes.generate(length, prefix_key)
-            if key in seen:
-                continue
-            seen.add(key)
-            batch.append({**row, "code": display, "code_key": key, "created_at": now})
-        made.extend(_insert_coupons(state, batch))   # a code already in the database is skipped
+        pairs = []
+        for display, key in codes.generate_many(min(BATCH_CHUNK, wanted - len(made)), length, prefix_key):
+            if key not in seen:
+                seen.add(key)
+                pairs.append((display, key))
+        for cid, display, key in _bulk_insert_codes(state, row, pairs):   # a key already taken is skipped
+            made.append(_detached_coupon({**row, "id": cid, "code": display, "code_key": key}))
     finish(state, commit=commit)
     return made
 
@@ -397,24 +458,49 @@ def redeem_code(state: LoyaltyState, code: Any, *, customer_ref: Any, order_ref:
     moment = resolve_now(now)
     cref, oref, total = data["customer_ref"], data["order_ref"], data["order_total"]
     session = state.session
-    begin_write(state)
-    coupon = find(state, data["code"], lock=True)
-    if coupon is None or coupon.revoked_at is not None:
+    key = lookup_key(data["code"])
+    if key is None:
         raise CouponError("not_found")
+    begin_write(state)
+    table = table_of(Coupon)
+    # Claim one use first.  This conditional UPDATE takes the coupon's row lock (concurrent
+    # redeemers of the same code queue here and re-check the condition against the committed
+    # row) and succeeds only while uses < max_uses.  Every later refusal gives the use back.
+    claim = (update(Coupon)
+             .where(Coupon.code_key == key, Coupon.revoked_at.is_(None),
+                    or_(Coupon.max_uses.is_(None), Coupon.uses < Coupon.max_uses))
+             .values(uses=Coupon.uses + 1).returning(Coupon)
+             .execution_options(populate_existing=True, synchronize_session=False))
+    coupon: Coupon | None = session.scalars(claim).one_or_none()
+    if coupon is None:                      # unknown, revoked or used up: find out which
+        coupon = find(state, key)
+        if coupon is None or coupon.revoked_at is not None:
+            raise CouponError("not_found")
+        usage = _usage(state, coupon, cref, oref)
+        if usage.same_order is not None:   # idempotent per (code, order_ref)
+            return _redemption(state, usage.same_order)
+        quote = evaluate(state, coupon, customer_ref=cref, order_total=total, currency=data.get("currency"),
+                         now=moment, order_ref=oref, usage=usage)
+        raise CouponError(quote.reason or "exhausted")
+    claimed = coupon
+
+    def refuse(reason: str, message: str | None = None) -> CouponError:
+        session.execute(update(table).where(table.c.id == claimed.id).values(uses=table.c.uses - 1))
+        set_committed_value(claimed, "uses", claimed.uses - 1)
+        return CouponError(reason, message)
+
     usage = _usage(state, coupon, cref, oref)
-    if usage.same_order is not None:           # idempotent per (code, order_ref)
-        existing = session.get(Redemption, usage.same_order)
-        assert existing is not None
-        return existing
+    if usage.same_order is not None:       # idempotent per (code, order_ref)
+        refuse("already_used")
+        return _redemption(state, usage.same_order)
     quote = evaluate(state, coupon, customer_ref=cref, order_total=total, currency=data.get("currency"),
-                     now=moment, order_ref=oref, usage=usage)
+                     now=moment, order_ref=oref, usage=usage, claimed=True)
     if not quote.valid:
-        assert quote.reason is not None
-        raise CouponError(quote.reason)
+        raise refuse(quote.reason or "not_found")
     per_order = int(state.config["LOYALTY_COUPONS_PER_ORDER"])
     order_slot = next((s for s in range(per_order) if s not in usage.order_slots), None)
     if order_slot is None:
-        raise CouponError("already_used", f"this order already uses {per_order} coupon(s)")
+        raise refuse("already_used", f"this order already uses {per_order} coupon(s)")
     customer_slot = None
     if coupon.max_uses_per_customer is not None:
         customer_slot = next(s for s in range(coupon.max_uses_per_customer) if s not in usage.customer_slots)
@@ -423,22 +509,16 @@ def redeem_code(state: LoyaltyState, code: Any, *, customer_ref: Any, order_ref:
         currency=quote.currency, customer_slot=customer_slot, order_slot=order_slot, created_at=moment,
     ).on_conflict_do_nothing().returning(Redemption)
     redemption: Redemption | None = session.scalars(stmt).one_or_none()
-    if redemption is None:   # a concurrent redemption took the slot first
-        raise CouponError("already_used")
-    table = table_of(Coupon)
-    counted = session.execute(
-        update(table).where(table.c.id == coupon.id,
-                            or_(table.c.max_uses.is_(None), table.c.uses < table.c.max_uses))
-        .values(uses=table.c.uses + 1).returning(table.c.uses)).first()
-    if counted is None:  # pragma: no cover - the row lock makes this unreachable
-        session.delete(redemption)
-        session.flush()
-        raise CouponError("exhausted")
-    from sqlalchemy.orm.attributes import set_committed_value
-
-    set_committed_value(coupon, "uses", int(counted[0]))
+    if redemption is None:   # a concurrent redemption of another coupon took the order's slot first
+        raise refuse("already_used")
     finish(state, commit=commit, signals=[(coupon_redeemed, {"redemption": redemption, "coupon": coupon})])
     return redemption
+
+
+def _redemption(state: LoyaltyState, redemption_id: int) -> Redemption:
+    existing = state.session.get(Redemption, redemption_id)
+    assert existing is not None
+    return existing
 
 
 def release_order(state: LoyaltyState, order_ref: str, *, now: datetime | None = None) -> list[PendingSignal]:
@@ -689,5 +769,6 @@ def describe(coupon: Coupon, tr: Translator) -> CouponText:
         if (local.hour, local.minute) == (23, 59):
             expiry = _("Valid until %(date)s", date=tr.date(coupon.expires_at))
         else:
-            expiry = _("Valid until %(date)s", date=tr.datetime(coupon.expires_at, "short"))
+            expiry = _("Valid until %(date)s, %(time)s", date=tr.date(coupon.expires_at),
+                       time=format_time(local, "short", locale=tr.locale))
     return CouponText(value, conditions, expiry)
