@@ -11,13 +11,16 @@ as a host importing its order history would.
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
+from html import unescape
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 from flask import current_app
@@ -175,18 +178,22 @@ def seed(*, customers: int = 2000, orders: int = 8000, now: datetime | None = No
                 db.session.commit()
                 echo(f"orders: {index}/{len(history)}")
         db.session.commit()
-    surveyed = {a.id for a in accounts if "surveys" in consents[a.id]}
+    shoppers: dict[int, Account] = {}
     for index, (placed, account) in enumerate(history[report.orders:], start=report.orders + 1):
         while placed >= tick:
             run_jobs(tick, report)
             tick += timedelta(days=7)
-        write_order(rng, index, placed, account, products, channel_of[account.id], now, report,
-                    answers_survey=account.id in surveyed and rng.random() < 0.35, plan_on=True)
+        write_order(rng, index, placed, account, products, channel_of[account.id], now, report, plan_on=True)
+        shoppers[account.id] = account
         if index % BATCH == 0:
             db.session.commit()
             echo(f"orders: {index}/{len(history)}")
     db.session.commit()
-    run_jobs(now, report, plan=True)
+    # Rewards, alerts and tier mails are queued at the moment of seeding: the last run sends them too.
+    end = max(now, datetime.now(timezone.utc))
+    run_jobs(end, report, plan=True)
+    engage(rng, list(shoppers.values()), now, report)
+    run_jobs(end, report)
     echo(f"orders: {report.orders}, mails sent: {report.extra.get('mails sent', 0)}")
 
     seed_rewards(rng, accounts, now, report)
@@ -214,6 +221,46 @@ def run_jobs(now: datetime, report: SeedReport, *, plan: bool = False) -> None:
         report.extra["planned"] = report.extra.get("planned", 0) + loyalty.plan(now=now)
     sent = loyalty.dispatch(now=now).sent
     report.extra["mails sent"] = report.extra.get("mails sent", 0) + sent
+
+
+def engage(rng: random.Random, shoppers: list[Account], now: datetime, report: SeedReport) -> None:
+    """What the shoppers did with their mails: opened and clicked some, answered a third of the surveys.
+
+    Opens and clicks go through the tracking URLs in the sent mails (the shop's own HTTP endpoints, as
+    a mail client would call them); survey answers through ``loyalty.surveys.answer``, back-dated to a
+    day or two after the invitation.
+    """
+    client = current_app.test_client()
+    opened = clicked = answered = 0
+    for account in shoppers:
+        for message in loyalty.messages.for_customer(account.ref):
+            if message.status != "sent":
+                continue
+            if message.kind == "survey_invite" and message.order_ref and rng.random() < 0.35:
+                sent = message.sent_at
+                assert sent is not None
+                when = min(sent + timedelta(hours=rng.uniform(2, 60)), now)
+                result = loyalty.surveys.answer(message.order_ref, survey_answers(rng, account.language),
+                                                channel="page", now=when, commit=False)
+                answered += result.stored
+                db.session.commit()  # before the tracking requests below, which write in their own session
+            if message.marketing and message.body_html:
+                links = re.findall(r'href="([^"]+)"', message.body_html) + re.findall(r'src="([^"]+)"',
+                                                                                      message.body_html)
+                if rng.random() < 0.45:
+                    opened += track(client, [u for u in links if "/t/o/" in u][:1])
+                    if rng.random() < 0.3:
+                        clicked += track(client, [u for u in links if "/t/c/" in u][:1])
+    report.extra.update({"survey answers": answered, "mails opened": opened, "mails clicked": clicked})
+
+
+def track(client: Any, urls: list[str]) -> int:
+    """Follow one tracking URL of a mail (open pixel or click redirect); 1 when it was recorded."""
+    for url in urls:
+        response = client.get(urlsplit(unescape(url))._replace(scheme="", netloc="").geturl())
+        response.close()
+        return 1 if response.status_code in (200, 302, 303) else 0
+    return 0
 
 
 def seed_rewards(rng: random.Random, accounts: list[Account], now: datetime, report: SeedReport) -> None:
@@ -252,8 +299,7 @@ def seed_consents(rng: random.Random, account: Account) -> set[str]:
 
 
 def write_order(rng: random.Random, index: int, placed: datetime, account: Account, products: list[Product],
-                channel: str, now: datetime, report: SeedReport, *, answers_survey: bool = False,
-                plan_on: bool = False) -> None:
+                channel: str, now: datetime, report: SeedReport, *, plan_on: bool = False) -> None:
     """One historical order: the shop's row, the coupon it may use and the checkout hook."""
     # 1-4 lines, consumables more often than gear
     chosen = rng.sample(products, k=rng.choices((1, 2, 3, 4), weights=(45, 30, 17, 8))[0])
@@ -284,12 +330,6 @@ def write_order(rng: random.Random, index: int, placed: datetime, account: Accou
                for p, q in lines],
         commit=False)
     report.orders += 1
-    answered_at = placed + timedelta(days=rng.uniform(7, 12))
-    if answers_survey and answered_at < now:
-        # What the survey page stores when the shopper answers the invitation.
-        loyalty.surveys.answer(order.ref, survey_answers(rng, account.language), channel="page", now=answered_at,
-                               commit=False)
-        report.extra["survey answers"] = report.extra.get("survey answers", 0) + 1
     if rng.random() < 0.03:  # about 3% come back: half in full, half in part
         amount = None if rng.random() < 0.5 else money(order.total_cents // 3)
         purchase = loyalty.record_refund(order.ref, amount=amount, commit=False)

@@ -18,10 +18,17 @@ from docutils.parsers.rst import Directive
 
 GROUP_TITLES = {
     "journey": "The shopper's journey (from the browser test)",
+    "demo": "The demo shop's dashboard after the first start (a seeded year)",
     "admin": "The dashboard",
     "dashboard": "The dashboard",
+    "survey": "The survey",
+    "wallet": "The wallet",
+    "coupon": "Coupon cards",
+    "consent": "Consent pages",
     "shop": "The demo shop",
 }
+#: Order of the groups on the page; groups not listed follow in alphabetical order.
+GROUP_ORDER = ["journey", "demo", "wallet", "coupon", "survey", "consent", "admin", "dashboard", "shop"]
 
 
 def caption_of(stem: str) -> str:
@@ -39,7 +46,9 @@ class LoyaltyScreenshots(Directive):
     def run(self) -> list[nodes.Node]:
         env = self.state.document.settings.env
         static = Path(env.srcdir) / "_static"
-        images = sorted(static.glob("*.png"))
+        rank = {name: index for index, name in enumerate(GROUP_ORDER)}
+        images = sorted(static.glob("*.png"),
+                        key=lambda p: (rank.get(p.stem.split("-", 1)[0], len(rank)), p.stem))
         if not images:
             return [nodes.paragraph(text="No screenshots have been taken yet: run the browser tests.")]
         result: list[nodes.Node] = []
