@@ -34,6 +34,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 
 
 def main() -> None:
+    """Seed if needed, serve, sign in as staff and save one screenshot per dashboard page."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database", default="sqlite:////tmp/leaf-and-bean-demo.db")
     parser.add_argument("--out", default=str(ROOT / "docs" / "_static"))
