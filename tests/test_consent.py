@@ -603,3 +603,20 @@ def test_confirmation_mail_goes_out_through_the_dispatcher(shop, customer):
     link = next(w for w in msg.body_text.split() if "/consent/confirm/" in w)
     assert shop.client.get(_path(link)).status_code == 200
     assert shop.loyalty.consent.has("c1", "email_marketing")
+
+
+def test_set_choices_applies_a_whole_form_in_one_transaction(shop, customer):
+    c = shop.loyalty.consent
+    c.grant("c1", "surveys", source="checkout")
+    seen = []
+    with consent_changed.connected_to(lambda app, **kw: seen.append((kw["event"].purpose, kw["event"].action)),
+                                      shop.app):
+        result = c.set_choices("c1", ["email_marketing", "postal_mail", "nonsense"], source="account")
+    assert result["email_marketing"].pending and result["postal_mail"].granted
+    assert result["surveys"].status == "withdrawn" and result["personalization"].status == "none"
+    assert seen == [("email_marketing", "pending"), ("surveys", "withdrawn"), ("postal_mail", "granted")]
+    assert c.set_choices("c1", ["email_marketing", "postal_mail"], source="account")["postal_mail"].granted
+    assert _events(shop) == 4      # the repeat changed nothing
+    c.set_choices("c1", [], source="account", commit=False)
+    shop.db.session.rollback()
+    assert c.has("c1", "postal_mail")

@@ -62,6 +62,10 @@ from .purchases import ensure_customer, get_customer
 if TYPE_CHECKING:
     from werkzeug.datastructures import MultiDict
 
+_grant_schema = GrantSchema()
+_withdraw_schema = WithdrawSchema()
+_purpose_schema = PurposeSchema()
+
 #: Built-in purposes: (label, exact wording shown next to the checkbox).
 BUILTIN_PURPOSES: dict[str, tuple[str, str]] = {
     "email_marketing": (
@@ -486,7 +490,7 @@ def grant(state: LoyaltyState, customer_ref: str, purpose: str, *, source: str, 
           ip: str | None = None, double_opt_in: bool | None = None, method: str = "api",
           locale: str | None = None, commit: bool = True, now: datetime | None = None) -> ConsentState:
     """Record a consent (see :meth:`Consent.grant`)."""
-    data = load(GrantSchema(), {"customer_ref": customer_ref, "purpose": purpose, "source": source,
+    data = load(_grant_schema, {"customer_ref": customer_ref, "purpose": purpose, "source": source,
                                 "wording": wording, "ip": ip, "double_opt_in": double_opt_in,
                                 "method": method, "locale": locale})
     st, signals = _grant(state, data, resolve_now(now))
@@ -497,7 +501,7 @@ def grant(state: LoyaltyState, customer_ref: str, purpose: str, *, source: str, 
 def withdraw(state: LoyaltyState, customer_ref: str, purpose: str, *, source: str, method: str = "api",
              ip: str | None = None, commit: bool = True, now: datetime | None = None) -> ConsentState:
     """Withdraw a consent (see :meth:`Consent.withdraw`)."""
-    data = load(WithdrawSchema(), {"customer_ref": customer_ref, "purpose": purpose, "source": source,
+    data = load(_withdraw_schema, {"customer_ref": customer_ref, "purpose": purpose, "source": source,
                                    "method": method, "ip": ip})
     st, signals = _withdraw(state, data, resolve_now(now))
     finish(state, commit=commit, signals=signals)
@@ -550,11 +554,38 @@ def confirm(state: LoyaltyState, customer_ref: str, purpose: str, event_id: int,
     return st, True
 
 
+def set_choices(state: LoyaltyState, customer_ref: str, wanted: Iterable[str], *, source: str, method: str,
+                ip: str | None = None, commit: bool = True,
+                now: datetime | None = None) -> dict[str, ConsentState]:
+    """Make the customer's consents match ``wanted`` (the ticked purposes), in one transaction.
+
+    Ticked purposes not yet granted or pending are granted (double opt-in as
+    configured); unticked granted or pending ones are withdrawn; the rest is
+    left alone.  Unknown names in ``wanted`` are ignored.  Returns every
+    purpose's state.
+    """
+    moment = resolve_now(now)
+    chosen = set(wanted)
+    signals: list[PendingSignal] = []
+    for name, st in current(state, customer_ref, now=moment).items():
+        if name in chosen and st.status not in ("granted", "pending"):
+            data = load(_grant_schema, {"customer_ref": customer_ref, "purpose": name, "source": source,
+                                        "method": method, "ip": ip})
+            signals += _grant(state, data, moment)[1]
+        elif name not in chosen and st.status in ("granted", "pending"):
+            data = load(_withdraw_schema, {"customer_ref": customer_ref, "purpose": name, "source": source,
+                                           "method": method, "ip": ip})
+            signals += _withdraw(state, data, moment)[1]
+    result = current(state, customer_ref, now=moment)
+    finish(state, commit=commit, signals=signals)
+    return result
+
+
 # --- reading --------------------------------------------------------------------
 
 def has(state: LoyaltyState, customer_ref: str, purpose: str) -> bool:
     """True when the customer's consent for ``purpose`` is granted now."""
-    data = load(PurposeSchema(), {"customer_ref": customer_ref, "purpose": purpose})
+    data = load(_purpose_schema, {"customer_ref": customer_ref, "purpose": purpose})
     get_purpose(state, data["purpose"])
     status = state.session.execute(
         select(ConsentStatus.status).join(Customer, Customer.id == ConsentStatus.customer_id)
@@ -654,7 +685,8 @@ def erase(state: LoyaltyState, customer_ref: str, *, commit: bool = True, now: d
     signals: list[PendingSignal] = []
     touched = set(session.execute(select(ConsentStatus.purpose).where(
         ConsentStatus.customer_id == customer.id)).scalars())
-    for name in sorted(touched):
+    order = list(purposes(state))       # lock rows in the order the preference center does
+    for name in sorted(touched, key=lambda n: (order.index(n) if n in order else len(order), n)):
         row = _lock_status(state, customer, name)
         if row.status in ("granted", "pending"):
             if row.status == "pending":
@@ -753,7 +785,7 @@ def capture(state: LoyaltyState, customer_ref: str, form: Mapping[str, Any], *, 
             label, text = purpose.texts(loc)
             if wording_hash(label, text)[:16] != shown[name]:
                 raise InvalidInput.field(name, "The wording of this choice has changed; please check it again.")
-        data = load(GrantSchema(), {"customer_ref": customer_ref, "purpose": name, "source": source,
+        data = load(_grant_schema, {"customer_ref": customer_ref, "purpose": name, "source": source,
                                     "ip": ip, "method": "checkbox", "locale": locale})
         results[name], more = _grant(state, data, moment)
         signals += more
@@ -840,6 +872,12 @@ class Consent(Facade):
         Typically ``loyalty.consent.capture(ref, request.form, ip=request.remote_addr)``.
         """
         return capture(self._state, customer_ref, form, source=source, ip=ip, commit=commit)
+
+    def set_choices(self, customer_ref: str, wanted: Iterable[str], *, source: str,
+                    method: str = "preference_center", ip: str | None = None,
+                    commit: bool = True) -> dict[str, ConsentState]:
+        """Grant the ticked purposes and withdraw the unticked ones in one transaction (an account page)."""
+        return set_choices(self._state, customer_ref, wanted, source=source, method=method, ip=ip, commit=commit)
 
     def is_suppressed(self, email: str) -> bool:
         """True when ``email`` (any letter case) belongs to an erased customer."""

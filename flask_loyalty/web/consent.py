@@ -114,16 +114,8 @@ def make_blueprint() -> Blueprint:
         saved = False
         if request.method == "POST":
             check_csrf(state, ref, "save")
-            ticked = set(request.form.getlist("purpose"))
-            for name, st in service.current(state, ref).items():
-                want = name in ticked
-                if want and st.status not in ("granted", "pending"):
-                    service.grant(state, ref, name, source="preference_center", method="preference_center",
-                                  ip=_client_ip(), commit=False)
-                elif not want and st.status in ("granted", "pending"):
-                    service.withdraw(state, ref, name, source="preference_center", method="preference_center",
-                                     ip=_client_ip(), commit=False)
-            state.session.commit()
+            service.set_choices(state, ref, request.form.getlist("purpose"), source="preference_center",
+                                method="preference_center", ip=_client_ip())
             saved = True
         return _page("loyalty/consent/preferences.html", customer, token=token, rows=_rows(state, customer),
                      saved=saved, csrf_token=csrf_token(state, ref, "save"),
