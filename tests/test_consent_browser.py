@@ -41,9 +41,8 @@ def live(make_shop) -> Iterator[tuple]:
     app.config["LOYALTY_BASE_URL"] = base
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 375, "height": 740})
         try:
