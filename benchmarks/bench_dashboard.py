@@ -144,6 +144,25 @@ class Loader:
         return len(rows)
 
 
+def finalize(db: SQLAlchemy) -> None:
+    """Refresh the planner statistics (PostgreSQL: VACUUM too, as autovacuum would, so index-only
+    scans work) and move id sequences past the loaded rows."""
+    if db.engine.dialect.name != "postgresql":
+        with db.engine.begin() as conn:
+            conn.execute(text("ANALYZE"))
+        return
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        present = set(inspect(conn).get_table_names())
+        for table in metadata.sorted_tables:
+            if table.name not in present:
+                continue
+            conn.execute(text(f"VACUUM ANALYZE {table.name}"))
+            if "id" in table.columns:
+                seq = conn.execute(text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table.name}).scalar()
+                if seq:
+                    conn.execute(text(f"SELECT setval('{seq}', (SELECT coalesce(max(id), 1) FROM {table.name}))"))
+
+
 def generate(db: SQLAlchemy, customers: int, purchases: int, seed: int = 7) -> dict[str, Any]:
     rnd = random.Random(seed)
     t = metadata.tables
@@ -304,17 +323,7 @@ def generate(db: SQLAlchemy, customers: int, purchases: int, seed: int = 7) -> d
                                 "grp": "holdout" if rnd.random() < 0.1 else "treatment"})
         loader.load(t["loyalty_campaign"], campaigns)
         counts["campaign members"] = loader.load(t["loyalty_campaign_member"], members)
-    if db.engine.dialect.name == "postgresql":
-        with db.engine.begin() as conn:
-            for name in t:
-                if name in inspect(conn).get_table_names():
-                    conn.execute(text(f"ANALYZE {name}"))
-                    seq = conn.execute(text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": name}).scalar()
-                    if seq:
-                        conn.execute(text(f"SELECT setval('{seq}', (SELECT coalesce(max(id), 1) FROM {name}))"))
-    else:
-        with db.engine.begin() as conn:
-            conn.execute(text("ANALYZE"))
+    finalize(db)
     heavy = max(per_customer, key=lambda c: len(per_customer[c]))
     return {"counts": counts, "heavy": f"c{heavy:06d}", "orders_of_heavy": len(per_customer[heavy])}
 
@@ -346,16 +355,18 @@ def pages(info: dict[str, Any], app: Flask, customers: int) -> list[str]:
     return urls
 
 
-def timed(client: Any, url: str, repeat: int) -> float:
+def timed(client: Any, url: str, repeat: int) -> tuple[float, float]:
+    """Median wall-clock and CPU seconds of this process (SQLite runs in-process; PostgreSQL's server does not)."""
     response = client.get(url)
     if response.status_code != 200:
         raise SystemExit(f"{url}: HTTP {response.status_code}\n{response.get_data(as_text=True)[:2000]}")
-    times = []
+    times, cpu = [], []
     for _ in range(repeat):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         client.get(url)
         times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        cpu.append(time.process_time() - started_cpu)
+    return statistics.median(times), statistics.median(cpu)
 
 
 def existing(db: SQLAlchemy) -> dict[str, Any] | None:
@@ -375,25 +386,30 @@ def run(label: str, url: str, customers: int, purchases: int, repeat: int, *,
     started = time.perf_counter()
     with app.app_context():
         info = existing(db) if reuse else None
-        if info is None:
+        if info is not None:
+            finalize(db)
+        else:
             info = generate(db, customers, purchases)
     load_time = time.perf_counter() - started
     print(f"\n== {label}: loaded in {load_time:.1f} s: "
           + ", ".join(f"{n:,} {k}" for k, n in info["counts"].items()))
     client = app.test_client()
-    base = timed(client, "/baseline", max(repeat, 5))
-    print(f"{'page':<58} {'median':>9} {'ratio':>8}")
-    print(f"{'baseline (SELECT count(*) FROM loyalty_customer)':<58} {base * 1000:8.1f}ms {1.0:8.1f}")
+    base, base_cpu = timed(client, "/baseline", max(repeat, 5))
+    print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    print(f"{'page':<58} {'median':>9} {'ratio':>8} {'cpu':>9}")
+    print(f"{'baseline (SELECT count(*) FROM loyalty_customer)':<58} {base * 1000:8.1f}ms {1.0:8.1f} "
+          f"{base_cpu * 1000:8.1f}ms")
     results = []
     for page in pages(info, app, customers):
         if only and only not in page:
             continue
-        took = timed(client, page, repeat)
+        took, cpu = timed(client, page, repeat)
         results.append((page, took))
         flag = "" if took < 1.0 else "  <-- over 1 s"
-        print(f"{page:<58} {took * 1000:8.1f}ms {took / base:8.1f}{flag}")
+        print(f"{page:<58} {took * 1000:8.1f}ms {took / base:8.1f} {cpu * 1000:8.1f}ms{flag}")
     worst = max(results, key=lambda r: r[1])
-    print(f"slowest: {worst[0]} {worst[1] * 1000:.0f} ms; pages over 1 s: {sum(1 for _p, t in results if t >= 1.0)}")
+    print(f"slowest: {worst[0]} {worst[1] * 1000:.0f} ms; pages over 1 s: {sum(1 for _p, t in results if t >= 1.0)}; "
+          f"load average now: {os.getloadavg()[0]:.1f}")
     with app.app_context():
         db.session.remove()
         db.engine.dispose()

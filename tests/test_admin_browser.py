@@ -105,6 +105,16 @@ def seed(shop: Any) -> dict[str, Any]:
                     session.add(engagement(customer_id=c.id, message_id=m.id, kind=m.kind, event="click",
                                            at=at + timedelta(hours=3), hour=11))
         session.commit()
+    campaigns = getattr(L, "campaigns", None)
+    if campaigns is not None and area_model("rewards", "Campaign") is not None:
+        members = [f"cust-{i:03d}" for i in range(0, 48)]
+        for name, offset in (("spring-tea", 70), ("autumn-honey", 30)):
+            starts = now - timedelta(days=offset)
+            campaigns.create(name, offer={"kind": "percent", "value": "10"}, starts_at=starts,
+                             ends_at=starts + timedelta(days=21), customer_refs=members, holdout_share=0.25)
+            campaigns.launch(name, now=starts)
+            for k, ref in enumerate(members[: 24 if offset == 70 else 16]):
+                L.record_purchase(f"{name}-{k}", ref, "32.00", placed_at=starts + timedelta(days=1 + k % 15))
     if hasattr(L, "analytics"):
         try:
             L.analytics.recompute(now=now)

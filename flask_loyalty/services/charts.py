@@ -84,8 +84,9 @@ def heatmap(row_labels: Sequence[str], col_labels: Sequence[str], grid: Sequence
 
     Cells show ``cell_labels`` when given, else the fraction as a whole percentage.
     """
-    left, top, cw, ch = 80, 40, 48, 26
-    width = max(left + cw * max(len(col_labels), 1) + 10, 8 * len(title) + left)
+    left, top = 80, 40
+    cw, ch = (72, 40) if len(col_labels) <= 6 else (48, 26)
+    width = max(left + cw * max(len(col_labels), 1) + 10, 9 * len(title) + left)
     height = top + ch * max(len(row_labels), 1) + 30
     _uid, parts = _open(width, height, title)
     parts.append(_text(left, 16, title, anchor="start", size=14, weight="600"))
@@ -106,7 +107,7 @@ def heatmap(row_labels: Sequence[str], col_labels: Sequence[str], grid: Sequence
             parts.append(f'<rect x="{x}" y="{y}" width="{cw - 2}" height="{ch - 2}" rx="2" '
                          f'fill="{_shade(share)}"/>')
             text = cell_labels[i][j] if cell_labels else f"{round(share * 100)}%"
-            parts.append(_text(x + cw / 2 - 1, y + ch / 2 + 4, text, size=11,
+            parts.append(_text(x + cw / 2 - 1, y + ch / 2 + 4, text, size=13 if cw > 60 else 11,
                                fill="#ffffff" if share > 0.45 else "#1a1a1a"))
     return _close(parts)
 
