@@ -29,6 +29,13 @@ class SinkHandler:
         self.stalled = threading.Event()
         self.temp_fail = False
 
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: Any) -> str:
+        if address.startswith("reject"):
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.temp_fail:
             return "451 4.3.0 try again later"
@@ -36,7 +43,9 @@ class SinkHandler:
             stall = self.stall_after is not None and len(self.raw) >= self.stall_after
         if stall:
             self.stalled.set()
-            await asyncio.sleep(3600)
+            while self.stall_after is not None:
+                await asyncio.sleep(0.02)
+            return "451 4.3.0 aborted"  # the client is gone by now; nothing is delivered
         with self.lock:
             self.raw.append(envelope.original_content or envelope.content)
         return "250 OK"

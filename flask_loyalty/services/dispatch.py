@@ -28,23 +28,25 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.message import EmailMessage
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, text, update
+from sqlalchemy import Engine, and_, bindparam, func, insert, literal, or_, select, update
 
 from ..clock import resolve_now
 from ..models import Customer, Message, MessageEvent, Purchase
 from ..models.base import table_of
+from ..models.types import UTCDateTime
 from ..signals import message_failed, message_sent
 from ..state import LoyaltyState
 from ..transaction import begin_write, dialect_name
-from .mail import build_email, render_message
+from .mail import OutgoingMail, build_mail, render_message
 from .outbox import CHECKS, KINDS, week_ago
 from .transports import PermanentFailure, SendError, Transport, TransportUnavailable, get_transport
 
@@ -83,7 +85,7 @@ class Outgoing:
     pk: int
     attempts: int
     reason: str
-    mail: EmailMessage
+    mail: OutgoingMail
 
 
 def _owner() -> str:
@@ -119,29 +121,41 @@ def backoff(state: LoyaltyState, attempts: int) -> timedelta:
     return timedelta(seconds=min(base * (2 ** max(attempts - 1, 0)), cap))
 
 
-class _ConsentLookup:
-    """``loyalty.consent.has`` at send time; marketing counts as not consented without the area."""
+class ConsentLookup:
+    """Send-time consent for a whole batch: one query per purpose instead of one per message.
+
+    The predicate is exactly that of ``loyalty.consent.has(ref, purpose)``:
+    the customer's current status for the purpose is ``granted`` (erased
+    customers are suppressed before this is asked).  ``tests/test_plan.py``
+    checks the equivalence with ``has()`` for granted, pending, withdrawn,
+    re-granted, erased and unknown customers.  Without the consent area
+    nothing consent-bound is sent.
+    """
 
     def __init__(self, state: LoyaltyState) -> None:
-        self._has: Any = None
+        self.state = state
         try:
-            self._has = state.extension.consent.has
-        except ModuleNotFoundError as exc:  # consent area not installed in this tree
-            if exc.name != "flask_loyalty.services.consent":
-                raise
-            log.warning("flask_loyalty.services.consent is missing: no consent-bound mail is sent")
+            from ..models.consent import ConsentStatus
+        except ImportError:  # consent area not installed in this tree
+            log.warning("flask_loyalty consent models are missing: no consent-bound mail is sent")
+            self.model: Any = None
+        else:
+            self.model = ConsentStatus
 
-    def has(self, customer_ref: str, purpose: str) -> bool:
-        if self._has is None:
-            return False
-        return bool(self._has(customer_ref, purpose))
+    def granted(self, customer_ids: set[int], purpose: str) -> set[int]:
+        """The customers among ``customer_ids`` whose consent for ``purpose`` holds now."""
+        if self.model is None or not customer_ids:
+            return set()
+        model = self.model
+        return {int(pk) for pk in self.state.session.execute(select(model.customer_id).where(
+            model.customer_id.in_(customer_ids), model.purpose == purpose, model.status == "granted")).scalars()}
 
 
 class _Batch:
     """One claimed batch of one dispatcher."""
 
     def __init__(self, state: LoyaltyState, owner: str, ids: list[int], now: datetime,
-                 report: DispatchReport, consent: _ConsentLookup) -> None:
+                 report: DispatchReport, consent: ConsentLookup) -> None:
         self.state, self.owner, self.ids, self.now, self.report = state, owner, ids, now, report
         self.consent = consent
         self.table = table_of(Message)
@@ -176,20 +190,24 @@ class _Batch:
         """Apply the send-time rules; commit; return the messages to send, rendered."""
         state, session = self.state, self.state.session
         begin_write(state)
+        # lock the batch's customers first (one cap decision per customer at a time), then read
+        # the messages and their customers fresh
+        table = self.table
+        lock = (select(Customer.id).where(Customer.id.in_(
+            select(table.c.customer_id).where(table.c.id.in_(self.ids)))).order_by(Customer.id))
+        if dialect_name(state) == "postgresql":
+            lock = lock.with_for_update(key_share=True)
+        customer_ids = [int(pk) for pk in session.execute(lock).scalars()]
         messages = list(session.execute(
             select(Message).where(Message.id.in_(self.ids), Message.lease_owner == self.owner)
-            .order_by(Message.priority.desc(), Message.due_at, Message.id)).unique().scalars())
+            .order_by(Message.priority.desc(), Message.due_at, Message.id)
+            .execution_options(populate_existing=True)).unique().scalars())
         if not messages:
             session.commit()
             return []
-        customer_ids = sorted({m.customer_id for m in messages})
-        lock = select(Customer.id).where(Customer.id.in_(customer_ids)).order_by(Customer.id)
-        if dialect_name(state) == "postgresql":
-            lock = lock.with_for_update(key_share=True)
-        session.execute(lock).all()
-        for m in messages:
-            session.refresh(m.customer)
         refunded = self._refunded_orders({m.order_ref for m in messages if m.order_ref})
+        consented = {purpose: self.consent.granted({m.customer_id for m in messages if m.purpose == purpose}, purpose)
+                     for purpose in {m.purpose for m in messages if m.purpose}}
         slots = self._slots(customer_ids)
         cap = int(state.config["LOYALTY_MAX_MARKETING_PER_WEEK"])
         ready: list[Outgoing] = []
@@ -214,7 +232,7 @@ class _Batch:
                     self.now > m.first_due_at + timedelta(days=spec.stale_after_days):
                 self._close(m, "suppressed", "stale")
                 continue
-            if m.purpose and not self.consent.has(customer.ref, m.purpose):
+            if m.purpose and customer.id not in consented[m.purpose]:
                 self._close(m, "suppressed", f"no_consent:{m.purpose}")
                 continue
             why = f"consent:{m.purpose}" if m.purpose else "transactional"
@@ -244,7 +262,7 @@ class _Batch:
             renders.append(values)
             fields = {k: values.get(k, getattr(m, k)) for k in (
                 "locale", "to_address", "from_address", "subject", "body_text", "body_html")}
-            mail = build_email(state, now=self.now, message_id=m.message_id, kind=m.kind, marketing=m.marketing,
+            mail = build_mail(state, now=self.now, message_id=m.message_id, kind=m.kind, marketing=m.marketing,
                                purpose=m.purpose, customer_ref=customer.ref, **fields)
             ready.append(Outgoing(m.id, m.attempts, why, mail))
         if renders:
@@ -286,73 +304,237 @@ class _Batch:
             slots.setdefault(int(customer_id), []).append(counted_at)
         return slots
 
-    # --- phase 3: send --------------------------------------------------------------
-    def send(self, ready: list[Outgoing], transport: Transport, started: float) -> None:
-        """Send each ready message and commit its outcome at once."""
-        state, session = self.state, self.state.session
-        lease = float(state.config["LOYALTY_DISPATCH_LEASE"])
-        pg = dialect_name(state) == "postgresql"
-        for index, m in enumerate(ready):
-            if time.monotonic() - started > lease * 0.8:
-                self._release(ready[index:], "lease_running_out")
-                return
+
+
+@dataclass
+class _Outcome:
+    """What happened to one claimed message in the send phase (written by the recorder)."""
+
+    pk: int
+    action: str                      # "sent", "retry", "failed" or "release"
+    reason: str | None
+    values: dict[str, Any] = field(default_factory=dict)
+    detail: str | None = None
+
+
+class _Pipeline:
+    """The send phase: a sender thread and a recorder thread behind the claiming thread.
+
+    The claiming thread claims and decides batch N+1 (database reads,
+    rendering) while the sender thread talks SMTP for batch N and the
+    recorder thread commits outcomes.  The sender never runs more than
+    :attr:`WINDOW` (2) mails ahead of the recorder, so at any moment at most
+    two mails are accepted by the server but not yet recorded (a purely
+    sequential dispatcher has the same window of one: SMTP has no two-phase
+    commit).  A dispatcher killed right then leaves those rows leased, and
+    after the lease they are sent again with the same ``Message-ID``.  With
+    ``LOYALTY_DISPATCH_ASYNC_COMMIT`` (PostgreSQL) the recorder's commits do
+    not wait for the WAL flush: only a crash of the *database server* can
+    then forget the last fraction of a second of deliveries (resent with the
+    same ``Message-ID``).
+    """
+
+    WINDOW = 2
+
+    def __init__(self, state: LoyaltyState, owner: str, now: datetime, report: DispatchReport,
+                 transport: Transport, depth: int) -> None:
+        self.state, self.owner, self.now, self.report, self.transport = state, owner, now, report, transport
+        self.lease = float(state.config["LOYALTY_DISPATCH_LEASE"])
+        self.max_attempts = int(state.config["LOYALTY_MAX_ATTEMPTS"])
+        bind = state.session.get_bind()
+        self.engine = bind if isinstance(bind, Engine) else bind.engine
+        self.async_commit = (self.engine.dialect.name == "postgresql"
+                             and bool(state.config["LOYALTY_DISPATCH_ASYNC_COMMIT"]))
+        self.send_q: queue.Queue[tuple[Outgoing, float] | None] = queue.Queue(maxsize=max(depth, 1))
+        self.record_q: queue.Queue[_Outcome | None] = queue.Queue()
+        self.unavailable: TransportUnavailable | None = None
+        self.errors: list[BaseException] = []
+        self.sent: list[int] = []
+        self.failed: list[tuple[int, str]] = []
+        self.lock = threading.Lock()
+        #: At most WINDOW mails accepted by the server but not yet recorded, at any moment.
+        self.window = threading.BoundedSemaphore(self.WINDOW)
+        self.sender = threading.Thread(target=self._send_loop, name="loyalty-dispatch-send", daemon=True)
+        self.recorder = threading.Thread(target=self._record_loop, name="loyalty-dispatch-record", daemon=True)
+        self.sender.start()
+        self.recorder.start()
+
+    @property
+    def stopped(self) -> bool:
+        """No point claiming more: the server is unreachable or a thread failed."""
+        return self.unavailable is not None or bool(self.errors)
+
+    def put(self, item: Outgoing, started: float) -> None:
+        """Queue a ready message for sending (blocks while the sender is a batch behind)."""
+        while True:
             try:
-                transport.send(m.mail)
-            except TransportUnavailable as exc:
-                for rest in ready[index:]:
-                    self._attempt_failed(rest, exc, pg)
+                self.send_q.put((item, started), timeout=0.5)
                 return
-            except SendError as exc:
-                self._attempt_failed(m, exc, pg)
-                continue
-            if pg:
-                session.execute(text("SET LOCAL synchronous_commit = off"))
-            reason = f"{m.reason}; via {transport.name}"[:200]
-            session.execute(update(self.table).where(self.table.c.id == m.pk,
-                                                     self.table.c.lease_owner == self.owner)
-                            .values(status="sent", sent_at=self.now, attempts=self.table.c.attempts + 1,
-                                    reason=reason, last_error=None, lease_owner=None, lease_until=None))
-            self._event(m.pk, "sent", reason)
-            self._flush_events()
-            session.commit()
-            self.report.sent += 1
-            if message_sent.receivers:
-                message = session.get(Message, m.pk)
-                message_sent.send(state.app, message=message)
+            except queue.Full:
+                if not self.sender.is_alive():  # pragma: no cover - the sender died
+                    raise RuntimeError("dispatch sender thread stopped") from None
 
-    def _release(self, messages: list[Outgoing], reason: str) -> None:
-        session = self.state.session
-        session.execute(update(self.table).where(self.table.c.id.in_([m.pk for m in messages]),
-                                                 self.table.c.lease_owner == self.owner)
-                        .values(lease_owner=None, lease_until=None))
-        session.commit()
-        log.info("released %d messages: %s", len(messages), reason)
+    def finish(self) -> None:
+        """Wait for every queued message to be sent and recorded; re-raise a thread's error."""
+        self.send_q.put(None)
+        self.sender.join()
+        self.recorder.join()
+        if self.errors:
+            raise self.errors[0]
 
-    def _attempt_failed(self, m: Outgoing, exc: Exception, pg: bool) -> None:
-        state, session = self.state, self.state.session
+    # --- sender thread -----------------------------------------------------------
+    def _send_loop(self) -> None:
+        try:
+            with self.state.app.app_context():  # host transport callables may need it
+                while True:
+                    item = self.send_q.get()
+                    if item is None:
+                        break
+                    self._send_one(*item)
+        except BaseException as exc:  # pragma: no cover - unexpected; surfaced by finish()
+            self.errors.append(exc)
+            while self.send_q.get() is not None:
+                pass
+        finally:
+            try:
+                self.transport.close()
+            finally:
+                self.record_q.put(None)
+
+    def _send_one(self, m: Outgoing, started: float) -> None:
+        # every path below hands exactly one outcome to the recorder, which releases the window
+        while not self.window.acquire(timeout=0.5):
+            if not self.recorder.is_alive():  # pragma: no cover - the recorder died
+                raise RuntimeError("dispatch recorder thread stopped")
+        if self.errors:
+            self.record_q.put(_Outcome(m.pk, "release", None))
+            return
+        if self.unavailable is not None:
+            self._attempt_failed(m, self.unavailable)
+            return
+        if time.monotonic() - started > self.lease * 0.8:
+            self.record_q.put(_Outcome(m.pk, "release", None))
+            return
+        try:
+            self.transport.send(m.mail)
+        except TransportUnavailable as exc:
+            self.unavailable = exc
+            self._attempt_failed(m, exc)
+            return
+        except SendError as exc:
+            self._attempt_failed(m, exc)
+            return
+        self.record_q.put(_Outcome(m.pk, "sent", f"{m.reason}; via {self.transport.name}"[:200]))
+
+    def _attempt_failed(self, m: Outgoing, exc: Exception) -> None:
         attempts = m.attempts + 1
         error = f"{type(exc).__name__}: {exc}"[:500]
-        max_attempts = int(state.config["LOYALTY_MAX_ATTEMPTS"])
-        give_up = isinstance(exc, PermanentFailure) or attempts >= max_attempts
-        values: dict[str, Any] = {"attempts": attempts, "last_error": error, "lease_owner": None,
-                                  "lease_until": None}
-        if give_up:
+        values: dict[str, Any] = {"attempts": attempts, "last_error": error}
+        if isinstance(exc, PermanentFailure) or attempts >= self.max_attempts:
             reason = "rejected" if isinstance(exc, PermanentFailure) else "max_attempts"
             values.update(status="failed", reason=reason)
-            self._event(m.pk, "failed", reason, error)
+            self.record_q.put(_Outcome(m.pk, "failed", reason, values, error))
         else:
-            due = self.now + backoff(state, attempts)
+            due = self.now + backoff(self.state, attempts)
             values.update(due_at=due, reason="retry")
-            self._event(m.pk, "retry", "send_error", f"attempt {attempts}: {error}; next {due.isoformat()}")
-        session.execute(update(self.table).where(self.table.c.id == m.pk, self.table.c.lease_owner == self.owner)
-                        .values(**values))
-        self._flush_events()
-        session.commit()
-        if give_up:
-            self.report.failed += 1
-            message_failed.send(state.app, message=session.get(Message, m.pk), error=error)
+            self.record_q.put(_Outcome(m.pk, "retry", "send_error", values,
+                                       f"attempt {attempts}: {error}; next {due.isoformat()}"))
+
+    # --- recorder thread -----------------------------------------------------------
+    def _record_loop(self) -> None:
+        conn = None
+        try:
+            conn = self.engine.connect()
+            if self.engine.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                if self.async_commit:
+                    conn.exec_driver_sql("SET synchronous_commit TO off")
+            done = False
+            while not done:
+                item = self.record_q.get()
+                if item is None:
+                    break
+                items = [item]
+                while len(items) < 500:
+                    try:
+                        more = self.record_q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        done = True
+                        break
+                    items.append(more)
+                try:
+                    self._write(conn, items)
+                finally:
+                    for _ in items:
+                        self.window.release()
+        except BaseException as exc:
+            self.errors.append(exc)
+            while self.record_q.get() is not None:
+                self.window.release()
+        finally:
+            if conn is not None:
+                try:
+                    if self.async_commit:
+                        conn.exec_driver_sql("RESET synchronous_commit")
+                finally:
+                    conn.close()
+
+    def _sent_statement(self) -> Any:
+        """PostgreSQL: mark sent and append the history row in one statement (one round trip)."""
+        table, events = table_of(Message), table_of(MessageEvent)
+        moment = bindparam("o_now", type_=UTCDateTime())
+        changed = (update(table).where(table.c.id == bindparam("o_pk"), table.c.lease_owner == self.owner)
+                   .values(status="sent", sent_at=moment, attempts=table.c.attempts + 1,
+                           reason=bindparam("o_reason"), last_error=None, lease_owner=None, lease_until=None)
+                   .returning(table.c.id).cte("changed"))
+        return insert(events).from_select(["message_id", "at", "action", "reason"],
+                                          select(changed.c.id, moment, literal("sent"), bindparam("o_reason")))
+
+    def _write(self, conn: Any, items: list[_Outcome]) -> None:
+        table, events = table_of(Message), table_of(MessageEvent)
+        mine = and_(table.c.id == bindparam("o_pk"), table.c.lease_owner == self.owner)
+        sent = [i for i in items if i.action == "sent"]
+        others = [i for i in items if i.action != "sent"]
+        if self.engine.dialect.name == "postgresql":
+            params = [{"o_pk": i.pk, "o_reason": i.reason, "o_now": self.now} for i in sent]
+            if len(items) == 1 and sent:   # the common case: autocommitted, one round trip
+                conn.execute(self._sent_statement(), params[0])
+            else:
+                with conn.begin():
+                    if sent:
+                        conn.execute(self._sent_statement(), params)
+                    self._write_others(conn, others, mine, events)
         else:
-            self.report.retried += 1
+            with conn.begin():
+                if sent:
+                    conn.execute(update(table).where(mine).values(
+                        status="sent", sent_at=self.now, attempts=table.c.attempts + 1,
+                        reason=bindparam("o_reason"), last_error=None, lease_owner=None, lease_until=None),
+                        [{"o_pk": i.pk, "o_reason": i.reason} for i in sent])
+                    conn.execute(insert(events), [{"message_id": i.pk, "at": self.now, "action": "sent",
+                                                   "reason": i.reason} for i in sent])
+                self._write_others(conn, others, mine, events)
+        with self.lock:
+            self.report.sent += len(sent)
+            self.sent += [i.pk for i in sent]
+            for i in others:
+                if i.action == "retry":
+                    self.report.retried += 1
+                elif i.action == "failed":
+                    self.report.failed += 1
+                    self.failed.append((i.pk, i.detail or str(i.reason)))
+
+    def _write_others(self, conn: Any, others: list[_Outcome], mine: Any, events: Any) -> None:
+        table = table_of(Message)
+        for i in others:
+            conn.execute(update(table).where(mine).values(lease_owner=None, lease_until=None, **i.values),
+                         {"o_pk": i.pk})
+        logged = [{"message_id": i.pk, "at": self.now, "action": i.action, "reason": i.reason,
+                   "detail": i.detail} for i in others if i.action != "release"]
+        if logged:
+            conn.execute(insert(events), logged)
 
 
 def dispatch(state: LoyaltyState, limit: int | None = None, now: datetime | None = None) -> DispatchReport:
@@ -360,15 +542,17 @@ def dispatch(state: LoyaltyState, limit: int | None = None, now: datetime | None
 
     Safe with any number of dispatchers at once (threads, processes,
     machines) on PostgreSQL; on SQLite too, serialised by its write lock.
+    ``message_sent`` / ``message_failed`` fire at the end, after the
+    outcomes are committed.
     """
     moment = resolve_now(now)
     owner = _owner()
     report = DispatchReport()
-    consent = _ConsentLookup(state)
+    consent = ConsentLookup(state)
     batch_size = max(int(state.config["LOYALTY_DISPATCH_BATCH"]), 1)
-    transport = get_transport(state)
+    pipeline = _Pipeline(state, owner, moment, report, get_transport(state), depth=batch_size)
     try:
-        while limit is None or report.claimed < limit:
+        while (limit is None or report.claimed < limit) and not pipeline.stopped:
             wanted = batch_size if limit is None else min(batch_size, limit - report.claimed)
             started = time.monotonic()
             ids = claim(state, owner, wanted, moment)
@@ -378,14 +562,21 @@ def dispatch(state: LoyaltyState, limit: int | None = None, now: datetime | None
             batch = _Batch(state, owner, ids, moment, report, consent)
             try:
                 ready = batch.decide()
-                batch.send(ready, transport, started)
             except BaseException:
                 state.session.rollback()
                 raise
+            for item in ready:
+                pipeline.put(item, started)
             if len(ids) < wanted:
                 break
     finally:
-        transport.close()
+        pipeline.finish()
+    session = state.session
+    if message_sent.receivers:
+        for pk in pipeline.sent:
+            message_sent.send(state.app, message=session.get(Message, pk))
+    for pk, error in pipeline.failed:
+        message_failed.send(state.app, message=session.get(Message, pk), error=error)
     return report
 
 

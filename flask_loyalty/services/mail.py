@@ -15,14 +15,19 @@ open pixel is added.
 
 from __future__ import annotations
 
+import binascii
 import html
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from email import message_from_bytes
+from email import policy as email_policy
+from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, parseaddr
+from email.utils import format_datetime, formataddr, parseaddr
 from typing import Any
 
 from .. import tokens
@@ -167,41 +172,97 @@ def render_message(state: LoyaltyState, message: Message, customer: Customer) ->
                     body_text=text, body_html=body_html, links=targets)
 
 
-def _address(value: str) -> Address | str:
+def _header_address(value: str) -> tuple[str, str]:
+    """``(header value, bare address)`` of ``"Name <addr>"``; non-ASCII names RFC 2047-encoded."""
     name, addr = parseaddr(value)
-    if not addr or "@" not in addr:
+    if not addr:
+        addr = value.strip()
+    return formataddr((name, addr), charset="utf-8"), addr
+
+
+def _text_header(value: str) -> str:
+    """An unstructured header value: ASCII as is, anything else RFC 2047-encoded (UTF-8)."""
+    if value.isascii():
         return value
-    user, _, domain = addr.rpartition("@")
-    return Address(display_name=name, username=user, domain=domain)
+    return Header(value, "utf-8").encode(linesep="\r\n")
 
 
-def build_email(state: LoyaltyState, *, now: datetime, message_id: str, kind: str, marketing: bool,
-                purpose: str | None, customer_ref: str, locale: str | None, to_address: str | None,
-                from_address: str | None, subject: str | None, body_text: str | None,
-                body_html: str | None) -> EmailMessage:
-    """The ``EmailMessage`` of a rendered message (its stable ``Message-ID`` on every attempt)."""
+def _qp(body: str) -> bytes:
+    """Quoted-printable UTF-8 body with CRLF line ends (``binascii``: fast and exact)."""
+    encoded = binascii.b2a_qp(body.replace("\r\n", "\n").encode("utf-8"))
+    return encoded.replace(b"\n", b"\r\n")
+
+
+def _part(body: str, subtype: str) -> bytes:
+    return (f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode() + _qp(body)
+
+
+@dataclass
+class OutgoingMail:
+    """A mail ready for the wire: envelope and RFC 5322 bytes (CRLF line ends).
+
+    ``email_message()`` gives the same mail as an ``email.message.EmailMessage``
+    (what a host transport callable receives).
+    """
+
+    sender: str
+    recipients: list[str]
+    data: bytes
+    message_id: str
+
+    def email_message(self) -> EmailMessage:
+        """The mail parsed into an ``EmailMessage`` (modern ``email.policy.default``)."""
+        parsed = message_from_bytes(self.data, policy=email_policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
+def build_mail(state: LoyaltyState, *, now: datetime, message_id: str, kind: str, marketing: bool,
+               purpose: str | None, customer_ref: str, locale: str | None, to_address: str | None,
+               from_address: str | None, subject: str | None, body_text: str | None,
+               body_html: str | None, unsubscribe_url: str | None = None) -> OutgoingMail:
+    """Build a rendered message's multipart (text + HTML) mail with its stable ``Message-ID``.
+
+    Marketing mails get ``List-Unsubscribe`` (https, plus ``mailto:`` when
+    ``LOYALTY_UNSUBSCRIBE_MAILTO`` is set) and ``List-Unsubscribe-Post:
+    List-Unsubscribe=One-Click``; transactional ones ``Auto-Submitted``.
+    The wire format is written directly (headers encoded per RFC 2047,
+    bodies quoted-printable UTF-8): several times faster than the ``email``
+    package's generator, which matters for a dispatcher's throughput.
+    """
     if not to_address or subject is None or body_text is None:
-        raise ValueError("build_email needs a rendered message")
-    mail = EmailMessage()
-    mail["From"] = _address(from_address or str(state.config["LOYALTY_MAIL_SENDER"]))
-    mail["To"] = _address(to_address)
-    mail["Subject"] = subject
-    mail["Date"] = format_datetime(now)
-    mail["Message-ID"] = message_id
-    mail["X-Loyalty-Kind"] = kind
+        raise ValueError("build_mail needs a rendered message")
+    from_header, envelope_from = _header_address(from_address or str(state.config["LOYALTY_MAIL_SENDER"]))
+    to_header, envelope_to = _header_address(to_address)
+    headers = [("From", from_header), ("To", to_header), ("Subject", _text_header(subject)),
+               ("Date", format_datetime(now)), ("Message-ID", message_id), ("X-Loyalty-Kind", kind)]
     if marketing and purpose:
-        entries = [f"<{state.extension.links.unsubscribe(customer_ref, purpose)}>"]
+        url = unsubscribe_url or state.extension.links.unsubscribe(customer_ref, purpose)
+        entries = [f"<{url}>"]
         mailto = state.config.get("LOYALTY_UNSUBSCRIBE_MAILTO")
         if mailto:
             entries.append(f"<mailto:{mailto}?subject=unsubscribe>")
-        mail["List-Unsubscribe"] = ", ".join(entries)
-        mail["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        mail["Precedence"] = "bulk"
+        headers += [("List-Unsubscribe", ",\r\n ".join(entries)),
+                    ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"), ("Precedence", "bulk")]
     elif not marketing:
-        mail["Auto-Submitted"] = "auto-generated"
-    mail.set_content(body_text, cte="quoted-printable")
+        headers.append(("Auto-Submitted", "auto-generated"))
+    if locale:
+        headers.append(("Content-Language", locale))
+    headers.append(("MIME-Version", "1.0"))
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers).encode("ascii")
     if body_html:
-        mail.add_alternative(body_html, subtype="html", cte="quoted-printable")
-    if locale:  # after the body: set_content() drops Content-* headers
-        mail["Content-Language"] = locale
-    return mail
+        boundary = f"=_{uuid.uuid4().hex}"
+        data = b"".join([
+            head, f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode(),
+            f"--{boundary}\r\n".encode(), _part(body_text, "plain"),
+            f"\r\n--{boundary}\r\n".encode(), _part(body_html, "html"),
+            f"\r\n--{boundary}--\r\n".encode()])
+    else:
+        data = head + _part(body_text, "plain") + b"\r\n"
+    return OutgoingMail(sender=envelope_from, recipients=[envelope_to], data=data, message_id=message_id)
+
+
+def build_email(state: LoyaltyState, **fields: Any) -> EmailMessage:
+    """Like :func:`build_mail`, as an ``EmailMessage``."""
+    return build_mail(state, **fields).email_message()

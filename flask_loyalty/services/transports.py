@@ -15,9 +15,12 @@ import smtplib
 import ssl
 from collections.abc import Callable
 from email.message import EmailMessage
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..state import LoyaltyState
+
+if TYPE_CHECKING:
+    from .mail import OutgoingMail
 
 SECURITY_MODES = ("none", "starttls", "tls")
 
@@ -43,7 +46,7 @@ class Transport(Protocol):
 
     name: str
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, mail: OutgoingMail) -> None:
         """Hand one mail over; raise a :class:`SendError` on failure."""
 
     def close(self) -> None:
@@ -55,7 +58,7 @@ class OutboxTransport:
 
     name = "outbox"
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, mail: OutgoingMail) -> None:
         """Nothing to do: the dispatcher already stored the rendered mail."""
 
     def close(self) -> None:
@@ -70,8 +73,9 @@ class CallableTransport:
     def __init__(self, fn: Callable[[EmailMessage], Any]) -> None:
         self._fn = fn
 
-    def send(self, message: EmailMessage) -> None:
-        """Call the host's function; its exceptions become :class:`TemporaryFailure`."""
+    def send(self, mail: OutgoingMail) -> None:
+        """Call the host's function with an ``EmailMessage``; its exceptions become :class:`TemporaryFailure`."""
+        message: EmailMessage = mail.email_message()
         try:
             self._fn(message)
         except SendError:
@@ -122,13 +126,13 @@ class SMTPTransport:
             raise TransportUnavailable(f"cannot reach SMTP server {self.host}:{self.port}: {exc}") from exc
         return conn
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, mail: OutgoingMail) -> None:
         """Send over the batch's connection (opened on first use)."""
         for attempt in (1, 2):
             if self._conn is None:
                 self._conn = self._connect()
             try:
-                self._conn.send_message(message)
+                self._conn.sendmail(mail.sender, mail.recipients, mail.data)
                 return
             except smtplib.SMTPServerDisconnected as exc:
                 self._drop()

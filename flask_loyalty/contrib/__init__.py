@@ -1,0 +1,1 @@
+"""Optional integrations (Celery ...); each needs its extra installed."""
