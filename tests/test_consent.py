@@ -264,7 +264,19 @@ def test_double_opt_in_is_configurable(make_shop):
 def test_double_opt_in_needs_an_email_address(shop):
     with pytest.raises(InvalidInput):
         shop.loyalty.consent.grant("nomail", "email_marketing", source="signup")
-    assert _events(shop) == 0
+    shop.loyalty.upsert_customer("noaddress")
+    with pytest.raises(InvalidInput):
+        shop.loyalty.consent.grant("noaddress", "email_marketing", source="signup")
+    shop.db.session.commit()          # whatever the host commits next, the refused calls wrote nothing
+    assert _events(shop) == 0 and shop.loyalty.customer("nomail") is None
+    assert shop.db.session.execute(select(func.count()).select_from(ConsentStatus)).scalar_one() == 0
+
+
+def test_granting_without_confirmation_cancels_the_pending_mail(shop, customer):
+    shop.loyalty.consent.grant("c1", "email_marketing", source="signup")
+    assert shop.loyalty.consent.grant("c1", "email_marketing", source="shop", double_opt_in=False).granted
+    shop.db.session.expire_all()
+    assert [m.status for m in _confirm_messages(shop)] == ["cancelled"]
 
 
 def test_confirmation_mails_are_rate_limited(shop, customer):
@@ -533,6 +545,11 @@ def test_erased_address_is_not_silently_resubscribed(shop, customer):
     # a fresh, explicit choice of the shopper is accepted
     assert shop.loyalty.consent.capture("c2", {"loyalty_consent": "surveys"}, source="checkout")["surveys"].granted
     assert shop.loyalty.consent.grant("c2", "postal_mail", source="prefs", method="preference_center").granted
+    # refused calls change nothing, even when the host commits afterwards
+    with pytest.raises(InvalidInput):   # an erased customer has no address left for double opt-in
+        shop.loyalty.consent.grant("c1", "email_marketing", source="prefs", method="preference_center")
+    shop.db.session.commit()
+    assert shop.loyalty.customer("c1").erased_at is not None
     # the erased customer coming back and choosing again is no longer treated as erased
     assert shop.loyalty.consent.grant("c1", "surveys", source="prefs", method="preference_center").granted
     assert shop.loyalty.consent.has("c1", "surveys") and shop.loyalty.customer("c1").erased_at is None

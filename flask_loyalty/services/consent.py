@@ -349,18 +349,17 @@ def _grant(state: LoyaltyState, data: dict[str, Any], now: datetime) -> tuple[Co
     method: str = data["method"]
     ip_hash = hash_ip(state, data.get("ip"))
     double = purpose.double_opt_in if data.get("double_opt_in") is None else bool(data["double_opt_in"])
-    unchanged = _already_granted(state, data, purpose, now)
+    # Checks that can refuse the call run on a plain read first, so a refused call writes nothing.
+    known = get_customer(state, data["customer_ref"])
+    _check_grant(state, known, purpose, method, double, None)
+    unchanged = _already_granted(state, known, data, purpose, now)
     if unchanged is not None:       # read-only fast path: repeating a grant writes nothing
         return unchanged, []
     begin_write(state)
     customer = ensure_customer(state, data["customer_ref"])
-    if customer.erased_at is not None or is_suppressed(state, customer.email):
-        if method not in EXPLICIT_METHODS:
-            raise SuppressedAddress.field(
-                "customer_ref", "This address asked to be forgotten; only a fresh consent the shopper gives "
-                "(checkbox or preference center) can subscribe it again.")
-        customer.erased_at = None   # the shopper came back and chose again
     row = _lock_status(state, customer, purpose.name)
+    _check_grant(state, customer, purpose, method, double, row)    # again, under the lock
+    customer.erased_at = None       # an erased shopper who chose again (explicitly) is back
     current = _effective(row, now)
     locale = choose_locale(data.get("locale") or customer.locale, state=state)
     label, text = purpose.texts(locale)
@@ -374,8 +373,6 @@ def _grant(state: LoyaltyState, data: dict[str, Any], now: datetime) -> tuple[Co
             return _to_state(state, customer.ref, purpose.name, row, now), signals
         double = False          # the address is already proven; record the new wording
     if double:
-        if not customer.email:
-            raise InvalidInput.field("customer_ref", "Double opt-in needs the customer's e-mail address.")
         if current == "pending":
             assert row.pending_event_id is not None
             pending = state.session.get(ConsentEvent, row.pending_event_id)
@@ -393,6 +390,8 @@ def _grant(state: LoyaltyState, data: dict[str, Any], now: datetime) -> tuple[Co
         row.confirm_sent_at = None
         _queue_confirmation(state, customer, purpose, row, event, now)
     else:
+        if current == "pending":
+            _cancel_confirmations(state, customer, purpose.name, "consent granted without confirmation", now)
         event = _append(state, customer, purpose.name, "granted", source=data["source"], method=method,
                         now=now, wording_id=wording.id, locale=locale, ip_hash=ip_hash)
         row.status = "granted"
@@ -406,10 +405,29 @@ def _grant(state: LoyaltyState, data: dict[str, Any], now: datetime) -> tuple[Co
     return st, signals
 
 
-def _already_granted(state: LoyaltyState, data: dict[str, Any], purpose: Purpose,
+def _check_grant(state: LoyaltyState, customer: Customer | None, purpose: Purpose, method: str, double: bool,
+                 row: ConsentStatus | None) -> None:
+    """Refuse a grant for a suppressed address without an explicit method, or a double opt-in without e-mail."""
+    if customer is None:
+        if double:
+            raise InvalidInput.field("customer_ref", "Double opt-in needs the customer's e-mail address.")
+        return
+    if (customer.erased_at is not None or is_suppressed(state, customer.email)) \
+            and method not in EXPLICIT_METHODS:
+        raise SuppressedAddress.field(
+            "customer_ref", "This address asked to be forgotten; only a fresh consent the shopper gives "
+            "(checkbox or preference center) can subscribe it again.")
+    if double and not customer.email:
+        if row is None:
+            row = state.session.execute(select(ConsentStatus).where(
+                ConsentStatus.customer_id == customer.id, ConsentStatus.purpose == purpose.name)).scalar_one_or_none()
+        if row is None or row.status != "granted":
+            raise InvalidInput.field("customer_ref", "Double opt-in needs the customer's e-mail address.")
+
+
+def _already_granted(state: LoyaltyState, customer: Customer | None, data: dict[str, Any], purpose: Purpose,
                      now: datetime) -> ConsentState | None:
     """The state when ``purpose`` is already granted with exactly this wording, else ``None``."""
-    customer = get_customer(state, data["customer_ref"])
     if customer is None or customer.erased_at is not None:
         return None
     locale = choose_locale(data.get("locale") or customer.locale, state=state)
