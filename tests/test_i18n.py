@@ -24,6 +24,11 @@ def test_every_string_is_translated_in_every_locale():
     assert report == {"es": [], "ro": [], "ru": []}
 
 
+def _key(value):
+    """Plural entries come back as lists from read_mo and tuples from read_po."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
 def test_compiled_catalogs_match_sources():
     from babel.messages.mofile import read_mo
     from babel.messages.pofile import read_po
@@ -32,8 +37,8 @@ def test_compiled_catalogs_match_sources():
         mo = po.with_suffix(".mo")
         assert mo.exists(), f"{mo} missing: run python scripts/translations.py compile"
         with po.open("rb") as a, mo.open("rb") as b:
-            source = {m.id: m.string for m in read_po(a) if m.id and m.string}
-            compiled = {m.id: m.string for m in read_mo(b) if m.id}
+            source = {_key(m.id): _key(m.string) for m in read_po(a) if m.id and m.string}
+            compiled = {_key(m.id): _key(m.string) for m in read_mo(b) if m.id}
         assert source == compiled, f"{mo} is stale: run python scripts/translations.py compile"
 
 
