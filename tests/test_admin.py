@@ -432,8 +432,9 @@ def test_post_needs_csrf_and_writes_audit(admin):
     shop.db.session.expire_all()
     assert shop.db.session.execute(select(func.count(coupon_model.id))).scalar_one() == base + 4
     one = shop.db.session.execute(select(coupon_model).where(coupon_model.campaign == "spring")).scalar_one()
-    gone = client.post(f"{PREFIX}/coupons/{one.id}/deactivate", data={"csrf_token": token})
-    assert gone.status_code == 303
+    gone = client.post(f"{PREFIX}/coupons/{one.id}/deactivate",
+                       data={"csrf_token": token, "next": "https://evil.example/phish"})
+    assert gone.status_code == 303 and gone.headers["Location"].endswith(PREFIX + "/coupons")
     shop.db.session.expire_all()
     assert shop.db.session.get(coupon_model, one.id).revoked_at is not None
     exported = client.get(PREFIX + "/coupons/export.csv?campaign=postal").get_data(as_text=True)
@@ -481,8 +482,24 @@ def test_consent_lookup_export_and_erase_with_confirmation(admin):
     shop.db.session.expire_all()
     c1 = shop.db.session.execute(select(Customer).where(Customer.ref == "c1")).scalar_one()
     assert c1.email is None and c1.erased_at is not None
-    actions = shop.db.session.execute(select(AdminAuditEntry.action).order_by(AdminAuditEntry.id)).scalars().all()
-    assert actions == ["consent.view", "consent.export", "consent.erase"]
+    entries = shop.db.session.execute(select(AdminAuditEntry).order_by(AdminAuditEntry.id)).scalars().all()
+    assert [e.action for e in entries] == ["consent.view", "consent.export", "consent.erase"]
+    # the erasure keeps the fact that earlier actions happened, not their details; its own entry stays whole
+    assert entries[1].details == {"erased": True} and entries[0].details == {"erased": True}
+    assert entries[2].target == "c1" and entries[2].who == "alice@shop"
+
+
+def test_audit_trail_in_customer_export(admin):
+    shop, _period, _d = admin
+    if area_model("consent", "ConsentEvent") is None:
+        pytest.skip("consent not installed")
+    from flask_loyalty.services import audit
+
+    audit.record(shop.loyalty.state, who="bob", action="coupon.create", target="c2", details={"kind": "fixed"})
+    audit.record(shop.loyalty.state, who="bob", action="coupon.create", target="c3")
+    exported = shop.loyalty.consent.export("c2")
+    assert [(e["who"], e["action"], e["details"]) for e in exported["admin_audit"]] == [
+        ("bob", "coupon.create", {"kind": "fixed"})]
 
 
 def test_survey_answers_detractors_first(admin):

@@ -235,7 +235,11 @@ def register(bp: Blueprint) -> None:
         coupon = admin_lists.deactivate_coupon(state, coupon_id, commit=False)
         audit_action("coupon.deactivate", coupon.code, commit=False)
         state.session.commit()
-        return redirect(request.form.get("next") or url_for(".coupons"), code=303)
+        back = request.form.get("next") or ""
+        home = url_for(".coupons")
+        if not back.startswith(home) or "//" in back or "\\" in back:   # only back to the coupon list
+            back = home
+        return redirect(back, code=303)
 
     @bp.get("/coupons/export.csv")
     def coupons_export() -> Any:
