@@ -91,6 +91,21 @@ def mails(app: Flask, ref: str, kind: str) -> list[Any]:
         return [m for m in loyalty.messages.for_customer(ref) if m.kind == kind and m.status == "sent"]
 
 
+def sent_mail(app: Flask, ref: str, kind: str, days: tuple[float, ...]) -> tuple[Any, float]:
+    """Run the dispatcher at each of ``days`` (from now) until a ``kind`` mail has been sent."""
+    from example_shop import loyalty
+
+    for day in days:
+        dispatch(app, day)
+        found = mails(app, ref, kind)
+        if found:
+            assert len(found) == 1, found
+            return found[0], day
+    with app.app_context():
+        states = [(m.status, m.reason, m.last_error) for m in loyalty.messages.for_customer(ref) if m.kind == kind]
+    raise AssertionError(f"no {kind} mail was sent: {states}")
+
+
 def link_in(message: Any, path: str) -> str:
     """The first link in a sent mail whose URL contains ``path`` (tracked click links included)."""
     text = (message.body_text or "") + " " + (message.body_html or "") + " " + " ".join(message.links or ())
@@ -170,11 +185,7 @@ def test_the_shoppers_whole_journey(served, browser):
     assert code and code in thank_you.body_text and code in thank_you.body_html
 
     # 4. the survey invitation, answered at phone width ---------------------------------------
-    for days in (4, 8, 11, 15, 22):
-        dispatch(app, days)
-        if mails(app, ref, "survey_invite"):
-            break
-    [invite] = mails(app, ref, "survey_invite")
+    invite, days = sent_mail(app, ref, "survey_invite", (4, 8, 11, 15, 22))
     phone = browser.new_context(**PHONE).new_page()
     phone.goto(link_in(invite, "/survey/"))
     sync_api.expect(phone.get_by_role("heading", name="How did we do?")).to_be_visible()
@@ -191,12 +202,17 @@ def test_the_shoppers_whole_journey(served, browser):
     with app.app_context():
         stats = loyalty.surveys.stats()
         assert stats.responses == 1 and stats.nps == 100
+    # thanks for answering: the reward coupon (LOYALTY_SURVEY_REWARD in the demo) comes by mail
+    reward, _ = sent_mail(app, ref, "survey_reward", (days, days + 1, days + 8))
+    reward_code = reward.payload["code"]
+    assert reward_code in reward.body_text
 
     # 5. the coupon in the wallet, printable --------------------------------------------------
     page.goto(base + "/account")
     shot(page, "08-account")
     page.get_by_role("link", name="Open your wallet").click()
     sync_api.expect(page.locator("main")).to_contain_text(code)
+    sync_api.expect(page.locator("main")).to_contain_text(reward_code)
     shot(page, "09-wallet")
     page.get_by_role("link", name="Print my coupons").click()
     sync_api.expect(page.locator("main")).to_contain_text(code)
