@@ -394,9 +394,9 @@ def _stage_sql(dialect: str) -> tuple[str, str]:
     return stage, reasons_sql
 
 
-def _segment_sql() -> str:
-    r, fm = "v.r_score", "((v.f_score + v.m_score + 1) / 2)"
-    return f"""CASE WHEN v.buyer = 0 THEN NULL
+def _segment_sql(alias: str) -> str:
+    r, fm = f"{alias}.r_score", f"(({alias}.f_score + {alias}.m_score + 1) / 2)"
+    return f"""CASE WHEN {alias}.buyer = 0 THEN NULL
       WHEN {r} = 5 AND {fm} >= 4 THEN 'champions'
       WHEN {r} IN (3, 4) AND {fm} >= 4 THEN 'loyal'
       WHEN {r} >= 4 AND {fm} IN (2, 3) THEN 'potential_loyalists'
@@ -411,8 +411,8 @@ def _segment_sql() -> str:
 
 
 def _score(column: str) -> str:
-    return (f"CASE WHEN u.buyer = 1 THEN 1 + (5 * (RANK() OVER (PARTITION BY u.buyer ORDER BY {column}) - 1))"
-            f" / COUNT(*) OVER (PARTITION BY u.buyer) END")
+    """RFM score 1-5 among buyers: ``1 + 5 * (rank - 1) // buyers`` (ties share the lower score)."""
+    return f"1 + (5 * (RANK() OVER (ORDER BY {column}) - 1)) / COUNT(*) OVER ()"
 
 
 def _profile_sql(dialect: str, *, with_model: bool) -> str:
@@ -432,10 +432,11 @@ def _profile_sql(dialect: str, *, with_model: bool) -> str:
     h_clv = f"({h_expected}) * ({h_value}) * ({rate}) * :half_discount"
     if with_model:
         pred_join = f"LEFT JOIN {_PRED} pr ON pr.customer_id = c.id"
+        buyer_pred_join = f"LEFT JOIN {_PRED} pr ON pr.customer_id = a.customer_id"
         p_alive, expected = "pr.p_alive", "pr.expected_purchases"
         order_value, predicted, method = "pr.expected_order_value", "pr.predicted_clv", "'bgnbd'"
     else:
-        pred_join = ""
+        pred_join = buyer_pred_join = ""
         p_alive, expected = h_alive, h_expected
         order_value = f"CAST(ROUND({h_value}) AS BIGINT)"
         predicted, method = f"CAST(ROUND({h_clv}) AS BIGINT)", "'heuristic'"
@@ -447,60 +448,70 @@ def _profile_sql(dialect: str, *, with_model: bool) -> str:
                     "WHEN a.orders_catalog >= a.orders_phone THEN 'catalog' ELSE 'phone' END")
     varchar = "VARCHAR(1)"
     updates = ", ".join(f"{c} = excluded.{c}" for c in PROFILE_COLUMNS if c != "customer_id")
+    # Ranks are computed over narrow rows of the buyers only (b, rk), so the sorts stay small;
+    # the wide per-customer row (u) is then only joined and projected.
     return f"""
 INSERT INTO loyalty_customer_profile ({", ".join(PROFILE_COLUMNS)})
+WITH b AS (
+  SELECT a.customer_id AS customer_id, a.last_day AS last_day, a.frequency AS frequency, a.revenue AS revenue,
+         CAST(ROUND(a.margin) AS BIGINT) - a.discounts + COALESCE({predicted}, 0) AS total_clv
+  FROM {_AGG} a
+  {buyer_pred_join}
+  WHERE a.frequency > 0
+),
+rk AS (
+  SELECT b.customer_id AS customer_id,
+         {_score("b.last_day")} AS r_score,
+         {_score("b.frequency")} AS f_score,
+         {_score("b.revenue")} AS m_score,
+         CAST(RANK() OVER (ORDER BY b.total_clv DESC) - 1 AS DOUBLE PRECISION) / COUNT(*) OVER ()
+           AS clv_top_share
+  FROM b
+)
 SELECT s.customer_id, s.recency_days, s.frequency, s.monetary, s.r_score, s.f_score, s.m_score,
        CASE WHEN s.buyer = 1 THEN CAST(s.r_score AS {varchar}) || CAST(s.f_score AS {varchar})
                                   || CAST(s.m_score AS {varchar}) END AS rfm,
        s.segment, s.first_purchase_at, s.last_purchase_at, s.avg_interval_days, s.repeat_purchases,
        s.tenure_days, s.orders_online, s.orders_store, s.orders_catalog, s.orders_phone, s.main_channel,
        s.opens, s.clicks, s.reading_hour, s.survey_recommend, s.survey_experience, s.consent, s.loyal_indicator,
-       s.refunds, s.discounts, s.margin, s.historical_clv, s.predicted_clv, s.total_clv, s.clv_top_share,
+       s.refunds, s.discounts, s.margin, s.historical_clv, s.predicted_clv,
+       s.historical_clv + s.predicted_clv AS total_clv, s.clv_top_share,
        s.p_alive, s.expected_purchases, s.expected_order_value, s.clv_method,
        {stage} AS stage, {reasons} AS stage_reasons, :computed_at AS computed_at
 FROM (
-  SELECT v.*,
-         {_segment_sql()} AS segment,
-         CASE WHEN v.buyer = 1 THEN
-           CAST(RANK() OVER (PARTITION BY v.buyer ORDER BY v.total_clv DESC) - 1 AS DOUBLE PRECISION)
-           / COUNT(*) OVER (PARTITION BY v.buyer) END AS clv_top_share
+  SELECT u.*, {_segment_sql("u")} AS segment
   FROM (
-    SELECT u.*, u.historical_clv + u.predicted_clv AS total_clv,
-           {_score("u.last_day")} AS r_score,
-           {_score("u.frequency")} AS f_score,
-           {_score("u.monetary")} AS m_score
-    FROM (
-      SELECT c.id AS customer_id,
-             CASE WHEN COALESCE(a.frequency, 0) > 0 THEN 1 ELSE 0 END AS buyer,
-             a.last_day AS last_day,
-             CASE WHEN a.frequency > 0 THEN {recency} END AS recency_days,
-             COALESCE(a.frequency, 0) AS frequency,
-             COALESCE(a.revenue, 0) AS monetary,
-             a.first_at AS first_purchase_at, a.last_at AS last_purchase_at,
-             CASE WHEN a.days > 1 THEN {interval} END AS avg_interval_days,
-             CASE WHEN a.frequency > 0 THEN a.days - 1 ELSE 0 END AS repeat_purchases,
-             CASE WHEN a.frequency > 0 THEN :now_day - a.first_day END AS tenure_days,
-             COALESCE(a.orders_online, 0) AS orders_online, COALESCE(a.orders_store, 0) AS orders_store,
-             COALESCE(a.orders_catalog, 0) AS orders_catalog, COALESCE(a.orders_phone, 0) AS orders_phone,
-             {main_channel} AS main_channel,
-             {src["opens"]} AS opens, {src["clicks"]} AS clicks, {src["reading_hour"]} AS reading_hour,
-             {src["survey_recommend"]} AS survey_recommend, {src["survey_experience"]} AS survey_experience,
-             {src["consent"]} AS consent, {src["loyal"]} AS loyal_indicator,
-             COALESCE(a.refunds, 0) AS refunds, COALESCE(a.discounts, 0) AS discounts,
-             CAST(ROUND(COALESCE(a.margin, 0)) AS BIGINT) AS margin,
-             CAST(ROUND(COALESCE(a.margin, 0)) AS BIGINT) - COALESCE(a.discounts, 0) AS historical_clv,
-             CASE WHEN a.frequency > 0 THEN COALESCE({predicted}, 0) ELSE 0 END AS predicted_clv,
-             CASE WHEN a.frequency > 0 THEN {p_alive} END AS p_alive,
-             CASE WHEN a.frequency > 0 THEN {expected} END AS expected_purchases,
-             CASE WHEN a.frequency > 0 THEN {order_value} END AS expected_order_value,
-             CASE WHEN a.frequency > 0 THEN {method} END AS clv_method
-      FROM loyalty_customer c
-      LEFT JOIN {_AGG} a ON a.customer_id = c.id
-      {pred_join}
-      {joins}
-      WHERE c.erased_at IS NULL
-    ) u
-  ) v
+    SELECT c.id AS customer_id,
+           CASE WHEN COALESCE(a.frequency, 0) > 0 THEN 1 ELSE 0 END AS buyer,
+           rk.r_score AS r_score, rk.f_score AS f_score, rk.m_score AS m_score, rk.clv_top_share AS clv_top_share,
+           CASE WHEN a.frequency > 0 THEN {recency} END AS recency_days,
+           COALESCE(a.frequency, 0) AS frequency,
+           COALESCE(a.revenue, 0) AS monetary,
+           a.first_at AS first_purchase_at, a.last_at AS last_purchase_at,
+           CASE WHEN a.days > 1 THEN {interval} END AS avg_interval_days,
+           CASE WHEN a.frequency > 0 THEN a.days - 1 ELSE 0 END AS repeat_purchases,
+           CASE WHEN a.frequency > 0 THEN :now_day - a.first_day END AS tenure_days,
+           COALESCE(a.orders_online, 0) AS orders_online, COALESCE(a.orders_store, 0) AS orders_store,
+           COALESCE(a.orders_catalog, 0) AS orders_catalog, COALESCE(a.orders_phone, 0) AS orders_phone,
+           {main_channel} AS main_channel,
+           {src["opens"]} AS opens, {src["clicks"]} AS clicks, {src["reading_hour"]} AS reading_hour,
+           {src["survey_recommend"]} AS survey_recommend, {src["survey_experience"]} AS survey_experience,
+           {src["consent"]} AS consent, {src["loyal"]} AS loyal_indicator,
+           COALESCE(a.refunds, 0) AS refunds, COALESCE(a.discounts, 0) AS discounts,
+           CAST(ROUND(COALESCE(a.margin, 0)) AS BIGINT) AS margin,
+           CAST(ROUND(COALESCE(a.margin, 0)) AS BIGINT) - COALESCE(a.discounts, 0) AS historical_clv,
+           CASE WHEN a.frequency > 0 THEN COALESCE({predicted}, 0) ELSE 0 END AS predicted_clv,
+           CASE WHEN a.frequency > 0 THEN {p_alive} END AS p_alive,
+           CASE WHEN a.frequency > 0 THEN {expected} END AS expected_purchases,
+           CASE WHEN a.frequency > 0 THEN {order_value} END AS expected_order_value,
+           CASE WHEN a.frequency > 0 THEN {method} END AS clv_method
+    FROM loyalty_customer c
+    LEFT JOIN {_AGG} a ON a.customer_id = c.id
+    LEFT JOIN rk ON rk.customer_id = c.id
+    {pred_join}
+    {joins}
+    WHERE c.erased_at IS NULL
+  ) u
 ) s
 WHERE 1 = 1
 ON CONFLICT (customer_id) DO UPDATE SET {updates}
