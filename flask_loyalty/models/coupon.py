@@ -90,8 +90,7 @@ class Redemption(CreatedAt, Base):
         UniqueConstraint("coupon_id", "customer_ref", "customer_slot", name="uq_loyalty_redemption_customer_slot"),
         UniqueConstraint("order_ref", "order_slot", name="uq_loyalty_redemption_order_slot"),
         CheckConstraint("discount >= 0", name="discount_non_negative"),
-        Index("ix_loyalty_redemption_order", "order_ref"),
-        Index("ix_loyalty_redemption_coupon_customer", "coupon_id", "customer_ref"),
+        # the two unique constraints above also serve the lookups by order and by (coupon, customer)
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -25,13 +25,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from babel.dates import format_time
 from babel.numbers import format_percent
 from sqlalchemy import String, and_, bindparam, cast, func, inspect, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import configure_mappers, contains_eager
+from sqlalchemy.orm import configure_mappers, contains_eager, make_transient_to_detached
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
 
 from ..clock import as_deadline, as_start, resolve_now, shop_zone
@@ -51,13 +51,14 @@ from ..schemas.coupon import (
 )
 from ..signals import coupon_redeemed, coupon_released
 from ..state import LoyaltyState
-from ..transaction import PendingSignal, begin_write, dialect_name, finish
+from ..transaction import PendingSignal, begin_write, dialect_name, finish, session_of
 from . import codes
 from .base import Facade
 
 if TYPE_CHECKING:
     from ..i18n import Translator
 
+ModelT = TypeVar("ModelT")
 _rules_schema = CouponRulesSchema()
 _batch_schema = BatchSchema()
 _quote_schema = QuoteRequestSchema()
@@ -190,18 +191,27 @@ class _Usage:
                 self.order_slots.add(oslot)
 
 
+_R = table_of(Redemption)
+_C = table_of(Coupon)
+#: Prebuilt statements of the redeem path (building a statement costs more CPU than running it).
+_USAGE = (select(_R.c.id, _R.c.coupon_id, _R.c.customer_ref, _R.c.order_ref, _R.c.customer_slot, _R.c.order_slot)
+          .where(_R.c.released_at.is_(None),
+                 or_(and_(_R.c.coupon_id == bindparam("cid"), _R.c.customer_ref == bindparam("cref")),
+                     _R.c.order_ref == bindparam("oref"))))
+_CLAIM = (update(_C).where(_C.c.code_key == bindparam("key"), _C.c.revoked_at.is_(None),
+                           or_(_C.c.max_uses.is_(None), _C.c.uses < _C.c.max_uses))
+          .values(uses=_C.c.uses + 1).returning(*_C.c))
+_GIVE_BACK = update(_C).where(_C.c.id == bindparam("cid"), _C.c.uses > 0).values(uses=_C.c.uses - 1)
+_INSERT_REDEMPTION = {
+    "postgresql": postgresql.insert(_R).on_conflict_do_nothing().returning(_R.c.id),
+    "sqlite": sqlite.insert(_R).on_conflict_do_nothing().returning(_R.c.id),
+}
+
+
 def _usage(state: LoyaltyState, coupon: Coupon, customer_ref: str | None, order_ref: str | None) -> _Usage:
-    conditions = []
-    if customer_ref is not None:
-        conditions.append(and_(Redemption.coupon_id == coupon.id, Redemption.customer_ref == customer_ref))
-    if order_ref is not None:
-        conditions.append(Redemption.order_ref == order_ref)
-    if not conditions:
+    if customer_ref is None and order_ref is None:
         return _Usage([], coupon.id, customer_ref, order_ref)
-    rows = state.session.execute(
-        select(Redemption.id, Redemption.coupon_id, Redemption.customer_ref, Redemption.order_ref,
-               Redemption.customer_slot, Redemption.order_slot)
-        .where(Redemption.released_at.is_(None), or_(*conditions))).all()
+    rows = state.session.execute(_USAGE, {"cid": coupon.id, "cref": customer_ref, "oref": order_ref}).all()
     return _Usage(rows, coupon.id, customer_ref, order_ref)
 
 
@@ -462,16 +472,11 @@ def redeem_code(state: LoyaltyState, code: Any, *, customer_ref: Any, order_ref:
     if key is None:
         raise CouponError("not_found")
     begin_write(state)
-    table = table_of(Coupon)
     # Claim one use first.  This conditional UPDATE takes the coupon's row lock (concurrent
     # redeemers of the same code queue here and re-check the condition against the committed
     # row) and succeeds only while uses < max_uses.  Every later refusal gives the use back.
-    claim = (update(Coupon)
-             .where(Coupon.code_key == key, Coupon.revoked_at.is_(None),
-                    or_(Coupon.max_uses.is_(None), Coupon.uses < Coupon.max_uses))
-             .values(uses=Coupon.uses + 1).returning(Coupon)
-             .execution_options(populate_existing=True, synchronize_session=False))
-    coupon: Coupon | None = session.scalars(claim).one_or_none()
+    claimed_row = session.execute(_CLAIM, {"key": key}).mappings().first()
+    coupon = None if claimed_row is None else _as_loaded(state, Coupon, dict(claimed_row))
     if coupon is None:                      # unknown, revoked or used up: find out which
         coupon = find(state, key)
         if coupon is None or coupon.revoked_at is not None:
@@ -485,7 +490,7 @@ def redeem_code(state: LoyaltyState, code: Any, *, customer_ref: Any, order_ref:
     claimed = coupon
 
     def refuse(reason: str, message: str | None = None) -> CouponError:
-        session.execute(update(table).where(table.c.id == claimed.id).values(uses=table.c.uses - 1))
+        session.execute(_GIVE_BACK, {"cid": claimed.id})
         set_committed_value(claimed, "uses", claimed.uses - 1)
         return CouponError(reason, message)
 
@@ -504,15 +509,40 @@ def redeem_code(state: LoyaltyState, code: Any, *, customer_ref: Any, order_ref:
     customer_slot = None
     if coupon.max_uses_per_customer is not None:
         customer_slot = next(s for s in range(coupon.max_uses_per_customer) if s not in usage.customer_slots)
-    stmt = _dialect_insert(state, Redemption).values(
-        coupon_id=coupon.id, order_ref=oref, customer_ref=cref, order_total=total, discount=quote.discount,
-        currency=quote.currency, customer_slot=customer_slot, order_slot=order_slot, created_at=moment,
-    ).on_conflict_do_nothing().returning(Redemption)
-    redemption: Redemption | None = session.scalars(stmt).one_or_none()
-    if redemption is None:   # a concurrent redemption of another coupon took the order's slot first
+    values = {"coupon_id": coupon.id, "order_ref": oref, "customer_ref": cref, "order_total": total,
+              "discount": quote.discount, "currency": quote.currency, "customer_slot": customer_slot,
+              "order_slot": order_slot, "created_at": moment, "released_at": None}
+    inserted = session.execute(_INSERT_REDEMPTION[dialect_name(state)], values).first()
+    if inserted is None:   # a concurrent redemption of another coupon took the order's slot first
         raise refuse("already_used")
+    redemption = _as_loaded(state, Redemption, {**values, "id": int(inserted[0])})
+    redemption.__dict__["coupon"] = coupon
     finish(state, commit=commit, signals=[(coupon_redeemed, {"redemption": redemption, "coupon": coupon})])
     return redemption
+
+
+def _as_loaded(state: LoyaltyState, model: type[ModelT], values: dict[str, Any]) -> ModelT:
+    """An ORM object of ``model`` holding ``values`` (all its columns) as if loaded by a query.
+
+    The object already in the session's identity map is updated and returned
+    when there is one; otherwise a new instance is put in the identity map as
+    persistent and clean (it refreshes after a commit like any loaded object).
+    Core DML plus this costs a fraction of the CPU of ORM-enabled
+    ``UPDATE/INSERT ... RETURNING`` on the hot redeem path.
+    """
+    mapper = inspect(model)
+    key = mapper.identity_key_from_primary_key((values["id"],))
+    session = session_of(state)
+    existing = session.identity_map.get(key)
+    if existing is not None:
+        for name, value in values.items():
+            set_committed_value(existing, name, value)
+        return existing  # type: ignore[no-any-return]
+    obj: ModelT = mapper.class_manager.new_instance()
+    obj.__dict__.update(values)
+    make_transient_to_detached(obj)
+    session.add(obj)        # detached -> persistent, no SQL
+    return obj
 
 
 def _redemption(state: LoyaltyState, redemption_id: int) -> Redemption:
