@@ -489,14 +489,17 @@ def redeem_code(state: LoyaltyState, code: Any, *, customer_ref: Any, order_ref:
         raise CouponError(quote.reason or "exhausted")
     claimed = coupon
 
-    def refuse(reason: str, message: str | None = None) -> CouponError:
+    def give_back() -> None:
         session.execute(_GIVE_BACK, {"cid": claimed.id})
         set_committed_value(claimed, "uses", claimed.uses - 1)
+
+    def refuse(reason: str, message: str | None = None) -> CouponError:
+        give_back()
         return CouponError(reason, message)
 
     usage = _usage(state, coupon, cref, oref)
     if usage.same_order is not None:       # idempotent per (code, order_ref)
-        refuse("already_used")
+        give_back()
         return _redemption(state, usage.same_order)
     quote = evaluate(state, coupon, customer_ref=cref, order_total=total, currency=data.get("currency"),
                      now=moment, order_ref=oref, usage=usage, claimed=True)
