@@ -1,7 +1,9 @@
 """Catalogue, cart, checkout, accounts and the staff refund action.
 
 Every flask_loyalty call sits where a real shop would put it and carries one
-comment saying why it is there.
+comment saying why it is there.  To stay short the demo leaves out what any
+real shop has anyway: passwords (sign-in is by e-mail only), CSRF protection
+of its own forms (e.g. Flask-WTF) and a payment step.
 """
 
 from __future__ import annotations
@@ -190,7 +192,8 @@ def checkout() -> Any:
         capture_consent(account.ref, "checkout")
     except InvalidInput:  # the page sat open past LOYALTY_CONSENT_FORM_MAX_AGE: show fresh checkboxes
         db.session.rollback()
-        return render_checkout(code, None, "Please confirm your choices again.", 400)
+        flash("The page had expired: please check your choices and place the order again.")
+        return render_checkout(code, status=400)
     db.session.commit()
     session.pop("cart", None)
     return redirect(url_for("shop.order", ref=order.ref, placed=1))
