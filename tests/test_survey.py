@@ -103,9 +103,19 @@ def test_host_replaces_and_extends_the_set(make_shop):
     ({"LOYALTY_SURVEY_REWARD": {"kind": "fixed", "value": "3", "currency": "XYZ"}}, "LOYALTY_SURVEY_REWARD.currency"),
     ({"LOYALTY_SURVEY_REWARD": {"kind": "percent", "value": "5", "max_uses": 0}}, "LOYALTY_SURVEY_REWARD.max_uses"),
 ])
-def test_bad_configuration_fails_at_init_app(make_shop, config, where):
+def test_bad_configuration_fails_at_init_app(config, where):
+    # init_app refuses the configuration before any database work, so no database is needed here
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+
+    from flask_loyalty import Loyalty
+
+    app = Flask("survey_config")
+    app.config.update(SECRET_KEY="k", SQLALCHEMY_DATABASE_URI="sqlite://", **config)
+    db = SQLAlchemy()
+    db.init_app(app)
     with pytest.raises(InvalidInput) as info:
-        make_shop(**config)
+        Loyalty().init_app(app, db)
     assert isinstance(info.value, LoyaltyError)
     assert where in info.value.errors, info.value.errors
     assert where.split(".")[0].split("[")[0] in str(info.value)

@@ -99,8 +99,9 @@ def test_passive_gets_neither(shop):
 
 def test_thanks_before_answering_goes_to_the_form(shop):
     _order(shop)
-    r = shop.client.get(_path(shop) + "/thanks")
-    assert r.status_code == 303 and r.location.endswith(_path(shop))
+    path = _path(shop)
+    r = shop.client.get(path + "/thanks")
+    assert r.status_code == 303 and r.location.endswith(path)
 
 
 def test_validation_errors_keep_the_answers(shop):
