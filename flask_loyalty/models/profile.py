@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, SmallInteger, String
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, SmallInteger, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .base import Base, CreatedAt
@@ -24,10 +24,8 @@ class CustomerProfile(Base):
     """
 
     __tablename__ = "loyalty_customer_profile"
-    __table_args__ = (
-        Index("ix_loyalty_customer_profile_segment", "segment"),
-        Index("ix_loyalty_customer_profile_stage", "stage"),
-    )
+    # No secondary indexes on purpose: the table is rewritten as a whole by every recompute (each
+    # index would slow that down), and segment queries read a large share of it anyway.
 
     customer_id: Mapped[int] = mapped_column(
         ForeignKey("loyalty_customer.id", ondelete="CASCADE"), primary_key=True)

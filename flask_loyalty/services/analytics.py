@@ -447,9 +447,12 @@ def _profile_sql(dialect: str, *, with_model: bool) -> str:
                     "WHEN a.orders_store >= a.orders_catalog AND a.orders_store >= a.orders_phone THEN 'store' "
                     "WHEN a.orders_catalog >= a.orders_phone THEN 'catalog' ELSE 'phone' END")
     varchar = "VARCHAR(1)"
+    fence = "OFFSET 0" if dialect == "postgresql" else "LIMIT -1 OFFSET 0"
     updates = ", ".join(f"{c} = excluded.{c}" for c in PROFILE_COLUMNS if c != "customer_id")
     # Ranks are computed over narrow rows of the buyers only (b, rk), so the sorts stay small;
-    # the wide per-customer row (u) is then only joined and projected.
+    # the wide per-customer row (u) is then only joined and projected.  OFFSET 0 keeps the
+    # subqueries from being flattened, so their CASE expressions are computed once per row instead
+    # of being inlined into every reference of the stage rules.
     return f"""
 INSERT INTO loyalty_customer_profile ({", ".join(PROFILE_COLUMNS)})
 WITH b AS (
@@ -511,7 +514,9 @@ FROM (
     {pred_join}
     {joins}
     WHERE c.erased_at IS NULL
+    {fence}
   ) u
+  {fence}
 ) s
 WHERE 1 = 1
 ON CONFLICT (customer_id) DO UPDATE SET {updates}
