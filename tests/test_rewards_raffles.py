@@ -166,3 +166,16 @@ def test_cli_create_draw_show_verify(make_shop):
     bad = runner.invoke(args=["loyalty", "raffles", "create", "x", "--title", "t", "--since", "2026-01-01",
                               "--prize-kind", "fixed", "--prize-value", "5"])
     assert bad.exit_code != 0 and "time zone" in bad.output
+
+
+def test_export_and_erasure_keep_the_draw_verifiable(shop):
+    s = shop
+    buy(s, "a1", "alice", 10, 1)
+    buy(s, "b1", "bob", 10, 2)
+    s.loyalty.raffles.create("gdpr", title="GDPR", rule=RULE, winners=2, prize={"kind": "fixed", "value": "5"})
+    s.loyalty.raffles.draw("gdpr")
+    exported = s.loyalty.consent.export("alice")["raffles"]
+    assert exported[0]["raffle"] == "gdpr" and exported[0]["prize_code"]
+    s.loyalty.consent.erase("alice")
+    assert s.loyalty.raffles.entry_of("gdpr", "alice").prize_code is None
+    assert s.loyalty.raffles.verify("gdpr")

@@ -146,13 +146,16 @@ def test_export_and_erase(ref_shop):
     code = s.loyalty.referrals.code_for("adv")
     with s.app.test_request_context("/checkout", environ_base={"REMOTE_ADDR": "203.0.113.7"}):
         s.loyalty.record_purchase("f1", "friend", 40, referral_code=code)
-    data: dict = {}
-    s.loyalty.state.run_hooks("export", customer=s.loyalty.customer("adv"), data=data)
+    data = s.loyalty.consent.export("adv")
     assert data["referrals"]["code"] == code
     assert data["referrals"]["referrals"][0]["role"] == "advocate"
-    s.loyalty.state.run_hooks("erase", customer=s.loyalty.customer("friend"))
-    s.db.session.commit()
+    assert data["points"]["balance"] == s.loyalty.points.balance("adv") and data["tier"] is None
+    friend = s.loyalty.consent.export("friend")
+    assert friend["referrals"]["referrals"][0]["role"] == "friend"
+    s.loyalty.consent.erase("friend")
+    s.loyalty.consent.erase("adv")
     assert s.loyalty.referrals.of_order("f1").ip_hash is None
+    assert s.loyalty.referrals.owner(code) is None
 
 
 def test_referrals_disabled(make_shop):
