@@ -141,7 +141,8 @@ def test_smtp_down_loses_nothing_and_recovers(make_shop):
         # the dispatcher stops claiming once the server is unreachable; what it claimed waits 60 s
         assert first.sent == 0 and first.retried == first.claimed >= 10
         attempts = Counter(session.execute(select(Message.attempts, Message.due_at)).all())
-        assert attempts == {(1, T0 + timedelta(seconds=60)): first.claimed, (0, T0): 30 - first.claimed}
+        expected = {(1, T0 + timedelta(seconds=60)): first.claimed, (0, T0): 30 - first.claimed}
+        assert attempts == {k: v for k, v in expected.items() if v}
         for k in range(1, 6):  # still down: attempts keep rising, backoff grows, nothing is lost
             report = shop.loyalty.dispatch(now=T0 + timedelta(hours=k))
             assert report.sent == 0 and report.retried == report.claimed >= 10

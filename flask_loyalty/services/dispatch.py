@@ -449,6 +449,7 @@ class _Pipeline:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
                 if self.async_commit:
                     conn.exec_driver_sql("SET synchronous_commit TO off")
+                conn.commit()
             done = False
             while not done:
                 item = self.record_q.get()
@@ -478,6 +479,7 @@ class _Pipeline:
                 try:
                     if self.async_commit:
                         conn.exec_driver_sql("RESET synchronous_commit")
+                        conn.commit()
                 finally:
                     conn.close()
 
@@ -498,14 +500,23 @@ class _Pipeline:
         sent = [i for i in items if i.action == "sent"]
         others = [i for i in items if i.action != "sent"]
         if self.engine.dialect.name == "postgresql":
-            params = [{"o_pk": i.pk, "o_reason": i.reason, "o_now": self.now} for i in sent]
-            if len(items) == 1 and sent:   # the common case: autocommitted, one round trip
-                conn.execute(self._sent_statement(), params[0])
-            else:
-                with conn.begin():
-                    if sent:
-                        conn.execute(self._sent_statement(), params)
-                    self._write_others(conn, others, mine, events)
+            # autocommit: each statement is atomic on its own (row change + history row in one
+            # statement), so a delivery costs one round trip
+            if sent:
+                params = [{"o_pk": i.pk, "o_reason": i.reason, "o_now": self.now} for i in sent]
+                conn.execute(self._sent_statement(), params if len(params) > 1 else params[0])
+            for i in others:
+                changed = (update(table).where(mine).values(lease_owner=None, lease_until=None, **i.values)
+                           .returning(table.c.id))
+                if i.action == "release":
+                    conn.execute(changed, {"o_pk": i.pk})
+                    continue
+                cte = changed.cte("changed")
+                conn.execute(insert(events).from_select(
+                    ["message_id", "at", "action", "reason", "detail"],
+                    select(cte.c.id, literal(self.now, UTCDateTime()), literal(i.action), literal(i.reason),
+                           literal(i.detail))), {"o_pk": i.pk})
+            conn.commit()  # ends SQLAlchemy's autobegun block; no round trip in autocommit mode
         else:
             with conn.begin():
                 if sent:
@@ -515,7 +526,13 @@ class _Pipeline:
                         [{"o_pk": i.pk, "o_reason": i.reason} for i in sent])
                     conn.execute(insert(events), [{"message_id": i.pk, "at": self.now, "action": "sent",
                                                    "reason": i.reason} for i in sent])
-                self._write_others(conn, others, mine, events)
+                for i in others:
+                    conn.execute(update(table).where(mine).values(lease_owner=None, lease_until=None,
+                                                                  **i.values), {"o_pk": i.pk})
+                logged = [{"message_id": i.pk, "at": self.now, "action": i.action, "reason": i.reason,
+                           "detail": i.detail} for i in others if i.action != "release"]
+                if logged:
+                    conn.execute(insert(events), logged)
         with self.lock:
             self.report.sent += len(sent)
             self.sent += [i.pk for i in sent]
@@ -525,16 +542,6 @@ class _Pipeline:
                 elif i.action == "failed":
                     self.report.failed += 1
                     self.failed.append((i.pk, i.detail or str(i.reason)))
-
-    def _write_others(self, conn: Any, others: list[_Outcome], mine: Any, events: Any) -> None:
-        table = table_of(Message)
-        for i in others:
-            conn.execute(update(table).where(mine).values(lease_owner=None, lease_until=None, **i.values),
-                         {"o_pk": i.pk})
-        logged = [{"message_id": i.pk, "at": self.now, "action": i.action, "reason": i.reason,
-                   "detail": i.detail} for i in others if i.action != "release"]
-        if logged:
-            conn.execute(insert(events), logged)
 
 
 def dispatch(state: LoyaltyState, limit: int | None = None, now: datetime | None = None) -> DispatchReport:
