@@ -221,6 +221,15 @@ def test_rate_limit_in_redis_is_shared_between_apps(make_shop):
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
 
 
+def test_rate_limit_storage_down_lets_requests_through(make_shop, caplog):
+    pytest.importorskip("redis")
+    s = make_shop(LOYALTY_VALIDATE_RATE_LIMIT="1/minute", LOYALTY_RATELIMIT_STORAGE_URI="redis://127.0.0.1:1")
+    with s.app.app_context():
+        for _ in range(3):
+            assert post(s, {"code": "ABC", "order_total": "1"}, ip="10.3.0.1").status_code == 200
+    assert "rate-limit storage unavailable" in caplog.text
+
+
 # --- CLI ---------------------------------------------------------------------------
 
 def test_cli_create_and_batch(shop):

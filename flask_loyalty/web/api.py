@@ -58,13 +58,23 @@ class ValidateLimiter:
         self.storage = storage.storage_from_string(uri)
         self.limiter = strategies.MovingWindowRateLimiter(self.storage)
         # the same for every worker of one shop; separate shops sharing a Redis use separate databases
+        self.logger = state.app.logger
         self.namespace = "flask-loyalty" + str(config["LOYALTY_URL_PREFIX"]).rstrip("/") + "/coupons-validate"
 
     def hit(self, kind: str, value: str) -> int | None:
-        """Count one attempt for ``kind`` (``ip``/``customer``); seconds to wait when over the limit."""
-        if self.limiter.hit(self.item, self.namespace, kind, value):
+        """Count one attempt for ``kind`` (``ip``/``customer``); seconds to wait when over the limit.
+
+        When the shared storage is unreachable the attempt is let through and
+        a warning is logged: a Redis outage must not break every checkout's
+        coupon field.
+        """
+        try:
+            if self.limiter.hit(self.item, self.namespace, kind, value):
+                return None
+            stats = self.limiter.get_window_stats(self.item, self.namespace, kind, value)
+        except Exception as exc:  # any storage failure (redis.ConnectionError ...)
+            self.logger.warning("flask_loyalty: rate-limit storage unavailable, not limiting: %s", exc)
             return None
-        stats = self.limiter.get_window_stats(self.item, self.namespace, kind, value)
         return max(1, math.ceil(stats.reset_time - time.time()))
 
     def reset(self) -> None:
