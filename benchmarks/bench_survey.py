@@ -20,9 +20,9 @@ import statistics
 import sys
 import tempfile
 import time
-from functools import partial
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 
 from flask import Flask
