@@ -36,7 +36,7 @@ from .models import Account, Category, Order, OrderLine, Product, cents, money
 STAFF_EMAIL = "staff@leafandbean.test"
 BATCH = 500
 #: The communication plan has been on for this many weeks; older orders are imported history.
-PLAN_WEEKS = 8
+PLAN_WEEKS = 6
 PLAN_STEPS = ("thank_you", "usage_guide", "survey_invite", "replenish", "birthday", "win_back")
 
 NAMES = {
