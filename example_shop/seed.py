@@ -179,11 +179,18 @@ def seed(*, customers: int = 2000, orders: int = 8000, now: datetime | None = No
                 echo(f"orders: {index}/{len(history)}")
         db.session.commit()
     shoppers: dict[int, Account] = {}
+    joined_at_of = {account.id: joined_at[n] for n, account in enumerate(accounts)}
     for index, (placed, account) in enumerate(history[report.orders:], start=report.orders + 1):
         while placed >= tick:
             run_jobs(tick, report)
             tick += timedelta(days=7)
-        write_order(rng, index, placed, account, products, channel_of[account.id], now, report, plan_on=True)
+        referral = None
+        if placed == joined_at_of[account.id] and shoppers and rng.random() < 0.15:
+            # a new customer who came through a friend's referral link
+            referral = loyalty.referrals.code_for(rng.choice(list(shoppers.values())).ref, commit=False)
+        write_order(rng, index, placed, account, products, channel_of[account.id], now, report, plan_on=True,
+                    referral_code=referral)
+        report.extra["referred orders"] = report.extra.get("referred orders", 0) + (referral is not None)
         shoppers[account.id] = account
         if index % BATCH == 0:
             db.session.commit()
@@ -192,6 +199,7 @@ def seed(*, customers: int = 2000, orders: int = 8000, now: datetime | None = No
     # Rewards, alerts and tier mails are queued at the moment of seeding: the last run sends them too.
     end = max(now, datetime.now(timezone.utc))
     run_jobs(end, report, plan=True)
+    report.extra["referral rewards"] = loyalty.referrals.process(now=end)  # past the refund window
     engage(rng, list(shoppers.values()), now, report)
     run_jobs(end, report)
     echo(f"orders: {report.orders}, mails sent: {report.extra.get('mails sent', 0)}")
@@ -299,7 +307,8 @@ def seed_consents(rng: random.Random, account: Account) -> set[str]:
 
 
 def write_order(rng: random.Random, index: int, placed: datetime, account: Account, products: list[Product],
-                channel: str, now: datetime, report: SeedReport, *, plan_on: bool = False) -> None:
+                channel: str, now: datetime, report: SeedReport, *, plan_on: bool = False,
+                referral_code: str | None = None) -> None:
     """One historical order: the shop's row, the coupon it may use and the checkout hook."""
     # 1-4 lines, consumables more often than gear
     chosen = rng.sample(products, k=rng.choices((1, 2, 3, 4), weights=(45, 30, 17, 8))[0])
@@ -328,7 +337,7 @@ def write_order(rng: random.Random, index: int, placed: datetime, account: Accou
         items=[{"sku": p.sku, "name": p.name, "quantity": q, "unit_price": p.price, "category": p.category.name,
                 "unit_cost": money(p.cost_cents), "replenish_after_days": p.replenish_after_days}
                for p, q in lines],
-        commit=False)
+        referral_code=referral_code, commit=False)
     report.orders += 1
     if rng.random() < 0.03:  # about 3% come back: half in full, half in part
         amount = None if rng.random() < 0.5 else money(order.total_cents // 3)

@@ -14,7 +14,19 @@ from datetime import date
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, abort, flash, g, has_request_context, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    has_request_context,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from sqlalchemy import func, select
 
 from flask_loyalty import CouponError, InvalidInput
@@ -187,6 +199,8 @@ def checkout() -> Any:
         items=[{"sku": p.sku, "name": p.name, "quantity": qty, "unit_price": p.price,
                 "category": p.category.name, "unit_cost": money(p.cost_cents),
                 "replenish_after_days": p.replenish_after_days} for p, qty in lines],
+        # a friend's referral link (<prefix>/r/<code>) left its code in this cookie
+        referral_code=request.cookies.get(current_app.config["LOYALTY_REFERRAL_COOKIE"]) or None,
         commit=False)
     try:
         capture_consent(account.ref, "checkout")
@@ -294,8 +308,9 @@ def account() -> Any:
         return redirect(url_for("shop.account"))
     return render_template(
         "shop/account.html", me=me,
-        # Signed links to the pages flask_loyalty serves for this customer.
+        # Signed links to the pages flask_loyalty serves for this customer, and the link to share.
         wallet_url=loyalty.links.wallet(me.ref), preferences_url=loyalty.links.preferences(me.ref),
+        referral_url=loyalty.referrals.link(me.ref),
         points=loyalty.points.balance(me.ref), tier=loyalty.tiers.of(me.ref))
 
 

@@ -232,3 +232,22 @@ def test_seed_writes_a_small_history_through_the_public_api(shop_app):
         assert loyalty.analytics.profile(refs[0]) is not None
     runner = shop_app.test_cli_runner()
     assert "already seeded" in runner.invoke(args=["shop", "seed"]).output
+
+
+def test_a_friend_brought_by_a_referral_link_is_recorded_at_checkout(shop_app):
+    advocate = shop_app.test_client()
+    sign_up(advocate, "hal@example.com")
+    page = advocate.get("/account").get_data(as_text=True)
+    link = re.search(r'id="referral" type="text" readonly value="http://shop.test(/loyalty/r/[^"]+)"', page).group(1)
+
+    friend = shop_app.test_client()
+    landing = friend.get(link)
+    assert landing.status_code == 302  # the landing page keeps the code in a cookie for the checkout
+    sign_up(friend, "ida@example.com")
+    friend.post("/cart", data={"sku": "GIFT-COFFEEBOX"})
+    assert checkout(friend).status_code == 302
+    with shop_app.app_context():
+        [order] = account(shop_app, "ida@example.com").orders
+        referral = loyalty.referrals.of_order(order.ref)
+        assert referral is not None
+        assert [r.id for r in loyalty.referrals.made_by(account(shop_app, "hal@example.com").ref)] == [referral.id]
