@@ -73,6 +73,7 @@ SETTINGS: list[Setting] = [
     Setting("LOYALTY_SMTP_USERNAME", None, "SMTP user name (AUTH only when set)."),
     Setting("LOYALTY_SMTP_PASSWORD", None, "SMTP password."),
     Setting("LOYALTY_SMTP_SECURITY", "none", "'none', 'starttls' or 'tls' (implicit TLS, usually port 465)."),
+    Setting("LOYALTY_SMTP_CONNECTIONS", 3, "SMTP connections each dispatcher sends over in parallel (one thread each)."),
     Setting("LOYALTY_SMTP_TIMEOUT", 30.0, "Seconds to wait for the SMTP server."),
     Setting("LOYALTY_MAIL_SENDER", "shop@localhost", "From address of transactional mails (e.g. 'Shop <shop@example.com>')."),
     Setting("LOYALTY_MARKETING_SENDER", None, "From address of marketing mails; defaults to LOYALTY_MAIL_SENDER."),

@@ -538,3 +538,39 @@ def test_two_apps_keep_their_own_guides(make_shop):
     guides(a.app).sku("A")(lambda item, locale: "<p>a</p>")
     assert "A" in guides(a.app).by_sku and "A" not in guides(b.app).by_sku
     assert isinstance(a.loyalty, Loyalty)
+
+
+def test_batch_consent_lookup_matches_consent_has(make_shop):
+    from flask_loyalty.services.dispatch import ConsentLookup
+
+    shop = make_shop(LOYALTY_DOUBLE_OPT_IN={"email_marketing": True})
+    with shop.app.app_context():
+        L = shop.loyalty
+        for ref in ("granted", "pending", "withdrawn", "regranted", "erased", "never"):
+            L.upsert_customer(ref, email=f"{ref}@example.com")
+        L.consent.grant("granted", "surveys", source="t")
+        L.consent.grant("pending", "email_marketing", source="t")            # double opt-in: pending
+        L.consent.grant("withdrawn", "surveys", source="t")
+        L.consent.withdraw("withdrawn", "surveys", source="t")
+        L.consent.grant("regranted", "surveys", source="t")
+        L.consent.withdraw("regranted", "surveys", source="t")
+        L.consent.grant("regranted", "surveys", source="t")
+        L.consent.grant("erased", "surveys", source="t")
+        L.consent.erase("erased")
+        lookup = ConsentLookup(L.state)
+        ids = {ref: L.customer(ref).id for ref in ("granted", "pending", "withdrawn", "regranted", "erased", "never")}
+        for purpose in ("surveys", "email_marketing"):
+            granted = lookup.granted(set(ids.values()), purpose)
+            for ref, pk in ids.items():
+                erased = L.customer(ref).erased_at is not None
+                assert (pk in granted and not erased) == L.consent.has(ref, purpose), (ref, purpose)
+
+
+def test_mails_are_localized(plan_shop, capture):
+    customer(plan_shop, name="Ana", locale="ru")
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0)
+    plan_shop.loyalty.dispatch(now=T0)
+    [mail] = capture.mails
+    assert mail["Subject"] == "Спасибо за ваш первый заказ в Our shop"
+    assert "Здравствуйте, Ana!" in mail.get_body(("plain",)).get_content()
+    assert "Скидка 10% на следующий заказ" in mail.get_body(("html",)).get_content()

@@ -48,7 +48,14 @@ from ..state import LoyaltyState
 from ..transaction import begin_write, dialect_name
 from .mail import OutgoingMail, build_mail, render_message
 from .outbox import CHECKS, KINDS, week_ago
-from .transports import PermanentFailure, SendError, Transport, TransportUnavailable, get_transport
+from .transports import (
+    PermanentFailure,
+    SendError,
+    SMTPTransport,
+    Transport,
+    TransportUnavailable,
+    get_transport,
+)
 
 log = logging.getLogger("flask_loyalty.dispatch")
 
@@ -263,7 +270,8 @@ class _Batch:
             fields = {k: values.get(k, getattr(m, k)) for k in (
                 "locale", "to_address", "from_address", "subject", "body_text", "body_html")}
             mail = build_mail(state, now=self.now, message_id=m.message_id, kind=m.kind, marketing=m.marketing,
-                               purpose=m.purpose, customer_ref=customer.ref, **fields)
+                               purpose=m.purpose, customer_ref=customer.ref,
+                               unsubscribe_url=rendered.unsubscribe_url if rendered else None, **fields)
             ready.append(Outgoing(m.id, m.attempts, why, mail))
         if renders:
             session.execute(update(Message), renders)
@@ -321,12 +329,13 @@ class _Pipeline:
     """The send phase: a sender thread and a recorder thread behind the claiming thread.
 
     The claiming thread claims and decides batch N+1 (database reads,
-    rendering) while the sender thread talks SMTP for batch N and the
-    recorder thread commits outcomes.  The sender never runs more than
+    rendering) while the sender threads (``LOYALTY_SMTP_CONNECTIONS`` SMTP
+    connections, one thread each; one for other transports) send batch N
+    and the recorder thread commits outcomes.  Each sender runs at most
     :attr:`WINDOW` (2) mails ahead of the recorder, so at any moment at most
-    two mails are accepted by the server but not yet recorded (a purely
-    sequential dispatcher has the same window of one: SMTP has no two-phase
-    commit).  A dispatcher killed right then leaves those rows leased, and
+    two mails per connection are accepted by the server but not yet
+    recorded (a purely sequential dispatcher has a window of one: SMTP has
+    no two-phase commit).  A dispatcher killed right then leaves those rows leased, and
     after the lease they are sent again with the same ``Message-ID``.  With
     ``LOYALTY_DISPATCH_ASYNC_COMMIT`` (PostgreSQL) the recorder's commits do
     not wait for the WAL flush: only a crash of the *database server* can
@@ -337,8 +346,13 @@ class _Pipeline:
     WINDOW = 2
 
     def __init__(self, state: LoyaltyState, owner: str, now: datetime, report: DispatchReport,
-                 transport: Transport, depth: int) -> None:
-        self.state, self.owner, self.now, self.report, self.transport = state, owner, now, report, transport
+                 depth: int) -> None:
+        self.state, self.owner, self.now, self.report = state, owner, now, report
+        first = get_transport(state)
+        self.transports = [first]
+        if isinstance(first, SMTPTransport):
+            self.transports += [get_transport(state)
+                                for _ in range(max(int(state.config["LOYALTY_SMTP_CONNECTIONS"]), 1) - 1)]
         self.lease = float(state.config["LOYALTY_DISPATCH_LEASE"])
         self.max_attempts = int(state.config["LOYALTY_MAX_ATTEMPTS"])
         bind = state.session.get_bind()
@@ -353,11 +367,12 @@ class _Pipeline:
         self.failed: list[tuple[int, str]] = []
         self.lock = threading.Lock()
         #: At most WINDOW mails accepted by the server but not yet recorded, at any moment.
-        self.window = threading.BoundedSemaphore(self.WINDOW)
-        self.sender = threading.Thread(target=self._send_loop, name="loyalty-dispatch-send", daemon=True)
+        self.window = threading.BoundedSemaphore(self.WINDOW * len(self.transports))
+        self.senders = [threading.Thread(target=self._send_loop, args=(t,), name=f"loyalty-dispatch-send-{n}",
+                                         daemon=True) for n, t in enumerate(self.transports)]
         self.recorder = threading.Thread(target=self._record_loop, name="loyalty-dispatch-record", daemon=True)
-        self.sender.start()
-        self.recorder.start()
+        for thread in [*self.senders, self.recorder]:
+            thread.start()
 
     @property
     def stopped(self) -> bool:
@@ -371,37 +386,37 @@ class _Pipeline:
                 self.send_q.put((item, started), timeout=0.5)
                 return
             except queue.Full:
-                if not self.sender.is_alive():  # pragma: no cover - the sender died
-                    raise RuntimeError("dispatch sender thread stopped") from None
+                if not any(t.is_alive() for t in self.senders):  # pragma: no cover - the senders died
+                    raise RuntimeError("dispatch sender threads stopped") from None
 
     def finish(self) -> None:
         """Wait for every queued message to be sent and recorded; re-raise a thread's error."""
-        self.send_q.put(None)
-        self.sender.join()
+        for _ in self.senders:
+            self.send_q.put(None)
+        for thread in self.senders:
+            thread.join()
+        self.record_q.put(None)
         self.recorder.join()
         if self.errors:
             raise self.errors[0]
 
     # --- sender thread -----------------------------------------------------------
-    def _send_loop(self) -> None:
+    def _send_loop(self, transport: Transport) -> None:
         try:
             with self.state.app.app_context():  # host transport callables may need it
                 while True:
                     item = self.send_q.get()
                     if item is None:
                         break
-                    self._send_one(*item)
+                    self._send_one(transport, *item)
         except BaseException as exc:  # pragma: no cover - unexpected; surfaced by finish()
             self.errors.append(exc)
             while self.send_q.get() is not None:
                 pass
         finally:
-            try:
-                self.transport.close()
-            finally:
-                self.record_q.put(None)
+            transport.close()
 
-    def _send_one(self, m: Outgoing, started: float) -> None:
+    def _send_one(self, transport: Transport, m: Outgoing, started: float) -> None:
         # every path below hands exactly one outcome to the recorder, which releases the window
         while not self.window.acquire(timeout=0.5):
             if not self.recorder.is_alive():  # pragma: no cover - the recorder died
@@ -416,7 +431,7 @@ class _Pipeline:
             self.record_q.put(_Outcome(m.pk, "release", None))
             return
         try:
-            self.transport.send(m.mail)
+            transport.send(m.mail)
         except TransportUnavailable as exc:
             self.unavailable = exc
             self._attempt_failed(m, exc)
@@ -424,7 +439,7 @@ class _Pipeline:
         except SendError as exc:
             self._attempt_failed(m, exc)
             return
-        self.record_q.put(_Outcome(m.pk, "sent", f"{m.reason}; via {self.transport.name}"[:200]))
+        self.record_q.put(_Outcome(m.pk, "sent", f"{m.reason}; via {transport.name}"[:200]))
 
     def _attempt_failed(self, m: Outgoing, exc: Exception) -> None:
         attempts = m.attempts + 1
@@ -483,16 +498,14 @@ class _Pipeline:
                 finally:
                     conn.close()
 
-    def _sent_statement(self) -> Any:
-        """PostgreSQL: mark sent and append the history row in one statement (one round trip)."""
-        table, events = table_of(Message), table_of(MessageEvent)
-        moment = bindparam("o_now", type_=UTCDateTime())
-        changed = (update(table).where(table.c.id == bindparam("o_pk"), table.c.lease_owner == self.owner)
-                   .values(status="sent", sent_at=moment, attempts=table.c.attempts + 1,
-                           reason=bindparam("o_reason"), last_error=None, lease_owner=None, lease_until=None)
-                   .returning(table.c.id).cte("changed"))
-        return insert(events).from_select(["message_id", "at", "action", "reason"],
-                                          select(changed.c.id, moment, literal("sent"), bindparam("o_reason")))
+    #: PostgreSQL hot path: mark sent and append the history row in one statement (one round
+    #: trip, no SQL compilation per mail).
+    SENT_SQL = (
+        "WITH changed AS (UPDATE loyalty_message SET status = 'sent', sent_at = %(now)s, "
+        "attempts = attempts + 1, reason = %(reason)s, last_error = NULL, lease_owner = NULL, "
+        "lease_until = NULL WHERE id = %(pk)s AND lease_owner = %(owner)s RETURNING id) "
+        "INSERT INTO loyalty_message_event (message_id, at, action, reason) "
+        "SELECT id, %(now)s, 'sent', %(reason)s FROM changed")
 
     def _write(self, conn: Any, items: list[_Outcome]) -> None:
         table, events = table_of(Message), table_of(MessageEvent)
@@ -503,8 +516,8 @@ class _Pipeline:
             # autocommit: each statement is atomic on its own (row change + history row in one
             # statement), so a delivery costs one round trip
             if sent:
-                params = [{"o_pk": i.pk, "o_reason": i.reason, "o_now": self.now} for i in sent]
-                conn.execute(self._sent_statement(), params if len(params) > 1 else params[0])
+                params = [{"pk": i.pk, "reason": i.reason, "now": self.now, "owner": self.owner} for i in sent]
+                conn.exec_driver_sql(self.SENT_SQL, params if len(params) > 1 else params[0])
             for i in others:
                 changed = (update(table).where(mine).values(lease_owner=None, lease_until=None, **i.values)
                            .returning(table.c.id))
@@ -557,7 +570,7 @@ def dispatch(state: LoyaltyState, limit: int | None = None, now: datetime | None
     report = DispatchReport()
     consent = ConsentLookup(state)
     batch_size = max(int(state.config["LOYALTY_DISPATCH_BATCH"]), 1)
-    pipeline = _Pipeline(state, owner, moment, report, get_transport(state), depth=batch_size)
+    pipeline = _Pipeline(state, owner, moment, report, depth=batch_size)
     try:
         while (limit is None or report.claimed < limit) and not pipeline.stopped:
             wanted = batch_size if limit is None else min(batch_size, limit - report.claimed)

@@ -52,6 +52,7 @@ class Rendered:
     body_text: str
     body_html: str
     links: list[str]
+    unsubscribe_url: str | None = None
 
 
 def template_names(kind: str) -> tuple[str, str, str]:
@@ -169,7 +170,7 @@ def render_message(state: LoyaltyState, message: Message, customer: Customer) ->
         except (ValueError, IndexError):  # an address the header registry cannot parse: keep it bare
             pass
     return Rendered(locale=locale, to_address=to, from_address=sender(state, message), subject=subject,
-                    body_text=text, body_html=body_html, links=targets)
+                    body_text=text, body_html=body_html, links=targets, unsubscribe_url=unsubscribe_url)
 
 
 def _header_address(value: str) -> tuple[str, str]:
