@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import String, create_engine, inspect
+from sqlalchemy import String, create_engine, inspect, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from flask_loyalty import Loyalty
 from flask_loyalty.models import metadata as loyalty_metadata
+from flask_loyalty.models.consent import APPEND_ONLY_TABLES
 
 alembic = pytest.importorskip("alembic")
 flask_migrate = pytest.importorskip("flask_migrate")
@@ -41,6 +42,10 @@ RECIPE_OLD = """def get_metadata():
 # ... and into migrations/script.py.mako, so generated revisions can name the loyalty column types.
 MAKO_OLD = "import sqlalchemy as sa\n"
 MAKO_NEW = "import sqlalchemy as sa\nimport flask_loyalty.models.types\n"
+# ... and at the end of upgrade() in the revision that creates the loyalty tables.
+RECIPE_TRIGGERS = """    from flask_loyalty.models.consent import install_triggers
+    install_triggers(op.get_bind())
+"""
 RECIPE_NEW = """def get_metadata():
     if hasattr(target_db, 'metadatas'):
         return [target_db.metadatas[None], loyalty_metadata]
@@ -109,8 +114,14 @@ def test_flask_migrate_recipe_autogenerates_upgrades_and_stays_in_step(tmp_path,
 
         flask_migrate.migrate(directory=directory, message="shop and loyalty")
         [version] = Path(directory, "versions").glob("*.py")
-        created = set(re.findall(r"op\.create_table\('([a-z_]+)'", version.read_text()))
+        revision = version.read_text()
+        created = set(re.findall(r"op\.create_table\('([a-z_]+)'", revision))
         assert created == LOYALTY_TABLES | {"shop_order"}
+        # The last step of the recipe: the consent ledger's append-only triggers are DDL that
+        # autogenerate cannot see; the revision that creates the tables installs them.
+        upgrade_end = "    # ### end Alembic commands ###\n"
+        assert upgrade_end in revision
+        version.write_text(revision.replace(upgrade_end, upgrade_end + RECIPE_TRIGGERS, 1))
 
         flask_migrate.upgrade(directory=directory)
         db.session.remove()
@@ -118,6 +129,9 @@ def test_flask_migrate_recipe_autogenerates_upgrades_and_stays_in_step(tmp_path,
     engine = create_engine(f"sqlite:///{db_file}")
     try:
         assert set(inspect(engine).get_table_names()) >= LOYALTY_TABLES
+        with engine.connect() as conn:
+            triggers = set(conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'")).scalars())
+        assert {f"{table}_no_update" for table in APPEND_ONLY_TABLES} <= triggers
     finally:
         engine.dispose()
 
