@@ -81,7 +81,7 @@ def shop_context() -> dict[str, Any]:
     if not has_request_context():  # mails are rendered by the dispatcher, outside any request
         return {}
     return {"account": g.get("account"), "cart_count": sum(session.get("cart", {}).values()),
-            "dashboard_url": loyalty.state.config["LOYALTY_URL_PREFIX"].rstrip("/") + "/admin/",
+            "dashboard_url": current_app.config["LOYALTY_URL_PREFIX"].rstrip("/") + "/admin/",
             "languages": LANGUAGES}
 
 
@@ -146,7 +146,7 @@ def render_checkout(code: str = "", quote: Any = None, error: str | None = None,
         discount=discount, total=max(money(subtotal) - discount - tier_discount, money(0)),
         consent_purposes=consent_purposes(g.account.ref), tier_discount=tier_discount,
         tier=loyalty.tiers.of(g.account.ref),
-        validate_url=loyalty.state.config["LOYALTY_URL_PREFIX"].rstrip("/") + "/api/coupons/validate",
+        validate_url=current_app.config["LOYALTY_URL_PREFIX"].rstrip("/") + "/api/coupons/validate",
         reasons=COUPON_REASONS,
     ), status
 
