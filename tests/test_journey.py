@@ -122,7 +122,7 @@ def dispatch(app: Flask, days_later: float = 0) -> Any:
         return loyalty.dispatch(now=datetime.now(timezone.utc) + timedelta(days=days_later))
 
 
-def buy(page: Any, base: str, skus: list[str], coupon: str = "") -> str:
+def buy(page: Any, base: str, skus: list[str], coupon: str = "", checkout_shot: str | None = None) -> str:
     for sku in skus:
         page.goto(f"{base}/products/{sku}")
         page.get_by_role("button", name="Add to cart").click()
@@ -131,6 +131,8 @@ def buy(page: Any, base: str, skus: list[str], coupon: str = "") -> str:
         page.get_by_label("Coupon code (optional)").fill(coupon)
         # the checkout's script asks flask_loyalty's JSON endpoint while the shopper types
         sync_api.expect(page.locator("#coupon-status")).to_contain_text("Coupon applied", timeout=10_000)
+    if checkout_shot:
+        shot(page, checkout_shot)
     page.get_by_role("button", name="Place order").click()
     sync_api.expect(page.get_by_role("heading", name="Thank you for your order!")).to_be_visible()
     return re.search(r"Order (LB-[0-9A-F]+)", page.inner_text("main")).group(1)
@@ -173,9 +175,7 @@ def test_the_shoppers_whole_journey(served, browser):
     with app.app_context():
         assert loyalty.consent.has(ref, "email_marketing")
 
-    page.goto(base + "/products/TEA-SENCHA")
-    shot(page, "04-product")
-    first_order = buy(page, base, ["TEA-SENCHA", "GEAR-INFUSER"])
+    first_order = buy(page, base, ["TEA-SENCHA", "GEAR-INFUSER"], checkout_shot="04-checkout-with-consent-boxes")
     shot(page, "05-thank-you-page")
 
     # 3. the thank-you mail lands in the outbox with its welcome coupon -----------------------
@@ -223,8 +223,8 @@ def test_the_shoppers_whole_journey(served, browser):
     page.emulate_media(media="screen")
 
     # 6. a second purchase redeems it -----------------------------------------------------------
-    second_order = buy(page, base, ["COF-ESPRESSO"], coupon=code)
-    shot(page, "11-second-order-with-coupon")
+    second_order = buy(page, base, ["COF-ESPRESSO"], coupon=code, checkout_shot="11-checkout-coupon-checked-live")
+    shot(page, "12-second-order-with-coupon")
     with app.app_context():
         [redemption] = loyalty.coupons.redemptions(second_order)
         assert redemption.discount > 0 and redemption.customer_ref == ref
@@ -235,7 +235,7 @@ def test_the_shoppers_whole_journey(served, browser):
     marketing = [m for m in loyalty_sent(app, ref) if m.marketing]
     assert marketing, "a marketing mail went out (thank-you, usage guide ...)"
     page.goto(link_in(marketing[0], "/unsubscribe/"))
-    shot(page, "12-unsubscribe")
+    shot(page, "13-unsubscribe")
     page.get_by_role("button", name="Yes, unsubscribe me").click()
     with app.app_context():
         assert not loyalty.consent.has(ref, "email_marketing")
@@ -247,7 +247,7 @@ def test_the_shoppers_whole_journey(served, browser):
     status = page.locator("#purpose-email_marketing-status")
     sync_api.expect(status).to_have_attribute("data-status", "withdrawn")
     sync_api.expect(page.locator("#purpose-surveys-status")).to_have_attribute("data-status", "granted")
-    shot(page, "13-preferences")
+    shot(page, "14-preferences")
     export = page.request.get(urljoin(page.url, page.get_by_role("link", name="Download my data").get_attribute("href")))
     data = json.loads(export.body())
     assert EMAIL in json.dumps(data)
@@ -261,20 +261,20 @@ def test_the_shoppers_whole_journey(served, browser):
     staff.get_by_role("button", name=re.compile("Sign in as demo staff")).click()
     staff.goto(base + "/loyalty/admin/")
     sync_api.expect(staff.locator("main")).to_be_visible()
-    shot(staff, "14-dashboard-overview")
+    shot(staff, "15-dashboard-overview")
     staff.goto(f"{base}/loyalty/admin/customers/{ref}")
     customer_page = staff.inner_text("main")
     for expected in (first_order, second_order, code):
         assert expected in customer_page, expected
-    shot(staff, "15-dashboard-customer")
+    shot(staff, "16-dashboard-customer")
     staff.goto(f"{base}/loyalty/admin/outbox/{thank_you.id}")
     sync_api.expect(staff.locator("main")).to_contain_text(code)
-    shot(staff, "16-dashboard-thank-you-mail")
+    shot(staff, "17-dashboard-thank-you-mail")
     staff.goto(base + "/loyalty/admin/surveys")
     sync_api.expect(staff.locator("main")).to_contain_text("Lovely sencha")
-    shot(staff, "17-dashboard-surveys")
+    shot(staff, "18-dashboard-surveys")
     staff.goto(f"{base}/staff/orders?q={first_order}")
-    shot(staff, "18-staff-orders")
+    shot(staff, "19-staff-orders")
 
 
 def loyalty_sent(app: Flask, ref: str) -> list[Any]:
