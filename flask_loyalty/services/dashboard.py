@@ -278,6 +278,16 @@ def _new_in(state: LoyaltyState, window: Period, currency: str) -> tuple[int, in
     p = table_of(Purchase).c
     c = table_of(Customer).c
     net = raw(p.total) - raw(p.refunded_total)
+    if state.session.get_bind().dialect.name == "sqlite":
+        # SQLite does better with two covering-index probes per new customer than with a grouped join.
+        first_net = (select(func.coalesce(func.sum(net), 0)).where(
+            p.customer_id == c.id, p.placed_at == c.first_purchase_at, p.currency == currency).scalar_subquery())
+        second = (select(literal(1)).where(p.customer_id == c.id, p.placed_at > c.first_purchase_at,
+                                           p.placed_at < window.end).exists())
+        row = state.session.execute(
+            select(func.count(), count_if(~second), func.coalesce(func.sum(first_net), 0))
+            .where(c.first_purchase_at >= window.start, c.first_purchase_at < window.end)).one()
+        return int(row[0] or 0), int(row[1] or 0), int(row[2] or 0)
     per_customer = (
         select(func.count().label("n"),
                sum_if(and_(p.placed_at == c.first_purchase_at, p.currency == currency), net).label("first_net"))
