@@ -22,7 +22,12 @@ sys.path.insert(0, str(ROOT))
 
 PAGES = [
     ("overview", "/loyalty/admin/"),
-    ("charts", "/loyalty/admin/charts"),
+    ("chart-cohorts", "/loyalty/admin/charts/cohorts"),
+    ("chart-pareto", "/loyalty/admin/charts/pareto"),
+    ("chart-rfm", "/loyalty/admin/charts/rfm"),
+    ("chart-clv", "/loyalty/admin/charts/clv"),
+    ("chart-stages", "/loyalty/admin/charts/stages"),
+    ("chart-nps", "/loyalty/admin/charts/nps"),
     ("customers", "/loyalty/admin/customers"),
     ("outbox", "/loyalty/admin/outbox"),
     ("surveys", "/loyalty/admin/surveys"),
