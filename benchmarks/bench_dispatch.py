@@ -159,9 +159,14 @@ def rendered_mails(url: str, port: int) -> list[tuple[str, list[str], bytes]]:
     return mails
 
 
-def _worker(url: str, port: int, start: Any, out: Any) -> None:
-    app, _db, loyalty = make_app(url, port)
+def _worker(url: str, port: int, ready: Any, start: Any, out: Any) -> None:
+    from sqlalchemy import text
+
+    app, db, loyalty = make_app(url, port)
     with app.app_context():
+        db.session.execute(text("SELECT 1"))    # imported, connected and warm
+        db.session.rollback()
+        ready.put(1)
         start.wait()
         report = loyalty.dispatch(now=NOW)
         out.put(report.sent)
@@ -169,11 +174,12 @@ def _worker(url: str, port: int, start: Any, out: Any) -> None:
 
 def run_dispatchers(url: str, port: int, count: int) -> tuple[int, float]:
     ctx = multiprocessing.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(url, port, start, out)) for _ in range(count)]
+    ready, start, out = ctx.Queue(), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(url, port, ready, start, out)) for _ in range(count)]
     for p in procs:
         p.start()
-    time.sleep(3.0)  # let every process import and connect before the clock starts
+    for _ in procs:  # every process has imported and connected before the clock starts
+        ready.get(timeout=300)
     began = time.perf_counter()
     start.set()
     sent = sum(out.get(timeout=600) for _ in procs)

@@ -71,12 +71,9 @@ def dispatch_command(limit: int | None, now_text: str | None, loop: bool, interv
                        f"cancelled {report.cancelled}")
         if not loop or stopping:
             return
-        if report.claimed and (limit is None or report.claimed < limit):
-            deadline = time.monotonic() + interval
-        elif report.claimed:
-            continue  # a full batch: more may be waiting
-        else:
-            deadline = time.monotonic() + interval
+        if limit is not None and report.claimed >= limit:
+            continue  # the limit was reached: more may be waiting
+        deadline = time.monotonic() + interval
         while not stopping and time.monotonic() < deadline:
             time.sleep(min(0.2, interval))
         if stopping:

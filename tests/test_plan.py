@@ -531,6 +531,8 @@ def test_cli_plan_and_dispatch(make_shop, capture):
     assert len(capture.mails) == 1
     result = runner.invoke(args=["loyalty", "plan", "--now", "2027-03-15T12:00:00"])
     assert result.exit_code != 0 and "time zone" in result.output
+    result = runner.invoke(args=["loyalty", "dispatch", "--loop", "--now", "2027-03-15T12:00:00Z"])
+    assert result.exit_code != 0 and "--loop" in result.output
 
 
 def test_two_apps_keep_their_own_guides(make_shop):
@@ -545,25 +547,25 @@ def test_batch_consent_lookup_matches_consent_has(make_shop):
 
     shop = make_shop(LOYALTY_DOUBLE_OPT_IN={"email_marketing": True})
     with shop.app.app_context():
-        L = shop.loyalty
+        lo = shop.loyalty
         for ref in ("granted", "pending", "withdrawn", "regranted", "erased", "never"):
-            L.upsert_customer(ref, email=f"{ref}@example.com")
-        L.consent.grant("granted", "surveys", source="t")
-        L.consent.grant("pending", "email_marketing", source="t")            # double opt-in: pending
-        L.consent.grant("withdrawn", "surveys", source="t")
-        L.consent.withdraw("withdrawn", "surveys", source="t")
-        L.consent.grant("regranted", "surveys", source="t")
-        L.consent.withdraw("regranted", "surveys", source="t")
-        L.consent.grant("regranted", "surveys", source="t")
-        L.consent.grant("erased", "surveys", source="t")
-        L.consent.erase("erased")
-        lookup = ConsentLookup(L.state)
-        ids = {ref: L.customer(ref).id for ref in ("granted", "pending", "withdrawn", "regranted", "erased", "never")}
+            lo.upsert_customer(ref, email=f"{ref}@example.com")
+        lo.consent.grant("granted", "surveys", source="t")
+        lo.consent.grant("pending", "email_marketing", source="t")            # double opt-in: pending
+        lo.consent.grant("withdrawn", "surveys", source="t")
+        lo.consent.withdraw("withdrawn", "surveys", source="t")
+        lo.consent.grant("regranted", "surveys", source="t")
+        lo.consent.withdraw("regranted", "surveys", source="t")
+        lo.consent.grant("regranted", "surveys", source="t")
+        lo.consent.grant("erased", "surveys", source="t")
+        lo.consent.erase("erased")
+        lookup = ConsentLookup(lo.state)
+        ids = {ref: lo.customer(ref).id for ref in ("granted", "pending", "withdrawn", "regranted", "erased", "never")}
         for purpose in ("surveys", "email_marketing"):
             granted = lookup.granted(set(ids.values()), purpose)
             for ref, pk in ids.items():
-                erased = L.customer(ref).erased_at is not None
-                assert (pk in granted and not erased) == L.consent.has(ref, purpose), (ref, purpose)
+                erased = lo.customer(ref).erased_at is not None
+                assert (pk in granted and not erased) == lo.consent.has(ref, purpose), (ref, purpose)
 
 
 def test_mails_are_localized(plan_shop, capture):
