@@ -260,13 +260,25 @@ def overview(state: LoyaltyState, period: Period) -> Overview:
 
 
 def _orders_in(state: LoyaltyState, window: Period, currency: str) -> tuple[int, int, int]:
-    """``(orders, distinct customers, net revenue in raw units)`` placed in ``window`` (an index-only scan)."""
+    """``(orders, distinct customers, net revenue in raw units)`` placed in ``window`` (an index-only scan).
+
+    When no order is placed at or after the window's end (the usual "up to
+    today" window), the buyers are simply the customers whose last purchase
+    is in the window: an index range count instead of a DISTINCT over orders.
+    """
     p = table_of(Purchase).c
+    c = table_of(Customer).c
+    latest = state.session.execute(select(func.max(p.placed_at))).scalar_one()
+    up_to_now = latest is None or latest < window.end
+    buyers: Any = literal(0) if up_to_now else func.count(distinct(p.customer_id))
     row = state.session.execute(select(
-        func.count(), func.count(distinct(p.customer_id)),
-        sum_if(p.currency == currency, raw(p.total) - raw(p.refunded_total)),
+        func.count(), buyers, sum_if(p.currency == currency, raw(p.total) - raw(p.refunded_total)),
     ).where(p.placed_at >= window.start, p.placed_at < window.end)).one()
-    return int(row[0] or 0), int(row[1] or 0), int(row[2] or 0)
+    active = int(row[1] or 0)
+    if up_to_now:
+        active = int(state.session.execute(select(func.count()).where(
+            c.last_purchase_at >= window.start, c.last_purchase_at < window.end)).scalar_one())
+    return int(row[0] or 0), active, int(row[2] or 0)
 
 
 def _new_in(state: LoyaltyState, window: Period, currency: str) -> tuple[int, int, int]:
