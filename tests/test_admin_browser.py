@@ -69,7 +69,7 @@ def seed(shop: Any) -> dict[str, Any]:
     if response is not None:
         comments = {0: "Delivery took two weeks and nobody answered my mail.", 3: "Lovely tea, will order again!",
                     5: "The website was confusing at checkout.", 8: "Great service, thanks."}
-        for j, p in enumerate(session.query(purchase_model).order_by(purchase_model.id).limit(40)):
+        for j, p in enumerate(session.query(purchase_model).order_by(purchase_model.placed_at.desc()).limit(40)):
             at = p.placed_at + timedelta(days=8)
             if at >= now:
                 continue
