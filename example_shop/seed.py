@@ -37,6 +37,8 @@ STAFF_EMAIL = "staff@leafandbean.test"
 BATCH = 500
 #: The communication plan has been on for this many weeks; older orders are imported history.
 PLAN_WEEKS = 6
+#: The win-back campaign (with a 20% holdout) was launched this many days ago.
+CAMPAIGN_DAYS_AGO = 28
 PLAN_STEPS = ("thank_you", "usage_guide", "survey_invite", "replenish", "birthday", "win_back")
 
 NAMES = {
@@ -180,7 +182,21 @@ def seed(*, customers: int = 2000, orders: int = 8000, now: datetime | None = No
         db.session.commit()
     shoppers: dict[int, Account] = {}
     joined_at_of = {account.id: joined_at[n] for n, account in enumerate(accounts)}
-    for index, (placed, account) in enumerate(history[report.orders:], start=report.orders + 1):
+    last_order = {account.id: (placed, account) for placed, account in history[:report.orders]}
+    pending = history[report.orders:]
+    campaign_at: datetime | None = now - timedelta(days=CAMPAIGN_DAYS_AGO)
+    index = report.orders
+    position = 0
+    while position < len(pending):
+        placed, account = pending[position]
+        if campaign_at is not None and placed >= campaign_at:
+            # the win-back campaign is launched; some of the customers it reached come back
+            pending[position:] = sorted(pending[position:] + run_campaign(rng, campaign_at, last_order, report),
+                                        key=lambda pair: pair[0])
+            campaign_at = None
+            continue
+        position += 1
+        index += 1
         while placed >= tick:
             run_jobs(tick, report)
             tick += timedelta(days=7)
@@ -192,6 +208,7 @@ def seed(*, customers: int = 2000, orders: int = 8000, now: datetime | None = No
                     referral_code=referral)
         report.extra["referred orders"] = report.extra.get("referred orders", 0) + (referral is not None)
         shoppers[account.id] = account
+        last_order[account.id] = (placed, account)
         if index % BATCH == 0:
             db.session.commit()
             echo(f"orders: {index}/{len(history)}")
@@ -221,6 +238,27 @@ def plan_switched_off() -> Iterator[None]:
         yield
     finally:
         config["LOYALTY_PLAN"] = saved
+
+
+def run_campaign(rng: random.Random, at: datetime, last_order: dict[int, tuple[datetime, Account]],
+                 report: SeedReport) -> list[tuple[datetime, Account]]:
+    """A two-week win-back offer to lapsed customers, with a holdout; the orders it brought back."""
+    lapsed = [account for placed, account in last_order.values() if at - placed > timedelta(days=90)]
+    if len(lapsed) < 20:
+        return []
+    # The shop's marketing people would do this in the dashboard or with `flask loyalty campaigns`.
+    loyalty.campaigns.create(
+        "come-back", customer_refs=[a.ref for a in lapsed], holdout_share=0.2,
+        offer={"kind": "percent", "value": "15", "min_order_total": "25"},
+        starts_at=at, ends_at=at + timedelta(days=14), subject="15% off: we have new teas",
+        headline="It has been a while", commit=False)
+    loyalty.campaigns.launch("come-back", now=at, commit=False)
+    db.session.commit()
+    offered = {a.ref: a for a in lapsed if a.ref in set(loyalty.campaigns.members("come-back", "treatment"))}
+    back = [(at + timedelta(days=rng.uniform(0.5, 13.5)), account) for account in offered.values()
+            if rng.random() < 0.08]
+    report.extra["win-back offers"] = len(offered)
+    return back
 
 
 def run_jobs(now: datetime, report: SeedReport, *, plan: bool = False) -> None:

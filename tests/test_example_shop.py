@@ -221,13 +221,14 @@ def test_seed_writes_a_small_history_through_the_public_api(shop_app):
         db.session.execute(text("DELETE FROM shop_category"))
         db.session.commit()
         report = seed(customers=40, orders=160, now=now, echo=lambda _msg: None)
-        assert report.customers == 40 and report.orders == 160
+        # 160 planned orders, plus those a win-back campaign may bring back
+        assert report.customers == 40 and report.orders >= 160
         orders = db.session.scalar(select(func.count()).select_from(Order))
-        assert orders == 160
+        assert orders == report.orders
         channels = {o.channel for o in db.session.scalars(select(Order))}
         assert channels <= {"online", "store", "catalog", "phone"} and len(channels) >= 3
         refs = [a.ref for a in db.session.scalars(select(Account).where(Account.is_staff.is_(False)))]
-        assert sum(loyalty.customer(r).orders_count for r in refs) == 160
+        assert sum(loyalty.customer(r).orders_count for r in refs) == report.orders
         assert report.extra["mails sent"] > 0
         assert loyalty.analytics.profile(refs[0]) is not None
     runner = shop_app.test_cli_runner()
