@@ -3,7 +3,8 @@
 * purchases by time, covering what the overview sums (an index-only range scan);
 * customers by first purchase (new customers, cohorts) and by net spend (Pareto);
 * the points ledger by time (the liability at a past moment);
-* sent mails by time and their opens and clicks (the mail funnel), when the outbox is installed.
+* sent mails by time and their opens and clicks (the mail funnel), when the outbox is installed;
+* a customer's coupon redemptions (the customer timeline), when coupons are installed.
 """
 
 from __future__ import annotations
@@ -39,3 +40,11 @@ else:
                          _message.c.kind, _message.c.customer_id))
     INDEXES.append(Index("ix_loyalty_engagement_funnel", _engagement.c.message_id, _engagement.c.event,
                          _engagement.c.at, _engagement.c.customer_id))
+
+try:
+    from .coupon import Redemption
+except ImportError:  # pragma: no cover - coupons are not installed in this tree
+    pass
+else:
+    _redemption = table_of(Redemption)
+    INDEXES.append(Index("ix_loyalty_redemption_customer", _redemption.c.customer_ref, _redemption.c.id))
