@@ -218,7 +218,7 @@ def seed(*, customers: int = 2000, orders: int = 8000, now: datetime | None = No
     run_jobs(end, report, plan=True)
     report.extra["referral rewards"] = loyalty.referrals.process(now=end)  # past the refund window
     engage(rng, list(shoppers.values()), now, report)
-    run_jobs(end, report)
+    run_jobs(max(now, datetime.now(timezone.utc)), report)  # the survey rewards and alerts just queued
     echo(f"orders: {report.orders}, mails sent: {report.extra.get('mails sent', 0)}")
 
     seed_rewards(rng, accounts, now, report)
