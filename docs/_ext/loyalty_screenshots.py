@@ -46,6 +46,7 @@ class LoyaltyScreenshots(Directive):
     def run(self) -> list[nodes.Node]:
         env = self.state.document.settings.env
         static = Path(env.srcdir) / "_static"
+        env.note_dependency(str(static))  # a screenshot added or removed changes the folder: rebuild this page
         rank = {name: index for index, name in enumerate(GROUP_ORDER)}
         images = sorted(static.glob("*.png"),
                         key=lambda p: (rank.get(p.stem.split("-", 1)[0], len(rank)), p.stem))
