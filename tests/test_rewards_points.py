@@ -179,3 +179,12 @@ def test_plan_tick_hook_runs_expiry(make_shop):
         s.loyalty.state.run_hooks("plan_tick", now=datetime.now(UTC))
         s.db.session.commit()
         assert s.loyalty.points.balance("c1") == 0
+
+
+def test_the_plan_tick_expires_points(make_shop):
+    s = make_shop(LOYALTY_POINTS_EXPIRE_DAYS=10, LOYALTY_POINTS_EXPIRY_WARNING_DAYS=0)
+    with s.app.app_context():
+        s.loyalty.record_purchase("o1", "c1", 100, placed_at=datetime(2020, 1, 1, tzinfo=UTC))
+        s.loyalty.plan(now=datetime(2020, 3, 1, tzinfo=UTC))
+        assert s.loyalty.points.balance("c1") == 0
+        assert s.loyalty.points.history("c1")[0].reason == "expire"

@@ -381,6 +381,8 @@ def run_plan(state: LoyaltyState, now: datetime | None = None) -> int:
         cfg = step(state, "replenish")
         if cfg is not None:
             count += _replenish_catch_up(state, cfg, moment)
+        # other areas' time-based steps (points expiry, referral rewards, tier windows ...)
+        state.run_hooks("plan_tick", now=moment)
     except BaseException:
         state.session.rollback()
         raise
