@@ -56,7 +56,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             {"name": "Gold", "min_spend": "400", "window_days": 365, "points_multiplier": "1.5",
              "discount_percent": "5"},
         ],
-        LOYALTY_SURVEY_REWARD={"kind": "percent", "value": "5", "valid_days": 60},  # thanks for answering
+        LOYALTY_SURVEY_REWARD={"kind": "fixed", "value": "3.00", "valid_days": 60},  # thanks for answering
         LOYALTY_ADMIN_IDENTITY=staff_identity,  # who did what, in the dashboard's audit trail
     )
     app.config.update(config or {})
