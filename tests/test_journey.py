@@ -255,7 +255,9 @@ def test_the_shoppers_whole_journey(served, browser):
         actions = [(e.purpose, e.action) for e in loyalty.consent.history(ref)]
     assert ("email_marketing", "withdraw") in actions or ("email_marketing", "withdrawn") in actions
 
-    # 9. the staff user sees all of it in the dashboard ----------------------------------------
+    # 9. the staff user sees all of it in the dashboard (after the nightly value recompute) -----
+    with app.app_context():
+        assert loyalty.analytics.recompute() >= 1
     staff = browser.new_context(**DESKTOP).new_page()
     staff.goto(base + "/login")
     staff.get_by_role("button", name=re.compile("Sign in as demo staff")).click()
