@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import func, select
@@ -506,3 +507,13 @@ def test_one_response_per_order_under_8_concurrent_submits(make_shop):
         later = [i for i, st in results if st == "already_answered"]
         assert all(i != winner for i in later)
     assert len(answered) == statuses.count("completed") + statuses.count("recorded")
+
+
+def test_reward_text_accepts_values_read_back_from_a_json_payload(shop):
+    from flask_loyalty.i18n import translator
+    from flask_loyalty.services.surveys import coupon_text
+
+    tr = translator("en")
+    assert coupon_text("percent", "10.00", "EUR", tr) == "10% off your next order"
+    assert coupon_text("percent", Decimal("12.5"), "EUR", tr) == "12.5% off your next order"
+    assert coupon_text("fixed", "3.00", "EUR", tr) == "€3.00 off your next order"

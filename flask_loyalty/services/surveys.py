@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import case, delete, func, insert, literal, select, update
@@ -365,12 +366,11 @@ def answer(state: LoyaltyState, order_ref: str, answers: Mapping[str, Any], *, p
 def coupon_text(kind: str, value: Any, currency: str, tr: Any) -> str:
     """What a reward coupon is worth, in words, in the translator's language."""
     if kind == "percent":
-        text = format(value, "f") if value is not None else "0"
+        # the value may come back from a JSON payload as a string
+        text = format(Decimal(str(value)), "f") if value is not None else "0"
         text = text.rstrip("0").rstrip(".") if "." in text else text
         return str(tr.gettext("%(value)s%% off your next order", value=text))
     if kind == "fixed":
-        from decimal import Decimal
-
         return str(tr.gettext("%(amount)s off your next order", amount=tr.money(Decimal(str(value)), currency)))
     if kind == "free_shipping":
         return str(tr.gettext("Free shipping on your next order"))
