@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import make_transient_to_detached
 
 from ..clock import ensure_aware, shop_zone, utcnow
 from ..errors import InvalidInput
@@ -113,9 +114,9 @@ def message_id_domain(state: LoyaltyState) -> str:
 def add_event(state: LoyaltyState, message_id: int, action: str, reason: str | None, *,
               at: datetime, detail: str | None = None) -> None:
     """Append one step to a message's history (in the current transaction)."""
-    state.session.execute(insert(table_of(MessageEvent)).values(
-        message_id=message_id, at=at, action=action, reason=reason,
-        detail=detail[:500] if detail else None))
+    # Added through the unit of work so the events of one checkout go out in one INSERT at flush.
+    state.session.add(MessageEvent(message_id=message_id, at=at, action=action, reason=reason,
+                                   detail=detail[:500] if detail else None))
 
 
 def enqueue(state: LoyaltyState, kind: str, customer: Customer, *, due_at: datetime | None = None,
@@ -156,7 +157,12 @@ def enqueue(state: LoyaltyState, kind: str, customer: Customer, *, due_at: datet
     message_pk = int(row[0])
     add_event(state, message_pk, "scheduled", reason, at=created,
               detail=f"due {due.isoformat()}")
-    return state.session.get(Message, message_pk)
+    # The row holds exactly these values: attach it to the session without reading it back.
+    columns = {c.key: None for c in table.columns}
+    message = Message(**{**columns, **values, "id": message_pk})
+    make_transient_to_detached(message)
+    state.session.add(message)
+    return message
 
 
 def cancel_pending(state: LoyaltyState, *, reason: str, now: datetime | None = None,

@@ -261,20 +261,20 @@ def on_purchase(state: LoyaltyState, *, purchase: Purchase, customer: Customer, 
     placed = purchase.placed_at
     cfg = step(state, "thank_you")
     if first and cfg is not None:
-        message = outbox.enqueue(
+        # orders_count just became 1, so no thank-you exists yet: the welcome coupon is made
+        # first and goes into the message as it is written (one statement less than an update)
+        extra = _coupon(state, "LOYALTY_WELCOME_COUPON", customer, placed, "welcome")
+        outbox.enqueue(
             state, "thank_you", customer, due_at=placed + timedelta(days=float(cfg["delay_days"])),
-            order_ref=purchase.order_ref, payload={"order_ref": purchase.order_ref},
+            order_ref=purchase.order_ref, payload={"order_ref": purchase.order_ref, **extra},
             dedupe_key=f"thank_you:{customer.id}", reason="first_purchase")
-        if message is not None:
-            extra = _coupon(state, "LOYALTY_WELCOME_COUPON", customer, placed, "welcome")
-            if extra:
-                message.payload = {**message.payload, **extra}
     items: list[dict[str, Any]] = [{"sku": i.sku, "name": i.name, "category": i.category}
                                    for i in purchase.items]
     cfg = step(state, "usage_guide")
-    if cfg is not None and items:
-        already = _guided_skus(state, customer.id)
-        wanted = [i for i in items if i["sku"] not in already and has_guide(state, i)]
+    guided = [i for i in items if has_guide(state, i)] if cfg is not None else []
+    if cfg is not None and guided:
+        already = _guided_skus(state, customer.id) if not first else set()
+        wanted = [i for i in guided if i["sku"] not in already]
         if wanted:
             outbox.enqueue(state, "usage_guide", customer,
                            due_at=placed + timedelta(days=float(cfg["delay_days"])),
@@ -287,14 +287,14 @@ def on_purchase(state: LoyaltyState, *, purchase: Purchase, customer: Customer, 
         if delay is None:
             delay = state.config["LOYALTY_SURVEY_DELAY_DAYS"]
         due = placed + timedelta(days=float(delay))
-        if not _recent_invite(state, customer.id, due, int(cfg.get("min_interval_days") or 0)):
+        if first or not _recent_invite(state, customer.id, due, int(cfg.get("min_interval_days") or 0)):
             outbox.enqueue(state, "survey_invite", customer, due_at=due, order_ref=purchase.order_ref,
                            payload={"order_ref": purchase.order_ref},
                            dedupe_key=f"survey_invite:{purchase.order_ref}", reason="order_survey")
     cfg = step(state, "replenish")
     if cfg is not None:
-        skus = {i.sku for i in purchase.items}
-        _cancel_replenish(state, customer.id, skus, purchase.order_ref, placed)
+        if not first:  # a first order has no earlier reminders to cancel
+            _cancel_replenish(state, customer.id, {i.sku for i in purchase.items}, purchase.order_ref, placed)
         for item in purchase.items:
             if item.replenish_after_days:
                 _schedule_replenish(state, cfg, customer, purchase, item)

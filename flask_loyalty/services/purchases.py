@@ -19,7 +19,7 @@ from ..schemas import load
 from ..schemas.purchase import CustomerSchema, PurchaseSchema, RefundSchema
 from ..signals import purchase_recorded, purchase_refunded
 from ..state import LoyaltyState
-from ..transaction import PendingSignal, begin_write, dialect_name, finish, insert_ignore, insert_or_none
+from ..transaction import PendingSignal, begin_write, dialect_name, finish, insert_or_none
 from .ledger import PointsChange, change_points
 
 _customer_schema = CustomerSchema()
@@ -43,18 +43,27 @@ def get_purchase(state: LoyaltyState, order_ref: str) -> Purchase | None:
 
 def ensure_customer(state: LoyaltyState, customer_ref: str, **fields: Any) -> Customer:
     """Create the customer if missing (race-free), then set the given non-``None`` fields."""
+    fields = {k: (v.strip() if k == "email" and isinstance(v, str) else v)
+              for k, v in fields.items() if v is not None}
     customer = get_customer(state, customer_ref)
     if customer is None:
-        insert_ignore(state, table_of(Customer),
-                      {"ref": customer_ref, "created_at": utcnow(), "orders_count": 0,
-                       "total_spent": Decimal(0), "points_balance": 0},
-                      ["ref"])
-        customer = get_customer(state, customer_ref)
+        table = table_of(Customer)
+        values = {**{c.key: None for c in table.columns}, "ref": customer_ref, "created_at": utcnow(),
+                  "orders_count": 0, "total_spent": Decimal(0), "points_balance": 0, **fields}
+        values.pop("id")
+        pk = insert_or_none(state, table, values, ["ref"])
+        if pk is not None:
+            # the row holds exactly these values: attach it without reading it back
+            customer = Customer(id=pk, **values)
+            make_transient_to_detached(customer)
+            state.session.add(customer)
+            if fields:
+                state.run_hooks("customer_changed", customer=customer, changes=dict(fields))
+            return customer
+        customer = get_customer(state, customer_ref)  # created concurrently
         assert customer is not None
-    changes = {k: v for k, v in fields.items() if v is not None and getattr(customer, k) != v}
+    changes = {k: v for k, v in fields.items() if getattr(customer, k) != v}
     if changes:
-        if changes.get("email") is not None:
-            changes["email"] = changes["email"].strip()
         for key, value in changes.items():
             setattr(customer, key, value)
         state.run_hooks("customer_changed", customer=customer, changes=changes)
@@ -114,7 +123,7 @@ def record_purchase(state: LoyaltyState, order_ref: str, customer_ref: str, tota
     customer = ensure_customer(state, data["customer_ref"], email=data.get("email"))
     placed = data.get("placed_at") or utcnow()
     points = points_for(state, data["total"], customer)
-    row = {
+    row: dict[str, Any] = {
         "order_ref": data["order_ref"], "customer_id": customer.id, "total": data["total"],
         "refunded_total": Decimal(0), "currency": data["currency"], "placed_at": placed,
         "channel": data["channel"], "points_earned": points, "points_reversed": 0,
@@ -125,10 +134,14 @@ def record_purchase(state: LoyaltyState, order_ref: str, customer_ref: str, tota
         assert existing is not None
         return existing
 
-    if data["items"]:
-        session.execute(insert(table_of(PurchaseItem)), [
-            {"purchase_id": purchase_id, "category": None, "unit_cost": None, "replenish_after_days": None,
-             **item} for item in data["items"]])
+    item_rows: list[dict[str, Any]] = [
+        {"purchase_id": purchase_id, "category": None, "unit_cost": None, "replenish_after_days": None, **item}
+        for item in data["items"]]
+    stored_items: list[PurchaseItem] = []
+    if item_rows:
+        ids = session.execute(insert(table_of(PurchaseItem)).returning(
+            table_of(PurchaseItem).c.id, sort_by_parameter_order=True), item_rows).scalars().all()
+        stored_items = [PurchaseItem(id=pk, **values) for pk, values in zip(ids, item_rows, strict=True)]
     table = table_of(Customer)
     counters = session.execute(update(table).where(table.c.id == customer.id).values(
         orders_count=table.c.orders_count + 1,
@@ -155,6 +168,10 @@ def record_purchase(state: LoyaltyState, order_ref: str, customer_ref: str, tota
     purchase = Purchase(id=purchase_id, **row)
     make_transient_to_detached(purchase)
     session.add(purchase)
+    for stored in stored_items:
+        make_transient_to_detached(stored)
+        session.add(stored)
+    set_committed_value(purchase, "items", stored_items)
     state.run_hooks("purchase", purchase=purchase, customer=customer,
                     first=orders_count == 1, signals=signals)
     finish(state, commit=commit,
