@@ -94,15 +94,7 @@ class Loyalty:
             for engine in db.engines.values():
                 configure_engine(engine, float(app.config["LOYALTY_SQLITE_BUSY_TIMEOUT"]))
         for name in AREA_MODULES:
-            try:
-                module = importlib.import_module(name)
-            except ModuleNotFoundError as exc:  # area not built yet in this tree
-                if exc.name != name:
-                    raise
-                continue
-            setup = getattr(module, "setup", None)
-            if setup is not None:  # STRICT-AT-INTEGRATION: every area module defines setup
-                setup(state)
+            importlib.import_module(name).setup(state)
         from .web import register_blueprints
 
         register_blueprints(app, state)
