@@ -15,3 +15,7 @@ def init_db_command() -> None:
     """Create the loyalty_* tables (what loyalty.create_all() does)."""
     get_state().extension.create_all()
     click.echo("loyalty tables are ready")
+
+
+# Each area's sub-commands register themselves on ``loyalty_cli`` when imported.
+from .commands import consent, coupons, plan, rewards, value  # noqa: E402, F401

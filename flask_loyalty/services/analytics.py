@@ -855,7 +855,6 @@ def setup(state: LoyaltyState) -> None:
     segments.register_hooks(state)
     state.add_hook("erase", _erase)
     state.add_hook("export", _export)
-    from .. import cli_value  # noqa: F401  - registers `flask loyalty recompute` and `segments`
 
 
 __all__ = ["RFM_SEGMENTS", "STAGES", "STAGE_REASONS", "STAGE_RULES", "Analytics", "ParetoPoint", "ParetoReport",

@@ -905,7 +905,6 @@ class Consent(Facade):
 def setup(state: LoyaltyState) -> None:
     """Validate the consent settings and register the CLI commands."""
     validate_config(state)
-    from .. import consent_cli  # noqa: F401  (registers ``flask loyalty consent ...``)
 
 
 __all__ = [

@@ -756,7 +756,6 @@ def setup(state: LoyaltyState) -> None:
     state.add_hook("refund", _on_refund)
     state.add_hook("erase", _on_erase)
     state.add_hook("export", _on_export)
-    from .. import coupons_cli  # noqa: F401  (registers ``flask loyalty coupons ...``)
 
 
 

@@ -508,4 +508,3 @@ def setup(state: LoyaltyState) -> None:
     state.add_hook("erase", on_erase)
     state.add_hook("export", on_export)
     state.extras.setdefault("plan.guides", GuideRegistry())
-    from .. import plan_cli  # noqa: F401  (registers flask loyalty plan/dispatch)

@@ -134,4 +134,3 @@ def setup(state: LoyaltyState) -> None:
     state.add_hook("export", _export)
     state.add_hook("erase", _erase)
     state.app.add_template_global(wallet_rewards, "wallet_rewards")
-    from .. import rewards_cli  # noqa: F401  (registers the commands)

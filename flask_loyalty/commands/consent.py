@@ -7,9 +7,9 @@ from typing import IO
 
 import click
 
-from .cli import loyalty_cli
-from .errors import NotFound
-from .state import get_state
+from ..cli import loyalty_cli
+from ..errors import NotFound
+from ..state import get_state
 
 
 @loyalty_cli.group("consent")
@@ -23,7 +23,7 @@ def consent_cli() -> None:
               help="Write the JSON here (default: standard output).")
 def export_command(customer_ref: str, output: IO[str]) -> None:
     """Print everything held on CUSTOMER_REF as JSON."""
-    from .services.consent import export
+    from ..services.consent import export
 
     try:
         data = export(get_state(), customer_ref)
@@ -37,7 +37,7 @@ def export_command(customer_ref: str, output: IO[str]) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def erase_command(customer_ref: str, yes: bool) -> None:
     """Erase CUSTOMER_REF's personal data and withdraw every consent (cannot be undone)."""
-    from .services.consent import erase
+    from ..services.consent import erase
 
     if not yes:
         click.confirm(f"Erase the personal data of customer {customer_ref!r}? This cannot be undone",

@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 
 import click
 
-from .cli import loyalty_cli
-from .errors import InvalidInput, NotFound
-from .state import get_state
+from ..cli import loyalty_cli
+from ..errors import InvalidInput, NotFound
+from ..state import get_state
 
 
 def _parse_now(value: str | None) -> datetime | None:

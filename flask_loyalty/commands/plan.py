@@ -9,10 +9,10 @@ from types import FrameType
 
 import click
 
-from .cli import loyalty_cli
-from .clock import ensure_aware
-from .errors import InvalidInput
-from .state import get_state
+from ..cli import loyalty_cli
+from ..clock import ensure_aware
+from ..errors import InvalidInput
+from ..state import get_state
 
 
 def _parse_now(value: str | None) -> datetime | None:
@@ -33,7 +33,7 @@ def _parse_now(value: str | None) -> datetime | None:
 @click.option("--now", "now_text", default=None, help="Run as if it were this moment (ISO 8601, aware).")
 def plan_command(now_text: str | None) -> None:
     """Schedule the time-based steps of the plan (birthday, win-back, replenish)."""
-    from .services.plan import run_plan
+    from ..services.plan import run_plan
 
     count = run_plan(get_state(), now=_parse_now(now_text))
     click.echo(f"scheduled {count} message(s)")
@@ -47,7 +47,7 @@ def plan_command(now_text: str | None) -> None:
               help="Seconds between two runs with --loop.")
 def dispatch_command(limit: int | None, now_text: str | None, loop: bool, interval: float) -> None:
     """Send the messages that are due (safe to run on several machines at once)."""
-    from .services.dispatch import dispatch
+    from ..services.dispatch import dispatch
 
     now = _parse_now(now_text)
     if loop and now is not None:

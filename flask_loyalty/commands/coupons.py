@@ -11,13 +11,13 @@ from typing import IO, Any, TypeVar
 import click
 from sqlalchemy import or_, select
 
-from .cli import loyalty_cli
-from .clock import local_date, resolve_now, shop_zone
-from .errors import InvalidInput
-from .i18n import translator
-from .models import Coupon, Customer
-from .services.coupons import describe
-from .state import get_state
+from ..cli import loyalty_cli
+from ..clock import local_date, resolve_now, shop_zone
+from ..errors import InvalidInput
+from ..i18n import translator
+from ..models import Coupon, Customer
+from ..services.coupons import describe
+from ..state import get_state
 
 F = TypeVar("F", bound=Callable[..., Any])
 

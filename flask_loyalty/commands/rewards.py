@@ -8,9 +8,9 @@ from typing import Any
 
 import click
 
-from .cli import loyalty_cli
-from .errors import LoyaltyError
-from .state import get_state
+from ..cli import loyalty_cli
+from ..errors import LoyaltyError
+from ..state import get_state
 
 
 def _when(value: str | None, name: str) -> datetime | None:
@@ -32,9 +32,9 @@ def _fail(exc: LoyaltyError) -> None:
 
 
 def _facades() -> Any:
-    from .services.campaigns import Campaigns
-    from .services.raffles import Raffles
-    from .services.referrals import Referrals
+    from ..services.campaigns import Campaigns
+    from ..services.raffles import Raffles
+    from ..services.referrals import Referrals
 
     ext = get_state().extension
     return (getattr(ext, "raffles", None) or Raffles(ext), getattr(ext, "campaigns", None) or Campaigns(ext),
