@@ -8,8 +8,10 @@ they are skipped with a visible reason; under CI (``CI=true``) they fail.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -123,3 +125,16 @@ def shop(make_shop: Callable[..., Shop]) -> Iterator[Shop]:
     s = make_shop()
     with s.app.app_context():
         yield s
+
+
+def screenshot_dir() -> Path:
+    """Where browser tests save screenshots.
+
+    ``docs/_static`` (the pictures the docs show) when ``LOYALTY_SCREENSHOTS=1``,
+    else a temporary folder, so an ordinary test run leaves the work tree clean.
+    """
+    if os.environ.get("LOYALTY_SCREENSHOTS") == "1":
+        return Path(__file__).resolve().parent.parent / "docs" / "_static"
+    folder = Path(tempfile.gettempdir()) / "flask-loyalty-screenshots"
+    folder.mkdir(exist_ok=True)
+    return folder

@@ -26,11 +26,12 @@ from typing import Any
 from urllib.parse import urljoin
 
 import pytest
+from conftest import screenshot_dir
 from flask import Flask
 from werkzeug.serving import make_server
 
 CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "_static"
+SHOTS = screenshot_dir()  # docs/_static with LOYALTY_SCREENSHOTS=1
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True, "device_scale_factor": 1}

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import screenshot_dir
 from werkzeug.serving import make_server
 
 CHROMIUM = Path("/usr/bin/chromium")
-STATIC = Path(__file__).resolve().parent.parent / "docs" / "_static"
+STATIC = screenshot_dir()  # docs/_static with LOYALTY_SCREENSHOTS=1
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 
