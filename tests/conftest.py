@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from flask.testing import FlaskClient
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import String, inspect, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from werkzeug.serving import make_server
 
 from flask_loyalty import Loyalty
 from flask_loyalty.models import metadata as loyalty_metadata
@@ -138,3 +141,38 @@ def screenshot_dir() -> Path:
     folder = Path(tempfile.gettempdir()) / "flask-loyalty-screenshots"
     folder.mkdir(exist_ok=True)
     return folder
+
+
+# --- real browser -------------------------------------------------------------
+CHROMIUM = Path("/usr/bin/chromium")
+#: Headless Chromium as root on a machine with no network but loopback.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+#: ``pytestmark`` of a browser test module.
+NEEDS_CHROMIUM = [pytest.mark.browser,
+                  pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")]
+
+
+@contextmanager
+def live_server(app: Flask) -> Iterator[str]:
+    """Serve ``app`` on a free loopback port in a thread; yields its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Debian's headless Chromium driven by Playwright."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import screenshot_dir
-from werkzeug.serving import make_server
+from conftest import NEEDS_CHROMIUM, live_server, screenshot_dir
 
 from flask_loyalty.services.dashboard import area_model
 
-CHROMIUM = Path("/usr/bin/chromium")
 STATIC = screenshot_dir()  # docs/_static with LOYALTY_SCREENSHOTS=1
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 TABLET = {"width": 820, "height": 1180}
 UTC = timezone.utc
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")]
+pytestmark = NEEDS_CHROMIUM
 
 
 @pytest.fixture
@@ -130,25 +123,8 @@ def served(make_shop: Any) -> Iterator[tuple[Any, str, dict[str, Any]]]:
     shop.loyalty.admin_guard(lambda: True)
     with shop.app.app_context():
         info = seed(shop)
-    server = make_server("127.0.0.1", 0, shop.app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield shop, f"http://127.0.0.1:{server.server_port}/loyalty/admin", info
-    finally:
-        server.shutdown()
-        thread.join(5)
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with live_server(shop.app) as base:
+        yield shop, f"{base}/loyalty/admin", info
 
 
 def test_every_admin_page_in_chromium(served: Any, browser: Any) -> None:
@@ -202,14 +178,8 @@ def test_every_admin_page_in_chromium(served: Any, browser: Any) -> None:
 
 def test_closed_dashboard_in_chromium(make_shop: Any, browser: Any) -> None:
     shop = make_shop()
-    server = make_server("127.0.0.1", 0, shop.app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with live_server(shop.app) as base:
         page = browser.new_page()
-        response = page.goto(f"http://127.0.0.1:{server.server_port}/loyalty/admin/")
+        response = page.goto(f"{base}/loyalty/admin/")
         assert response is not None and response.status == 403
         page.close()
-    finally:
-        server.shutdown()
-        thread.join(5)

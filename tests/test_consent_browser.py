@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Iterator
 
 import pytest
+from conftest import NEEDS_CHROMIUM, live_server
 from flask import render_template_string, request
 
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="headless Chromium (/usr/bin/chromium) is missing"),
-]
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+pytestmark = NEEDS_CHROMIUM
 
 
 @pytest.fixture
-def live(make_shop) -> Iterator[tuple]:
-    from werkzeug.serving import make_server
-
+def live(make_shop, browser) -> Iterator[tuple]:
     shop = make_shop()
     app = shop.app
 
@@ -36,21 +27,13 @@ def live(make_shop) -> Iterator[tuple]:
             '<input id="email" name="email" type="email">{{ loyalty_consent_fields() }}'
             '<button type="submit">Sign up</button></form>')
 
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    base = f"http://127.0.0.1:{server.server_port}"
-    app.config["LOYALTY_BASE_URL"] = base
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with live_server(app) as base:
+        app.config["LOYALTY_BASE_URL"] = base
         page = browser.new_page(viewport={"width": 375, "height": 740})
         try:
             yield shop, base, page
         finally:
-            browser.close()
-            server.shutdown()
-            thread.join(5)
+            page.close()
 
 
 def test_signup_then_follow_the_confirmation_link(live):

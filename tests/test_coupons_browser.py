@@ -6,26 +6,19 @@ preview of the A4 sheet, coupon-cards-print.png) for the documentation.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import screenshot_dir
-from werkzeug.serving import make_server
+from conftest import NEEDS_CHROMIUM, live_server, screenshot_dir
 
-CHROMIUM = Path("/usr/bin/chromium")
 STATIC = screenshot_dir()  # docs/_static with LOYALTY_SCREENSHOTS=1
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 PHONE = {"width": 375, "height": 812}
 DESKTOP = {"width": 1280, "height": 900}
 MM = 96 / 25.4   # CSS pixels per millimetre
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")]
+pytestmark = NEEDS_CHROMIUM
 
 
 @pytest.fixture
@@ -47,25 +40,8 @@ def served(make_shop: Any) -> Iterator[tuple[Any, str, str]]:
         L.coupons.create(kind="free_shipping", customer_ref="ana", first_order_only=False)
         L.coupons.create(kind="gift", gift_name="Tea sampler", customer_ref="ana", expires_at=date(2030, 12, 24))
         path = L.links.wallet("ana").replace("http://shop.test", "")
-    server = make_server("127.0.0.1", 0, shop.app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield shop, f"http://127.0.0.1:{server.server_port}", path
-    finally:
-        server.shutdown()
-        thread.join(5)
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with live_server(shop.app) as base:
+        yield shop, base, path
 
 
 def open_page(browser: Any, viewport: dict[str, int], url: str) -> Any:

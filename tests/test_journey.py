@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -26,23 +25,16 @@ from typing import Any
 from urllib.parse import urljoin
 
 import pytest
-from conftest import screenshot_dir
+from conftest import NEEDS_CHROMIUM, live_server, screenshot_dir
 from flask import Flask
-from werkzeug.serving import make_server
 
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = screenshot_dir()  # docs/_static with LOYALTY_SCREENSHOTS=1
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True, "device_scale_factor": 1}
 DESKTOP = {"viewport": {"width": 1280, "height": 900}}
 EMAIL = "ana.journey@example.com"
 URL = re.compile(r"https?://[^\s\"'<>]+")
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
-]
+pytestmark = NEEDS_CHROMIUM
 sync_api = pytest.importorskip("playwright.sync_api")
 
 
@@ -54,29 +46,14 @@ def served(tmp_path: Path) -> Iterator[tuple[Flask, str]]:
     app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'journey.db'}", "SECRET_KEY": "journey"})
     with app.app_context():
         seed_catalogue()
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    base = f"http://127.0.0.1:{server.server_port}"
-    app.config["LOYALTY_BASE_URL"] = base  # links in mails point at this server
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield app, base
+        with live_server(app) as base:
+            app.config["LOYALTY_BASE_URL"] = base  # links in mails point at this server
+            yield app, base
     finally:
-        server.shutdown()
-        thread.join(timeout=10)
         with app.app_context():
             db.session.remove()
             db.engine.dispose()
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def shot(page: Any, name: str) -> None:

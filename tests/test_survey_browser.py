@@ -5,22 +5,15 @@ Screenshots go to docs/_static/survey-*.png.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import screenshot_dir
-from werkzeug.serving import make_server
+from conftest import NEEDS_CHROMIUM, live_server, screenshot_dir
 
-CHROMIUM = Path("/usr/bin/chromium")
 STATIC = screenshot_dir()  # docs/_static with LOYALTY_SCREENSHOTS=1
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")]
+pytestmark = NEEDS_CHROMIUM
 
 
 @pytest.fixture
@@ -32,30 +25,20 @@ def db_url(tmp_path: Any) -> str:
 @pytest.fixture
 def served(make_shop: Any) -> Iterator[tuple[Any, str]]:
     shop = make_shop()
-    server = make_server("127.0.0.1", 0, shop.app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield shop, f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(5)
+    with live_server(shop.app) as base:
+        yield shop, base
 
 
 @pytest.fixture
-def page() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        context = browser.new_context(viewport={"width": 375, "height": 740}, device_scale_factor=1,
-                                      has_touch=True, is_mobile=True, locale="en-GB")
-        tab = context.new_page()
-        tab.set_default_timeout(15000)
-        try:
-            yield tab
-        finally:
-            context.close()
-            browser.close()
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 375, "height": 740}, device_scale_factor=1,
+                                  has_touch=True, is_mobile=True, locale="en-GB")
+    tab = context.new_page()
+    tab.set_default_timeout(15000)
+    try:
+        yield tab
+    finally:
+        context.close()
 
 
 def _survey_path(shop: Any, order_ref: str) -> str:
