@@ -180,9 +180,8 @@ def test_smtp_temporary_and_permanent_refusals(make_shop, sink):
 
 # --------------------------------------------------------------------------- scale-out
 @pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # several dispatchers: a PostgreSQL set-up
 def test_four_dispatcher_processes_deliver_2000_messages_exactly_once(make_shop, sink, db_url):
-    if not db_url.startswith("postgresql"):
-        pytest.skip("several dispatcher processes are a PostgreSQL set-up")
     shop = make_shop(**sink.config())
     seed(shop, 500, 4)
     ctx = multiprocessing.get_context("spawn")
