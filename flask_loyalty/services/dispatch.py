@@ -42,6 +42,7 @@ from sqlalchemy import Engine, and_, bindparam, func, insert, literal, or_, sele
 from ..clock import resolve_now
 from ..models import Customer, Message, MessageEvent, Purchase
 from ..models.base import table_of
+from ..models.consent import ConsentStatus
 from ..models.types import UTCDateTime
 from ..signals import message_failed, message_sent
 from ..state import LoyaltyState
@@ -135,25 +136,17 @@ class ConsentLookup:
     the customer's current status for the purpose is ``granted`` (erased
     customers are suppressed before this is asked).  ``tests/test_plan.py``
     checks the equivalence with ``has()`` for granted, pending, withdrawn,
-    re-granted, erased and unknown customers.  Without the consent area
-    nothing consent-bound is sent.
+    re-granted, erased and unknown customers.
     """
 
     def __init__(self, state: LoyaltyState) -> None:
         self.state = state
-        try:
-            from ..models.consent import ConsentStatus
-        except ImportError:  # consent area not installed in this tree
-            log.warning("flask_loyalty consent models are missing: no consent-bound mail is sent")
-            self.model: Any = None
-        else:
-            self.model = ConsentStatus
 
     def granted(self, customer_ids: set[int], purpose: str) -> set[int]:
         """The customers among ``customer_ids`` whose consent for ``purpose`` holds now."""
-        if self.model is None or not customer_ids:
+        if not customer_ids:
             return set()
-        model = self.model
+        model = ConsentStatus
         return {int(pk) for pk in self.state.session.execute(select(model.customer_id).where(
             model.customer_id.in_(customer_ids), model.purpose == purpose, model.status == "granted")).scalars()}
 

@@ -239,11 +239,7 @@ def _coupon(state: LoyaltyState, setting: str, customer: Customer, start: dateti
     valid_days = rule.pop("valid_days", None)
     expires = start + timedelta(days=int(valid_days)) if valid_days else None
     try:
-        coupons = state.extension.coupons
-    except ModuleNotFoundError:  # coupons area not installed
-        return {}
-    try:
-        coupon = coupons.create(customer_ref=customer.ref, expires_at=expires, campaign=campaign,
+        coupon = state.extension.coupons.create(customer_ref=customer.ref, expires_at=expires, campaign=campaign,
                                 commit=False, **rule)
     except InvalidInput as exc:
         log.error("%s is invalid, mail sent without a coupon: %s", setting, exc)

@@ -30,10 +30,7 @@ def _may_record(state: LoyaltyState, message: Message) -> bool:
     if not setting or message.customer.erased_at is not None:
         return False
     if setting == "consent":
-        try:
-            return bool(state.extension.consent.has(message.customer.ref, "personalization"))
-        except ModuleNotFoundError:  # consent area not installed
-            return False
+        return bool(state.extension.consent.has(message.customer.ref, "personalization"))
     return True
 
 
