@@ -394,15 +394,20 @@ def _grant(state: LoyaltyState, data: dict[str, Any], now: datetime) -> tuple[Co
             _cancel_confirmations(state, customer, purpose.name, "consent granted without confirmation", now)
         event = _append(state, customer, purpose.name, "granted", source=data["source"], method=method,
                         now=now, wording_id=wording.id, locale=locale, ip_hash=ip_hash)
-        row.status = "granted"
-        row.event_id = event.id
-        row.since = now
-        row.pending_event_id = None
-        row.pending_expires_at = None
+        _settle(row, "granted", event, now)
     state.session.flush()
     st = _to_state(state, customer.ref, purpose.name, row, now)
     signals.append(_signal(event, st))
     return st, signals
+
+
+def _settle(row: ConsentStatus, status: str, event: ConsentEvent, now: datetime) -> None:
+    """Point the current-state row at ``event``: a settled status with no pending confirmation."""
+    row.status = status
+    row.event_id = event.id
+    row.since = now
+    row.pending_event_id = None
+    row.pending_expires_at = None
 
 
 def _check_grant(state: LoyaltyState, customer: Customer | None, purpose: Purpose, method: str, double: bool,
@@ -494,11 +499,7 @@ def _withdraw(state: LoyaltyState, data: dict[str, Any], now: datetime) -> tuple
         _cancel_confirmations(state, customer, purpose.name, "consent withdrawn", now)
     event = _append(state, customer, purpose.name, "withdrawn", source=data["source"], method=data["method"],
                     now=now, ip_hash=ip_hash)
-    row.status = "withdrawn"
-    row.event_id = event.id
-    row.since = now
-    row.pending_event_id = None
-    row.pending_expires_at = None
+    _settle(row, "withdrawn", event, now)
     state.session.flush()
     st = _to_state(state, customer.ref, purpose.name, row, now)
     return st, [_signal(event, st)]
@@ -561,11 +562,7 @@ def confirm(state: LoyaltyState, customer_ref: str, purpose: str, event_id: int,
     event = _append(state, customer, target.name, "confirmed", source="confirmation_link",
                     method="double_opt_in", now=moment, wording_id=pending.wording_id, locale=pending.locale,
                     ip_hash=ip_hash)
-    row.status = "granted"
-    row.event_id = event.id
-    row.since = moment
-    row.pending_event_id = None
-    row.pending_expires_at = None
+    _settle(row, "granted", event, moment)
     state.session.flush()
     st = _to_state(state, customer.ref, target.name, row, moment)
     finish(state, commit=commit, signals=[_signal(event, st)])
@@ -710,11 +707,7 @@ def erase(state: LoyaltyState, customer_ref: str, *, commit: bool = True, now: d
             if row.status == "pending":
                 _cancel_confirmations(state, customer, name, "customer erased", moment)
             event = _append(state, customer, name, "erased", source="erasure", method="erasure", now=moment)
-            row.status = "withdrawn"
-            row.event_id = event.id
-            row.since = moment
-            row.pending_event_id = None
-            row.pending_expires_at = None
+            _settle(row, "withdrawn", event, moment)
             session.flush()
             signals.append(_signal(event, _to_state(state, customer.ref, name, row, moment)))
     session.execute(delete(table_of(ConsentEventIp)).where(table_of(ConsentEventIp).c.customer_id == customer.id))

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from flask_loyalty.models.base import table_of
 
@@ -63,11 +65,9 @@ def change_points(state: LoyaltyState, customer_id: int, delta: int, *, reason: 
                         purchase_id=purchase_id, note=note, created_at=utcnow())
     session.add(entry)
     # keep an already-loaded Customer consistent with the row we just updated
-    for obj in session.identity_map.values():
-        if isinstance(obj, Customer) and obj.id == customer_id:
-            from sqlalchemy.orm.attributes import set_committed_value
-
-            set_committed_value(obj, "points_balance", balance)
+    loaded = session.identity_map.get(identity_key(Customer, customer_id))
+    if loaded is not None:
+        set_committed_value(loaded, "points_balance", balance)
     return PointsChange(entry, delta, balance)
 
 

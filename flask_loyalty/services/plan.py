@@ -386,6 +386,19 @@ def run_plan(state: LoyaltyState, now: datetime | None = None) -> int:
     return count
 
 
+def _enqueue_with_coupon(state: LoyaltyState, kind: str, customer: Customer, coupon_setting: str, *,
+                         due_at: datetime, payload: dict[str, Any], dedupe_key: str, reason: str) -> int:
+    """Schedule a time-based step and, only when it is new, its personal coupon; 1 if scheduled."""
+    message = outbox.enqueue(state, kind, customer, due_at=due_at, payload=payload, dedupe_key=dedupe_key,
+                             reason=reason)
+    if message is None:   # already scheduled by an earlier tick: no second coupon
+        return 0
+    extra = _coupon(state, coupon_setting, customer, due_at, kind)
+    if extra:
+        message.payload = {**message.payload, **extra}
+    return 1
+
+
 def _birthday_days(today: date, catch_up: int) -> list[date]:
     return [today - timedelta(days=k) for k in range(max(catch_up, 0) + 1)]
 
@@ -410,15 +423,10 @@ def _birthdays(state: LoyaltyState, cfg: dict[str, Any], now: datetime) -> int:
             Customer.birthday.is_not(None), Customer.erased_at.is_(None), Customer.email.is_not(None),
             or_(*matches))).scalars().all()
         for customer in customers:
-            message = outbox.enqueue(state, "birthday", customer, due_at=due,
-                                     payload={"day": day.isoformat()},
-                                     dedupe_key=f"birthday:{customer.id}:{day.year}", reason="birthday")
-            if message is None:
-                continue
-            count += 1
-            extra = _coupon(state, "LOYALTY_BIRTHDAY_COUPON", customer, due, "birthday")
-            if extra:
-                message.payload = {**message.payload, **extra}
+            count += _enqueue_with_coupon(
+                state, "birthday", customer, "LOYALTY_BIRTHDAY_COUPON", due_at=due,
+                payload={"day": day.isoformat()}, dedupe_key=f"birthday:{customer.id}:{day.year}",
+                reason="birthday")
     return count
 
 
@@ -449,16 +457,10 @@ def _win_backs(state: LoyaltyState, cfg: dict[str, Any], now: datetime) -> int:
             why = f"one-time buyer silent {silence:.0f}d > {threshold:.0f}d"
         if silence <= threshold:
             continue
-        message = outbox.enqueue(
-            state, "win_back", customer, due_at=now,
+        count += _enqueue_with_coupon(
+            state, "win_back", customer, "LOYALTY_WIN_BACK_COUPON", due_at=now,
             payload={"days_silent": int(silence), "last_purchase_at": customer.last_purchase_at.isoformat()},
             dedupe_key=f"win_back:{customer.id}:{customer.last_purchase_at.isoformat()}", reason=why[:200])
-        if message is None:
-            continue
-        count += 1
-        extra = _coupon(state, "LOYALTY_WIN_BACK_COUPON", customer, now, "win_back")
-        if extra:
-            message.payload = {**message.payload, **extra}
     return count
 
 
