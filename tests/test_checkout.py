@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from flask_loyalty import InvalidInput, LoyaltyError
 from flask_loyalty.models import Customer, PointsEntry, Purchase
@@ -141,6 +141,32 @@ def test_placed_at_orders_first_and_last(shop):
     shop.loyalty.record_purchase("o1", "c1", 5, placed_at=t0)
     c = shop.loyalty.customer("c1")
     assert c.first_purchase_at == t0 and c.last_purchase_at == t0 + timedelta(days=5)
+
+
+def test_repeat_under_another_customer_ref_changes_nothing(shop):
+    first = shop.loyalty.record_purchase("o1", "c1", 10, email="a@example.com")
+    again = shop.loyalty.record_purchase("o1", "c2", 99, email="b@example.com")
+    assert again.id == first.id and again.customer_ref == "c1"
+    assert shop.loyalty.customer("c2") is None
+    assert shop.db.session.execute(select(func.count(Customer.id))).scalar_one() == 1
+
+
+def test_checkout_is_a_handful_of_statements(shop):
+    """A returning customer's order: customer, purchase, items, counters+points, ledger row."""
+    shop.loyalty.record_purchase("o1", "c1", 10, items=ITEMS)
+    statements: list[str] = []
+    engine = shop.db.engine
+
+    def seen(conn, cursor, statement, *args):
+        statements.append(statement.split()[0])
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        shop.loyalty.record_purchase("o2", "c1", 10, items=ITEMS)
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    lock = ["UPDATE"] if engine.dialect.name == "sqlite" else []   # SQLite's write lock first
+    assert statements == [*lock, "SELECT", "INSERT", "INSERT", "UPDATE", "INSERT"]
 
 
 def test_same_order_from_16_threads(make_shop):

@@ -11,11 +11,11 @@ from jinja2 import ChoiceLoader, DictLoader
 from sqlalchemy import func, select
 
 from flask_loyalty import InvalidInput, Loyalty
-from flask_loyalty.models import Engagement, Message
+from flask_loyalty.models import Coupon, Engagement, Message, Purchase
 from flask_loyalty.services import outbox
 from flask_loyalty.services.dispatch import backoff
 from flask_loyalty.services.mail import track_url
-from flask_loyalty.services.plan import guides
+from flask_loyalty.services.plan import expand_pending, guides
 from flask_loyalty.signals import message_failed, message_sent
 
 T0 = datetime(2027, 1, 4, 10, 0, tzinfo=timezone.utc)
@@ -114,6 +114,66 @@ def test_commit_false_rollback_leaves_no_message(plan_shop):
     plan_shop.loyalty.record_purchase("o1", "c1", "20.00", placed_at=T0, commit=False)
     plan_shop.db.session.rollback()
     assert kinds(plan_shop) == []
+
+
+def test_checkout_writes_no_message_and_the_order_is_planned_once(plan_shop):
+    customer(plan_shop)
+    purchase = plan_shop.loyalty.record_purchase("o1", "c1", "20.00", placed_at=T0, items=[TEA])
+    assert purchase.planned_at is None
+    session = plan_shop.db.session
+    assert session.execute(select(func.count()).select_from(Message)).scalar_one() == 0
+    # the next dispatch plans the order first, so a thank-you due now leaves in the same run
+    assert plan_shop.loyalty.dispatch(now=T0).sent == 1
+    assert sorted(kinds(plan_shop)) == [("replenish", "scheduled"), ("survey_invite", "scheduled"),
+                                        ("thank_you", "sent")]
+    session.expire_all()
+    assert session.execute(select(Purchase.planned_at)).scalar_one() is not None
+    assert expand_pending(plan_shop.loyalty.state) == 0    # planned once, never again
+    assert len(kinds(plan_shop)) == 3
+
+
+def test_orders_without_order_steps_are_born_planned(make_shop):
+    shop = make_shop(LOYALTY_PLAN={"thank_you": False, "usage_guide": False, "survey_invite": False,
+                                   "replenish": False})
+    with shop.app.app_context():
+        assert shop.loyalty.record_purchase("o1", "c1", "20", items=[TEA]).planned_at is not None
+
+
+def test_concurrent_dispatchers_plan_every_order_once(make_shop, capture):
+    shop = make_shop(LOYALTY_DOUBLE_OPT_IN=False, LOYALTY_MAIL_TRANSPORT=capture)
+    with shop.app.app_context():
+        for i in range(30):
+            customer(shop, f"c{i}")
+            shop.loyalty.record_purchase(f"o{i}", f"c{i}", "20", placed_at=T0, items=[TEA])
+    barrier = threading.Barrier(6)
+    errors = []
+
+    def work():
+        with shop.app.app_context():
+            try:
+                barrier.wait()
+                shop.loyalty.dispatch(now=T0)
+            except Exception as exc:  # pragma: no cover - shown on failure
+                errors.append(exc)
+            finally:
+                shop.db.session.remove()
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with shop.app.app_context():
+        counts = dict(shop.db.session.execute(
+            select(Message.kind, func.count()).group_by(Message.kind)).all())
+        assert counts == {"thank_you": 30, "survey_invite": 30, "replenish": 30}
+        # planned twice, an order would make a second welcome coupon (made before its message)
+        assert shop.db.session.execute(select(func.count()).select_from(Coupon)
+                                       .where(Coupon.campaign == "welcome")).scalar_one() == 30
+        assert shop.db.session.execute(select(func.count()).select_from(Purchase)
+                                       .where(Purchase.planned_at.is_(None))).scalar_one() == 0
+    assert len(capture.mails) == 30 and len({m["Message-ID"] for m in capture.mails}) == 30
 
 
 def test_usage_guide_from_registry_and_templates(plan_shop):
@@ -459,6 +519,7 @@ def test_replenish_catch_up_for_items_recorded_while_the_step_was_off(plan_shop)
     plan_shop.app.config["LOYALTY_PLAN"] = {"replenish": False}
     customer(plan_shop)
     plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0, items=[TEA])
+    plan_shop.loyalty.dispatch(now=T0)   # the order is planned while the step is off
     plan_shop.app.config["LOYALTY_PLAN"] = {}
     assert plan_shop.loyalty.plan(now=T0 + timedelta(days=26)) == 0
     assert plan_shop.loyalty.plan(now=T0 + timedelta(days=27)) == 1

@@ -344,9 +344,8 @@ def test_invitation_to_answer_end_to_end(make_shop):
         s.loyalty.upsert_customer("c1", email="ana@example.com", locale="ro")
         s.loyalty.consent.grant("c1", "surveys", source="checkout", double_opt_in=False)
         s.loyalty.record_purchase("o1", "c1", "20.00", placed_at=placed)
+        s.loyalty.dispatch(now=placed + timedelta(days=10, hours=1))   # plans the order, then sends
         invite = s.db.session.execute(select(Message).where(Message.kind == "survey_invite")).scalar_one()
-        s.loyalty.dispatch(now=placed + timedelta(days=10, hours=1))
-        s.db.session.refresh(invite)
         assert invite.status == "sent", (invite.status, invite.reason)
         mail = next(m for m in sent if m["Subject"] == invite.subject)
         html = mail.get_body(("html",)).get_content()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .base import Base, CreatedAt
@@ -25,6 +25,9 @@ class Purchase(CreatedAt, Base):
         CheckConstraint("points_earned >= 0", name="points_earned_non_negative"),
         CheckConstraint("points_reversed >= 0 AND points_reversed <= points_earned", name="points_reversed_range"),
         Index("ix_loyalty_purchase_customer_placed", "customer_id", "placed_at"),
+        # only the few purchases whose order-driven mails are not planned yet
+        Index("ix_loyalty_purchase_unplanned", "id", postgresql_where=text("planned_at IS NULL"),
+              sqlite_where=text("planned_at IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -38,6 +41,9 @@ class Purchase(CreatedAt, Base):
     points_earned: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     points_reversed: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     referral_code: Mapped[str | None] = mapped_column(String(64))
+    #: When the plan scheduled this order's mails (``None``: not yet; see
+    #: :func:`flask_loyalty.services.plan.expand_pending`).
+    planned_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     customer: Mapped[Customer] = relationship()
     items: Mapped[list[PurchaseItem]] = relationship(

@@ -122,6 +122,25 @@ def claim(state: LoyaltyState, owner: str, count: int, now: datetime) -> list[in
     return ids
 
 
+def plan_new_orders(state: LoyaltyState) -> int:
+    """Schedule the mails of orders recorded since the last run (commits); how many orders.
+
+    The checkout only writes the order; its thank-you, guide, survey and
+    replenishment mails are planned here, in batches, before anything is
+    claimed, so they can go out in the same run.
+    """
+    from .plan import expand_pending
+
+    session = state.session
+    try:
+        count = expand_pending(state)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return count
+
+
 def backoff(state: LoyaltyState, attempts: int) -> timedelta:
     """Wait before the next attempt after ``attempts`` failed ones (exponential, capped)."""
     base = float(state.config["LOYALTY_RETRY_BACKOFF"])
@@ -559,6 +578,7 @@ def dispatch(state: LoyaltyState, limit: int | None = None, now: datetime | None
     outcomes are committed.
     """
     moment = resolve_now(now)
+    plan_new_orders(state)
     owner = _owner()
     report = DispatchReport()
     consent = ConsentLookup(state)

@@ -221,6 +221,11 @@ class Messages(Facade):
         customer = self._customer(customer_ref)
         if customer is None:
             return []
+        from .plan import expand_pending
+
+        # orders recorded since the last dispatch: plan them now (in the caller's
+        # transaction, flushed, not committed) so what is shown is complete
+        expand_pending(self._state, customer_id=customer.id)
         return list(self._state.session.execute(
             select(Message).where(Message.customer_id == customer.id)
             .order_by(Message.due_at, Message.id)).scalars())

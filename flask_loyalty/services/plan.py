@@ -25,9 +25,16 @@ Steps (each configurable or switched off in ``LOYALTY_PLAN``):
     their usual interval between orders (``LOYALTY_WIN_BACK_DAYS`` for
     one-time buyers); once per silence.
 
-Order-driven steps are scheduled in the checkout transaction (the outbox
-pattern); time-driven ones by :func:`run_plan` (``loyalty.plan()``,
-``flask loyalty plan``), which is idempotent and may run as often as wanted.
+Order-driven steps (thank-you, usage guide, survey invitation,
+replenishment) are planned from the purchase row itself: the checkout only
+writes the order, which commits or rolls back with the host's transaction,
+and :func:`expand_pending` turns the orders not planned yet into messages.
+It runs at the start of every :func:`~flask_loyalty.services.dispatch.dispatch`
+and :func:`run_plan`, before a refund, and when a customer's messages are
+read, so no mail is ever late or missing because of it, and the checkout
+stays a handful of statements.  Time-driven steps are scheduled by
+:func:`run_plan` (``loyalty.plan()``, ``flask loyalty plan``), which is
+idempotent and may run as often as wanted.
 """
 
 from __future__ import annotations
@@ -41,14 +48,15 @@ from typing import Any
 
 from flask import Flask
 from jinja2 import TemplateNotFound
-from sqlalchemy import String, and_, delete, exists, extract, or_, select, update
+from sqlalchemy import String, and_, delete, exists, extract, func, or_, select, update
+from sqlalchemy.orm import joinedload, selectinload
 
-from ..clock import local_date, resolve_now, shop_zone, start_of_local_day
+from ..clock import local_date, resolve_now, shop_zone, start_of_local_day, utcnow
 from ..errors import InvalidInput
 from ..models import Customer, Engagement, Message, Purchase, PurchaseItem
 from ..models.base import table_of
 from ..state import LoyaltyState, get_state
-from ..transaction import begin_write, finish
+from ..transaction import begin_write, dialect_name, finish
 from . import outbox
 
 log = logging.getLogger("flask_loyalty.plan")
@@ -62,6 +70,9 @@ DEFAULT_PLAN: dict[str, dict[str, Any]] = {
     "birthday": {"hour": 9, "catch_up_days": 3},
     "win_back": {"hour": 10, "min_days": 30, "max_days": 730},
 }
+
+#: The steps planned from an order (by :func:`expand_pending`); the others are time-driven.
+ORDER_STEPS = ("thank_you", "usage_guide", "survey_invite", "replenish")
 
 #: Guide content: ``fn(item, locale) -> str | dict | None`` (HTML string, or
 #: ``{"html": ..., "text": ...}``), ``item`` a dict with sku, name, category.
@@ -250,10 +261,58 @@ def _coupon(state: LoyaltyState, setting: str, customer: Customer, start: dateti
             "coupon_expires_at": expires.isoformat() if expires else None}
 
 
-# --------------------------------------------------------------------------- checkout hooks
-def on_purchase(state: LoyaltyState, *, purchase: Purchase, customer: Customer, first: bool,
-                **_: Any) -> None:
-    """Schedule the order-driven steps in the checkout transaction."""
+# --------------------------------------------------------------------------- order-driven steps
+def expand_pending(state: LoyaltyState, *, customer_id: int | None = None, order_ref: str | None = None,
+                   batch: int = 500) -> int:
+    """Schedule the order-driven steps of every purchase not planned yet; how many purchases.
+
+    Each purchase is claimed with a conditional ``UPDATE ... WHERE
+    planned_at IS NULL`` (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so
+    concurrent dispatchers plan every order exactly once, oldest first (the
+    order in which they were recorded, which is what "first purchase" and the
+    survey interval are about).  Works in the caller's transaction and does
+    not commit.  ``customer_id`` / ``order_ref`` limit it to one customer or
+    order.
+    """
+    ptable = table_of(Purchase)
+    done = 0
+    while True:
+        pick = select(ptable.c.id).where(ptable.c.planned_at.is_(None))
+        if customer_id is not None:
+            pick = pick.where(ptable.c.customer_id == customer_id)
+        if order_ref is not None:
+            pick = pick.where(ptable.c.order_ref == order_ref)
+        pick = pick.order_by(ptable.c.id).limit(batch)
+        if dialect_name(state) == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        else:
+            if state.session.execute(pick.limit(1)).first() is None:
+                return done  # nothing to do: no write lock taken on SQLite
+            begin_write(state)
+        claimed = sorted(state.session.execute(
+            update(ptable).where(ptable.c.id.in_(pick.scalar_subquery()), ptable.c.planned_at.is_(None))
+            .values(planned_at=utcnow()).returning(ptable.c.id)).scalars().all())
+        if not claimed:
+            return done
+        purchases = state.session.execute(
+            select(Purchase).where(Purchase.id.in_(claimed)).order_by(Purchase.id)
+            .options(selectinload(Purchase.items), joinedload(Purchase.customer))).scalars().all()
+        customers = {p.customer_id for p in purchases}
+        first_ids = set(state.session.execute(
+            select(func.min(ptable.c.id)).where(ptable.c.customer_id.in_(customers))
+            .group_by(ptable.c.customer_id)).scalars())
+        for purchase in purchases:
+            if purchase.customer.erased_at is None:
+                plan_order(state, purchase=purchase, customer=purchase.customer,
+                           first=purchase.id in first_ids)
+        state.session.flush()
+        done += len(claimed)
+        if len(claimed) < batch:
+            return done
+
+
+def plan_order(state: LoyaltyState, *, purchase: Purchase, customer: Customer, first: bool) -> None:
+    """Schedule the order-driven steps of one purchase (``first``: the customer's first order)."""
     placed = purchase.placed_at
     cfg = step(state, "thank_you")
     if first and cfg is not None:
@@ -327,11 +386,16 @@ def _cancel_replenish(state: LoyaltyState, customer_id: int, skus: set[str], ord
 def on_refund(state: LoyaltyState, *, purchase: Purchase, full: bool, **_: Any) -> None:
     """A full refund cancels the order's messages that were not sent yet."""
     if full:
+        # plan the order first, so what the refund cancels is on record with its reason
+        expand_pending(state, order_ref=purchase.order_ref)
         outbox.cancel_pending(state, reason="order_refunded", order_ref=purchase.order_ref)
 
 
 def on_erase(state: LoyaltyState, *, customer: Customer, **_: Any) -> None:
     """Erasure: cancel pending mails, drop rendered mails, payloads and engagement of the customer."""
+    ptable = table_of(Purchase)
+    state.session.execute(update(ptable).where(ptable.c.customer_id == customer.id,
+                                               ptable.c.planned_at.is_(None)).values(planned_at=utcnow()))
     outbox.cancel_pending(state, reason="erased", customer_id=customer.id)
     table = table_of(Message)
     state.session.execute(update(table).where(table.c.customer_id == customer.id).values(
@@ -368,6 +432,7 @@ def run_plan(state: LoyaltyState, now: datetime | None = None) -> int:
     begin_write(state)
     count = 0
     try:
+        expand_pending(state)
         cfg = step(state, "birthday")
         if cfg is not None:
             count += _birthdays(state, cfg, moment)
@@ -501,7 +566,6 @@ def setup(state: LoyaltyState) -> None:
         if name not in DEFAULT_PLAN:
             raise InvalidInput.field("LOYALTY_PLAN", f"Unknown plan step {name!r}.")
         step(state, name)
-    state.add_hook("purchase", on_purchase)
     state.add_hook("refund", on_refund)
     state.add_hook("erase", on_erase)
     state.add_hook("export", on_export)

@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import case, insert, select, update
-from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy import Integer, bindparam, case, delete, insert, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, make_transient_to_detached, scoped_session
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from flask_loyalty.models.base import table_of
 
 from ..clock import utcnow
 from ..errors import InvalidInput
 from ..models import Customer, PointsEntry, Purchase, PurchaseItem
+from ..money import to_storage
 from ..schemas import load
 from ..schemas.purchase import CustomerSchema, PurchaseSchema, RefundSchema
 from ..signals import purchase_recorded, purchase_refunded
 from ..state import LoyaltyState
 from ..transaction import PendingSignal, begin_write, dialect_name, finish, insert_or_none
 from .ledger import PointsChange, change_points
+
+_M = TypeVar("_M")
 
 _customer_schema = CustomerSchema()
 _purchase_schema = PurchaseSchema()
@@ -95,11 +102,75 @@ def points_for(state: LoyaltyState, total: Decimal, customer: Customer) -> int:
     return int((total * per_unit * multiplier).to_integral_value(rounding=ROUND_FLOOR))
 
 
+@dataclass(frozen=True)
+class _CheckoutStatements:
+    """The checkout's statements, built once per dialect (building one costs more than running it)."""
+
+    write_lock: Any
+    customer_by_ref: Any
+    insert_customer: Any
+    insert_purchase: Any
+    insert_items: Any
+    count_purchase: Any
+    insert_points: Any
+
+
+@functools.cache
+def _checkout_statements(dialect: str) -> _CheckoutStatements:
+    from ..models.lock import WriteLock
+
+    customers, purchases = table_of(Customer), table_of(Purchase)
+    lock = table_of(WriteLock)
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    placed = bindparam("placed", type_=customers.c.last_purchase_at.type)
+    return _CheckoutStatements(
+        write_lock=lock.update().where(lock.c.id == 1).values(counter=lock.c.counter + 1),
+        customer_by_ref=select(*customers.columns).where(customers.c.ref == bindparam("ref")),
+        insert_customer=dialect_insert(customers).on_conflict_do_nothing(index_elements=["ref"])
+        .returning(customers.c.id),
+        insert_purchase=dialect_insert(purchases).on_conflict_do_nothing(index_elements=["order_ref"])
+        .returning(purchases.c.id),
+        insert_items=insert(table_of(PurchaseItem)),
+        count_purchase=update(customers).where(customers.c.id == bindparam("customer_id")).values(
+            orders_count=customers.c.orders_count + 1,
+            total_spent=customers.c.total_spent + bindparam("total", type_=customers.c.total_spent.type),
+            points_balance=customers.c.points_balance + bindparam("points", type_=Integer()),
+            first_purchase_at=case((customers.c.first_purchase_at.is_(None), placed),
+                                   (customers.c.first_purchase_at > placed, placed),
+                                   else_=customers.c.first_purchase_at),
+            last_purchase_at=case((customers.c.last_purchase_at.is_(None), placed),
+                                  (customers.c.last_purchase_at < placed, placed),
+                                  else_=customers.c.last_purchase_at),
+        ).returning(customers.c.orders_count, customers.c.total_spent, customers.c.points_balance,
+                    customers.c.first_purchase_at, customers.c.last_purchase_at),
+        insert_points=insert(table_of(PointsEntry)).returning(table_of(PointsEntry).c.id),
+    )
+
+
+def _attach(session: Session | scoped_session[Session], cls: type[_M], values: Mapping[str, Any]) -> _M:
+    """The session's object for a row just read or written, without reading it (again)."""
+    loaded = session.identity_map.get(identity_key(cls, values["id"]))
+    if loaded is not None:
+        return loaded  # type: ignore[no-any-return]
+    obj = cls(**values)
+    make_transient_to_detached(obj)
+    session.add(obj)
+    return obj
+
+
 def record_purchase(state: LoyaltyState, order_ref: str, customer_ref: str, total: Any, *,
                     currency: str | None = None, email: str | None = None, placed_at: Any = None,
                     items: Iterable[Mapping[str, Any]] = (), channel: str = "online",
                     referral_code: str | None = None, commit: bool = True) -> Purchase:
-    """Record an order; idempotent on ``order_ref`` (a repeat returns the stored purchase)."""
+    """Record an order; idempotent on ``order_ref`` (a repeat returns the stored purchase).
+
+    A handful of prebuilt statements: the customer (created if new), the
+    purchase (``INSERT ... ON CONFLICT (order_ref) DO NOTHING``, which is what
+    makes concurrent repeats safe), its items, the customer's counters and
+    points in one ``UPDATE ... RETURNING``, and the points ledger row.  The
+    order's mails are planned from the purchase row by the next dispatch (see
+    :func:`flask_loyalty.services.plan.expand_pending`).
+    """
     if isinstance(total, float):
         raise TypeError("total: money must be Decimal, int or str, not float")
     try:
@@ -115,68 +186,104 @@ def record_purchase(state: LoyaltyState, order_ref: str, customer_ref: str, tota
         currency=currency or state.config["LOYALTY_CURRENCY"], email=email, placed_at=placed_at,
         items=item_list, channel=channel, referral_code=referral_code))
     session = state.session
-
-    existing = get_purchase(state, data["order_ref"])
-    if existing is not None:
-        return existing
-    begin_write(state)
-    customer = ensure_customer(state, data["customer_ref"], email=data.get("email"))
+    dialect = dialect_name(state)
+    statements = _checkout_statements(dialect)
+    connection = session.connection()
+    if dialect == "sqlite":
+        connection.execute(statements.write_lock)  # see begin_write
+    email = data.get("email")
+    email = email.strip() if email else None
+    found = connection.execute(statements.customer_by_ref, {"ref": data["customer_ref"]}).first()
+    new_customer: dict[str, Any] | None = None
+    if found is None:
+        new_customer = {**_NEW_CUSTOMER, "ref": data["customer_ref"], "email": email, "created_at": utcnow()}
+        pk = connection.execute(statements.insert_customer, new_customer).scalar()
+        if pk is None:  # created concurrently
+            found = connection.execute(statements.customer_by_ref, {"ref": data["customer_ref"]}).one()
+            new_customer = None
+        else:
+            new_customer["id"] = pk
+    customer = _attach(session, Customer, found._asdict() if found is not None else new_customer or {})
     placed = data.get("placed_at") or utcnow()
     points = points_for(state, data["total"], customer)
     row: dict[str, Any] = {
         "order_ref": data["order_ref"], "customer_id": customer.id, "total": data["total"],
         "refunded_total": Decimal(0), "currency": data["currency"], "placed_at": placed,
         "channel": data["channel"], "points_earned": points, "points_reversed": 0,
-        "referral_code": data.get("referral_code"), "created_at": utcnow()}
-    purchase_id = insert_or_none(state, table_of(Purchase), row, ["order_ref"])
-    if purchase_id is None:     # another caller recorded the same order first
+        "referral_code": data.get("referral_code"), "created_at": utcnow(),
+        "planned_at": None if _plans_orders(state) else utcnow()}
+    purchase_id = connection.execute(statements.insert_purchase, row).scalar()
+    if purchase_id is None:     # a repeat, or another caller recorded the same order first
+        if new_customer is not None:  # a repeat under another customer ref: undo the new customer
+            session.expunge(customer)
+            connection.execute(delete(table_of(Customer)).where(table_of(Customer).c.id == customer.id))
         existing = get_purchase(state, data["order_ref"])
         assert existing is not None
         return existing
-
-    item_rows: list[dict[str, Any]] = [
-        {"purchase_id": purchase_id, "category": None, "unit_cost": None, "replenish_after_days": None, **item}
-        for item in data["items"]]
-    stored_items: list[PurchaseItem] = []
-    if item_rows:
-        ids = session.execute(insert(table_of(PurchaseItem)).returning(
-            table_of(PurchaseItem).c.id, sort_by_parameter_order=True), item_rows).scalars().all()
-        stored_items = [PurchaseItem(id=pk, **values) for pk, values in zip(ids, item_rows, strict=True)]
-    table = table_of(Customer)
-    counters = session.execute(update(table).where(table.c.id == customer.id).values(
-        orders_count=table.c.orders_count + 1,
-        total_spent=table.c.total_spent + data["total"],
-        points_balance=table.c.points_balance + points,
-        first_purchase_at=case((table.c.first_purchase_at.is_(None), placed),
-                               (table.c.first_purchase_at > placed, placed),
-                               else_=table.c.first_purchase_at),
-        last_purchase_at=case((table.c.last_purchase_at.is_(None), placed),
-                              (table.c.last_purchase_at < placed, placed),
-                              else_=table.c.last_purchase_at),
-    ).returning(table.c.orders_count, table.c.total_spent, table.c.points_balance,
-                table.c.first_purchase_at, table.c.last_purchase_at)).one()
+    if new_customer is not None:
+        if email:
+            state.run_hooks("customer_changed", customer=customer, changes={"email": email})
+    elif email and customer.email != email:
+        customer.email = email
+        state.run_hooks("customer_changed", customer=customer, changes={"email": email})
+    if data["items"]:
+        connection.execute(*_items_insert(statements, dialect, purchase_id, data["items"]))
+    counters = connection.execute(statements.count_purchase, {
+        "customer_id": customer.id, "total": data["total"], "points": points, "placed": placed}).one()
     for key, value in counters._mapping.items():
         set_committed_value(customer, key, value)
-    orders_count, balance = counters.orders_count, counters.points_balance
     signals: list[PendingSignal] = []
     if points:
-        entry = PointsEntry(customer_id=customer.id, delta=points, balance_after=balance, reason="earn",
-                            purchase_id=purchase_id, created_at=utcnow())
-        session.add(entry)
-        signals += PointsChange(entry, points, balance).signal(customer.ref)
+        entry_row = {"customer_id": customer.id, "delta": points, "balance_after": counters.points_balance,
+                     "reason": "earn", "purchase_id": purchase_id, "note": None, "created_at": utcnow()}
+        entry = PointsEntry(id=connection.execute(statements.insert_points, entry_row).scalar_one(), **entry_row)
+        make_transient_to_detached(entry)
+        signals += PointsChange(entry, points, counters.points_balance).signal(customer.ref)
     # The row was just written with these values: put it in the session without reading it back.
-    purchase = Purchase(id=purchase_id, **row)
-    make_transient_to_detached(purchase)
-    session.add(purchase)
-    for stored in stored_items:
-        make_transient_to_detached(stored)
-        session.add(stored)
-    set_committed_value(purchase, "items", stored_items)
+    purchase = _attach(session, Purchase, {"id": purchase_id, **row})
+    set_committed_value(purchase, "customer", customer)
     state.run_hooks("purchase", purchase=purchase, customer=customer,
-                    first=orders_count == 1, signals=signals)
+                    first=counters.orders_count == 1, signals=signals)
     finish(state, commit=commit,
            signals=[(purchase_recorded, {"purchase": purchase, "customer": customer}), *signals])
     return purchase
+
+
+_ITEM_COLUMNS = ("sku", "name", "category", "quantity", "unit_price", "unit_cost", "replenish_after_days")
+
+#: PostgreSQL: all items of an order in one ``INSERT ... SELECT FROM unnest(arrays)`` (no pipeline, one
+#: round trip); money is passed in storage units (see :class:`~flask_loyalty.models.types.Money`).
+_PG_ITEMS = text(
+    "INSERT INTO loyalty_purchase_item (purchase_id, sku, name, category, quantity, unit_price, unit_cost,"
+    " replenish_after_days) SELECT :purchase_id, * FROM unnest(CAST(:sku AS varchar[]),"
+    " CAST(:name AS varchar[]), CAST(:category AS varchar[]), CAST(:quantity AS integer[]),"
+    " CAST(:unit_price AS bigint[]), CAST(:unit_cost AS bigint[]), CAST(:replenish_after_days AS integer[]))")
+
+
+def _items_insert(statements: _CheckoutStatements, dialect: str, purchase_id: int,
+                  items: list[dict[str, Any]]) -> tuple[Any, Any]:
+    """The statement and parameters that insert an order's items."""
+    if dialect == "postgresql":
+        columns: dict[str, Any] = {name: [item.get(name) for item in items] for name in _ITEM_COLUMNS}
+        for money in ("unit_price", "unit_cost"):
+            columns[money] = [None if value is None else to_storage(value) for value in columns[money]]
+        return _PG_ITEMS, {"purchase_id": purchase_id, **columns}
+    return statements.insert_items, [
+        {"purchase_id": purchase_id, "category": None, "unit_cost": None, "replenish_after_days": None, **item}
+        for item in items]
+
+
+def _plans_orders(state: LoyaltyState) -> bool:
+    """Whether any order-driven step of the plan is on (else a purchase is born planned)."""
+    from .plan import ORDER_STEPS, step
+
+    return any(step(state, name) is not None for name in ORDER_STEPS)
+
+
+#: Column values of a customer created by the checkout (``ref``, ``email`` and ``created_at`` added).
+_NEW_CUSTOMER: dict[str, Any] = {
+    **{column.key: None for column in table_of(Customer).columns if column.key != "id"},
+    "orders_count": 0, "total_spent": Decimal(0), "points_balance": 0}
 
 
 def record_refund(state: LoyaltyState, order_ref: str, *, amount: Any = None,
