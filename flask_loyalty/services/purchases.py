@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import Integer, bindparam, case, delete, insert, select, text, update
+from sqlalchemy import Connection, Integer, bindparam, case, delete, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, make_transient_to_detached, scoped_session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -19,6 +19,7 @@ from flask_loyalty.models.base import table_of
 from ..clock import utcnow
 from ..errors import InvalidInput
 from ..models import Customer, PointsEntry, Purchase, PurchaseItem
+from ..models.types import Money, UTCDateTime
 from ..money import to_storage
 from ..schemas import load
 from ..schemas.purchase import CustomerSchema, PurchaseSchema, RefundSchema
@@ -212,65 +213,126 @@ def record_purchase(state: LoyaltyState, order_ref: str, customer_ref: str, tota
         "channel": data["channel"], "points_earned": points, "points_reversed": 0,
         "referral_code": data.get("referral_code"), "created_at": utcnow(),
         "planned_at": None if _plans_orders(state) else utcnow()}
-    purchase_id = connection.execute(statements.insert_purchase, row).scalar()
-    if purchase_id is None:     # a repeat, or another caller recorded the same order first
+    written = _write_order(connection, statements, dialect, row, data["items"])
+    if written is None:     # a repeat, or another caller recorded the same order first
         if new_customer is not None:  # a repeat under another customer ref: undo the new customer
             session.expunge(customer)
             connection.execute(delete(table_of(Customer)).where(table_of(Customer).c.id == customer.id))
         existing = get_purchase(state, data["order_ref"])
         assert existing is not None
         return existing
+    purchase_id, counters, entry_id = written
     if new_customer is not None:
         if email:
             state.run_hooks("customer_changed", customer=customer, changes={"email": email})
     elif email and customer.email != email:
         customer.email = email
         state.run_hooks("customer_changed", customer=customer, changes={"email": email})
-    if data["items"]:
-        connection.execute(*_items_insert(statements, dialect, purchase_id, data["items"]))
-    counters = connection.execute(statements.count_purchase, {
-        "customer_id": customer.id, "total": data["total"], "points": points, "placed": placed}).one()
-    for key, value in counters._mapping.items():
+    for key, value in counters.items():
         set_committed_value(customer, key, value)
     signals: list[PendingSignal] = []
     if points:
-        entry_row = {"customer_id": customer.id, "delta": points, "balance_after": counters.points_balance,
-                     "reason": "earn", "purchase_id": purchase_id, "note": None, "created_at": utcnow()}
-        entry = PointsEntry(id=connection.execute(statements.insert_points, entry_row).scalar_one(), **entry_row)
+        entry = PointsEntry(id=entry_id, customer_id=customer.id, delta=points,
+                            balance_after=counters["points_balance"], reason="earn", purchase_id=purchase_id,
+                            note=None, created_at=row["created_at"])
         make_transient_to_detached(entry)
-        signals += PointsChange(entry, points, counters.points_balance).signal(customer.ref)
+        signals += PointsChange(entry, points, counters["points_balance"]).signal(customer.ref)
     # The row was just written with these values: put it in the session without reading it back.
     purchase = _attach(session, Purchase, {"id": purchase_id, **row})
     set_committed_value(purchase, "customer", customer)
     state.run_hooks("purchase", purchase=purchase, customer=customer,
-                    first=counters.orders_count == 1, signals=signals)
+                    first=counters["orders_count"] == 1, signals=signals)
     finish(state, commit=commit,
            signals=[(purchase_recorded, {"purchase": purchase, "customer": customer}), *signals])
     return purchase
 
 
+def _write_order(connection: Connection, statements: _CheckoutStatements, dialect: str, row: dict[str, Any],
+                 items: list[dict[str, Any]]) -> tuple[int, dict[str, Any], int | None] | None:
+    """Write purchase, items, counters and ledger row; ``None`` when ``order_ref`` is already taken.
+
+    Returns the purchase id, the customer's new counters and the ledger row's
+    id (``None`` when no points were earned).  One statement on PostgreSQL
+    (data-modifying CTEs), four on other databases.
+    """
+    counters_of = {"customer_id": row["customer_id"], "total": row["total"], "points": row["points_earned"],
+                   "placed": row["placed_at"]}
+    entry_of = {"customer_id": row["customer_id"], "delta": row["points_earned"], "reason": "earn",
+                "note": None, "created_at": row["created_at"]}
+    if dialect == "postgresql":
+        result = connection.execute(_PG_CHECKOUT, {**row, **counters_of, **_item_arrays(items)}).first()
+        if result is None:
+            return None
+        values = result._asdict()
+        return values.pop("purchase_id"), values, values.pop("entry_id")
+    purchase_id = connection.execute(statements.insert_purchase, row).scalar()
+    if purchase_id is None:
+        return None
+    if items:
+        connection.execute(statements.insert_items, [
+            {"purchase_id": purchase_id, "category": None, "unit_cost": None, "replenish_after_days": None,
+             **item} for item in items])
+    counters = dict(connection.execute(statements.count_purchase, counters_of).one()._mapping)
+    entry_id = None
+    if row["points_earned"]:
+        entry_id = connection.execute(statements.insert_points, {
+            **entry_of, "balance_after": counters["points_balance"], "purchase_id": purchase_id}).scalar_one()
+    return purchase_id, counters, entry_id
+
+
 _ITEM_COLUMNS = ("sku", "name", "category", "quantity", "unit_price", "unit_cost", "replenish_after_days")
 
-#: PostgreSQL: all items of an order in one ``INSERT ... SELECT FROM unnest(arrays)`` (no pipeline, one
-#: round trip); money is passed in storage units (see :class:`~flask_loyalty.models.types.Money`).
-_PG_ITEMS = text(
-    "INSERT INTO loyalty_purchase_item (purchase_id, sku, name, category, quantity, unit_price, unit_cost,"
-    " replenish_after_days) SELECT :purchase_id, * FROM unnest(CAST(:sku AS varchar[]),"
-    " CAST(:name AS varchar[]), CAST(:category AS varchar[]), CAST(:quantity AS integer[]),"
-    " CAST(:unit_price AS bigint[]), CAST(:unit_cost AS bigint[]), CAST(:replenish_after_days AS integer[]))")
+def _item_arrays(items: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Items as one array per column (money in storage units) for ``unnest``."""
+    columns: dict[str, list[Any]] = {name: [item.get(name) for item in items] for name in _ITEM_COLUMNS}
+    for money in ("unit_price", "unit_cost"):
+        columns[money] = [None if value is None else to_storage(value) for value in columns[money]]
+    return columns
 
 
-def _items_insert(statements: _CheckoutStatements, dialect: str, purchase_id: int,
-                  items: list[dict[str, Any]]) -> tuple[Any, Any]:
-    """The statement and parameters that insert an order's items."""
-    if dialect == "postgresql":
-        columns: dict[str, Any] = {name: [item.get(name) for item in items] for name in _ITEM_COLUMNS}
-        for money in ("unit_price", "unit_cost"):
-            columns[money] = [None if value is None else to_storage(value) for value in columns[money]]
-        return _PG_ITEMS, {"purchase_id": purchase_id, **columns}
-    return statements.insert_items, [
-        {"purchase_id": purchase_id, "category": None, "unit_cost": None, "replenish_after_days": None, **item}
-        for item in items]
+#: PostgreSQL: the whole order in one round trip.  The purchase ``INSERT ... ON CONFLICT DO NOTHING``
+#: feeds the others, so a repeated order writes nothing at all; items come from ``unnest`` of one
+#: array per column; counters and points are one ``UPDATE``; the ledger row reads the new balance.
+_PG_CHECKOUT = text("""
+WITH p AS (
+    INSERT INTO loyalty_purchase (order_ref, customer_id, total, refunded_total, currency, placed_at, channel,
+                                  points_earned, points_reversed, referral_code, created_at, planned_at)
+    VALUES (:order_ref, :customer_id, :total, 0, :currency, :placed_at, :channel,
+            :points_earned, 0, :referral_code, :created_at, :planned_at)
+    ON CONFLICT (order_ref) DO NOTHING
+    RETURNING id
+), i AS (
+    INSERT INTO loyalty_purchase_item (purchase_id, sku, name, category, quantity, unit_price, unit_cost,
+                                       replenish_after_days)
+    SELECT p.id, u.* FROM p, unnest(CAST(:sku AS varchar[]), CAST(:name AS varchar[]),
+        CAST(:category AS varchar[]), CAST(:quantity AS integer[]), CAST(:unit_price AS bigint[]),
+        CAST(:unit_cost AS bigint[]), CAST(:replenish_after_days AS integer[])) AS u
+), c AS (
+    UPDATE loyalty_customer SET
+        orders_count = orders_count + 1,
+        total_spent = total_spent + :total,
+        points_balance = points_balance + :points,
+        first_purchase_at = CASE WHEN first_purchase_at IS NULL OR first_purchase_at > :placed
+                                 THEN :placed ELSE first_purchase_at END,
+        last_purchase_at = CASE WHEN last_purchase_at IS NULL OR last_purchase_at < :placed
+                                THEN :placed ELSE last_purchase_at END
+    WHERE id = :customer_id AND EXISTS (SELECT 1 FROM p)
+    RETURNING orders_count, total_spent, points_balance, first_purchase_at, last_purchase_at
+), e AS (
+    INSERT INTO loyalty_points_entry (customer_id, delta, balance_after, reason, purchase_id, note, created_at)
+    SELECT :customer_id, :points, c.points_balance, 'earn', p.id, NULL, :created_at
+    FROM p, c WHERE :points <> 0
+    RETURNING id
+)
+SELECT p.id AS purchase_id, c.orders_count, c.total_spent, c.points_balance, c.first_purchase_at,
+       c.last_purchase_at, (SELECT id FROM e) AS entry_id
+FROM p, c
+""").bindparams(
+    bindparam("total", type_=Money()), bindparam("placed_at", type_=UTCDateTime()),
+    bindparam("placed", type_=UTCDateTime()), bindparam("created_at", type_=UTCDateTime()),
+    bindparam("planned_at", type_=UTCDateTime()),
+).columns(purchase_id=Integer(), orders_count=Integer(), total_spent=Money(), points_balance=Integer(),
+          first_purchase_at=UTCDateTime(), last_purchase_at=UTCDateTime(), entry_id=Integer())
 
 
 def _plans_orders(state: LoyaltyState) -> bool:
