@@ -11,6 +11,7 @@ Kinds of message are registered in :data:`KINDS` with :func:`register_kind`.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,6 +120,19 @@ def add_event(state: LoyaltyState, message_id: int, action: str, reason: str | N
                                    detail=detail[:500] if detail else None))
 
 
+@functools.cache
+def _insert_message(dialect: str) -> Any:
+    """``INSERT ... ON CONFLICT (dedupe_key) DO NOTHING RETURNING id``, built once per dialect."""
+    table = table_of(Message)
+    if dialect == "postgresql":
+        stmt: Any = postgresql.insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    else:  # pragma: no cover - other databases: plain insert
+        stmt = insert(table)
+    return stmt.returning(table.c.id)
+
+
 def enqueue(state: LoyaltyState, kind: str, customer: Customer, *, due_at: datetime | None = None,
             order_ref: str | None = None, payload: dict[str, Any] | None = None,
             dedupe_key: str | None = None, reason: str | None = None) -> Message | None:
@@ -143,15 +157,8 @@ def enqueue(state: LoyaltyState, kind: str, customer: Customer, *, due_at: datet
         "attempts": 0, "message_id": f"<{uuid.uuid4().hex}.{kind}@{message_id_domain(state)}>",
         "created_at": created,
     }
-    name = dialect_name(state)
-    stmt: Any
-    if name == "postgresql":
-        stmt = postgresql.insert(table).values(values).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    elif name == "sqlite":
-        stmt = sqlite.insert(table).values(values).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    else:  # pragma: no cover - other databases: plain insert
-        stmt = insert(table).values(values)
-    row = state.session.execute(stmt.returning(table.c.id)).first()
+    # a prebuilt statement on the session's connection: no statement building, no autoflush
+    row = state.session.connection().execute(_insert_message(dialect_name(state)), values).first()
     if row is None:
         return None
     message_pk = int(row[0])
