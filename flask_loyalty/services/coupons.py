@@ -684,10 +684,16 @@ class Coupons(Facade):
     def for_customer(self, customer_ref: str, *, now: datetime | None = None) -> list[Coupon]:
         """The coupons ``customer_ref`` can use now: personal ones and their segments' ones.
 
-        Soonest expiry first.
+        Soonest expiry first.  Orders of the customer that the plan has not
+        read yet are planned first (their welcome coupon included), in the
+        caller's transaction: commit it, or the next dispatch plans them
+        again with new codes.
         """
         if not isinstance(customer_ref, str):
             raise InvalidInput.field("customer_ref", "Not a valid reference.")
+        from .plan import plan_customer
+
+        plan_customer(self._state, customer_ref)
         return usable_for(self._state, customer_ref, now=now)
 
     def get(self, code: str) -> Coupon | None:

@@ -223,7 +223,9 @@ class Messages(Facade):
         """Every message of a customer, oldest due first (an unknown customer has none).
 
         Each :class:`Message` has ``.kind .status .due_at .sent_at .order_ref``,
-        ``.reason`` and ``.events`` (the status history).
+        ``.reason`` and ``.events`` (the status history).  Orders of the
+        customer that the plan has not read yet are planned first, in the
+        caller's transaction (see :func:`flask_loyalty.services.plan.expand_pending`).
         """
         customer = self._customer(customer_ref)
         if customer is None:
@@ -231,7 +233,8 @@ class Messages(Facade):
         from .plan import expand_pending
 
         # orders recorded since the last dispatch: plan them now (in the caller's
-        # transaction, flushed, not committed) so what is shown is complete
+        # transaction, flushed, not committed) so what is shown is complete; a caller
+        # that does not commit gets them planned again, with new coupon codes, later
         expand_pending(self._state, customer_id=customer.id)
         return list(self._state.session.execute(
             select(Message).where(Message.customer_id == customer.id)

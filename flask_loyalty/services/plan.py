@@ -311,6 +311,13 @@ def expand_pending(state: LoyaltyState, *, customer_id: int | None = None, order
             return done
 
 
+def plan_customer(state: LoyaltyState, customer_ref: str) -> int:
+    """Plan the orders of one customer not planned yet (caller's transaction, flushed); how many."""
+    customer_id = state.session.execute(
+        select(Customer.id).where(Customer.ref == customer_ref)).scalar_one_or_none()
+    return 0 if customer_id is None else expand_pending(state, customer_id=customer_id)
+
+
 def plan_order(state: LoyaltyState, *, purchase: Purchase, customer: Customer, first: bool) -> None:
     """Schedule the order-driven steps of one purchase (``first``: the customer's first order)."""
     placed = purchase.placed_at

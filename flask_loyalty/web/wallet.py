@@ -26,6 +26,7 @@ from ..errors import NotFound, TokenError
 from ..i18n import render, translator
 from ..models import Coupon, Customer
 from ..services.coupons import CouponText, describe
+from ..services.plan import expand_pending
 from ..state import LoyaltyState, get_state
 from . import register_blueprint
 from .common import no_store
@@ -63,6 +64,8 @@ def _wallet(state: LoyaltyState, token: str) -> tuple[str, Customer | None, list
     customer = state.session.execute(select(Customer).where(Customer.ref == ref)).scalar_one_or_none()
     if customer is not None and customer.erased_at is not None:
         raise NotFound("this customer's data was erased")
+    if customer is not None and expand_pending(state, customer_id=customer.id):
+        state.session.commit()  # an order not planned yet brings the welcome coupon: keep its code
     tr = translator(customer.locale if customer else None, state=state)
     coupons = [WalletCoupon(c, describe(c, tr)) for c in state.extension.coupons.for_customer(ref)]
     return ref, customer, coupons, tr.locale
