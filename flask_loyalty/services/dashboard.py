@@ -5,9 +5,9 @@ notebook can call it) and reads with a handful of aggregate queries whose
 cost does not grow with the number of customers shown: no per-customer
 Python loops over the whole shop.
 
-Areas are optional: each section checks that the area's models exist in
-this tree (:func:`area_model`) and is left out (``None``) when they do not,
-so the dashboard works with whatever the shop has installed.
+Every area is always installed (``extension.AREA_MODULES``), so every
+section is always there; a chart is ``None`` only when it has nothing to
+show yet (no analytics profiles, no launched campaign).
 
 Definitions (also in the docs):
 
@@ -52,9 +52,12 @@ from sqlalchemy import (
 from ..clock import local_date, resolve_now, shop_zone, start_of_local_day
 from ..errors import InvalidInput
 from ..models import (
+    Campaign,
+    CampaignMember,
     ConsentEvent,
     Coupon,
     Customer,
+    CustomerProfile,
     Engagement,
     GiftCard,
     GiftCardMovement,
@@ -74,7 +77,11 @@ from ..state import LoyaltyState
 
 
 def area_model(module: str, name: str) -> Any:
-    """The mapped class ``flask_loyalty.models.<module>.<name>``, or ``None`` if that area is not installed."""
+    """The mapped class ``flask_loyalty.models.<module>.<name>`` (``None`` for an unknown one).
+
+    Every area ships with the package, so the dashboard no longer needs
+    this; it stays for code that looks models up by name.
+    """
     try:
         mod = importlib.import_module(f"flask_loyalty.models.{module}")
     except ModuleNotFoundError as exc:
@@ -848,14 +855,11 @@ def funnel_chart(data: Overview) -> Chart | None:
                  svg, Table("Mail funnel in the period", ["Step", "Mails", "Share of sent", "Previous period"], rows))
 
 
-def nps_chart(state: LoyaltyState, now: datetime, *, months: int = 12) -> Chart | None:
+def nps_chart(state: LoyaltyState, now: datetime, *, months: int = 12) -> Chart:
     """Monthly Net Promoter Score over the last ``months`` months."""
     from . import charts
 
-    response = area_model("survey", "SurveyResponse")
-    answer = area_model("survey", "SurveyAnswer")
-    if response is None or answer is None:
-        return None
+    response, answer = SurveyResponse, SurveyAnswer
     edges = month_starts(now, state.config["LOYALTY_TIMEZONE"], months)
     r = table_of(response).c
     a = table_of(answer).c
@@ -883,13 +887,10 @@ def nps_chart(state: LoyaltyState, now: datetime, *, months: int = 12) -> Chart 
 
 
 def _profiles(state: LoyaltyState) -> Any:
-    """The profile model when analytics is installed and has computed at least one profile."""
-    profile = area_model("profile", "CustomerProfile")
-    if profile is None:
+    """The profile model once analytics has computed at least one profile (else ``None``)."""
+    if state.session.execute(select(literal(1)).select_from(table_of(CustomerProfile)).limit(1)).first() is None:
         return None
-    if state.session.execute(select(literal(1)).select_from(table_of(profile)).limit(1)).first() is None:
-        return None
-    return profile
+    return CustomerProfile
 
 
 def rfm_chart(state: LoyaltyState, now: datetime) -> Chart | None:
@@ -948,10 +949,7 @@ def uplift_chart(state: LoyaltyState, now: datetime, *, limit: int = 8) -> Chart
     """Purchase rate of each launched campaign's offered group against its random holdout, in the campaign window."""
     from . import charts
 
-    campaign = area_model("rewards", "Campaign")
-    member = area_model("rewards", "CampaignMember")
-    if campaign is None or member is None:
-        return None
+    campaign, member = Campaign, CampaignMember
     c = table_of(campaign).c
     cm = table_of(member).c
     p = table_of(Purchase).c
@@ -1021,23 +1019,13 @@ CHART_TITLES: dict[str, tuple[str, str]] = {
     "uplift": ("Campaign uplift vs holdout", "Did the offer make people buy? Offered group against holdout."),
 }
 
-#: Which area each chart needs: ``(models module, class)``; charts without an entry need only the core.
-CHART_AREAS: dict[str, tuple[str, str]] = {
-    "nps": ("survey", "SurveyResponse"),
-    "rfm": ("profile", "CustomerProfile"),
-    "stages": ("profile", "CustomerProfile"),
-    "uplift": ("rewards", "Campaign"),
-}
-
-
 def available_charts() -> list[str]:
-    """The charts whose area is installed in this tree (cheap: no query)."""
-    return [name for name in chart_builders()
-            if name not in CHART_AREAS or area_model(*CHART_AREAS[name]) is not None]
+    """Every chart's URL name, in display order (cheap: no query)."""
+    return list(chart_builders())
 
 
 def build_chart(state: LoyaltyState, name: str, *, now: datetime | None = None) -> Chart | None:
-    """The chart ``name`` (``None`` when its area is not installed); ``KeyError`` for an unknown name."""
+    """The chart ``name`` (``None`` when it has nothing to show yet); ``KeyError`` for an unknown name."""
     builder = chart_builders()[name]
     return builder(state, resolve_now(now))
 
