@@ -343,14 +343,14 @@ def _orders_in(state: LoyaltyState, window: Period, currency: str, up_to_now: bo
     return int(row[0] or 0), active, int(row[2] or 0)
 
 
-def _new_in(state: LoyaltyState, window: Period, currency: str) -> tuple[int, int, int]:
+def _new_in(state: LoyaltyState, window: Period, currency: str) -> tuple[int, int, int | None]:
     """``(new customers, of them with one order only by the window's end, net of their first orders)``.
 
     New customers come from the first-purchase index, which also holds
     ``orders_count``: a customer with one order has no second one, so only
-    the others need a probe of their orders; each new customer's first
-    order's net is one covering-index probe (SQLite) or a join on (customer,
-    time) over the window's orders (PostgreSQL).
+    the others need a probe of their orders.  On SQLite each new customer's
+    first order's net is one covering-index probe; on PostgreSQL it is
+    ``None`` here and :func:`_first_nets` joins both periods at once.
     """
     p = table_of(Purchase).c
     c = table_of(Customer).c
@@ -367,11 +367,20 @@ def _new_in(state: LoyaltyState, window: Period, currency: str) -> tuple[int, in
                                     .where(new)).one()
         return int(row[0] or 0), int(row[1] or 0), int(row[2] or 0)
     row = state.session.execute(select(func.count(), single).where(new)).one()
-    first_raw = state.session.execute(
-        select(func.coalesce(func.sum(net), 0))
+    return int(row[0] or 0), int(row[1] or 0), None
+
+
+def _first_nets(state: LoyaltyState, period: Period, currency: str) -> tuple[int, int]:
+    """Net of the first orders of the customers new in the period and in the previous one (one hash join)."""
+    p = table_of(Purchase).c
+    c = table_of(Customer).c
+    first = c.first_purchase_at
+    net = raw(p.total) - raw(p.refunded_total)
+    row = state.session.execute(
+        select(sum_if(first >= period.start, net), sum_if(first < period.start, net))
         .select_from(table_of(Customer).join(table_of(Purchase), and_(p.customer_id == c.id, p.placed_at == first)))
-        .where(new, between(p.placed_at, window.start, window.end), p.currency == currency)).scalar_one()
-    return int(row[0] or 0), int(row[1] or 0), int(first_raw or 0)
+        .where(_both(first, period), _both(p.placed_at, period), p.currency == currency)).one()
+    return _pairs(row)[0]
 
 
 def _purchase_metrics(state: LoyaltyState, period: Period, currency: str) -> list[Metric]:
@@ -389,8 +398,11 @@ def _purchase_metrics(state: LoyaltyState, period: Period, currency: str) -> lis
     latest = state.session.execute(select(func.max(p.placed_at))).scalar_one()
     orders, active, rev_raw = _orders_in(state, period, currency, latest is None or latest < period.end)
     orders_prev, active_prev, rev_prev_raw = _orders_in(state, prev, currency, latest is None or latest < prev.end)
-    new, single, first_raw = _new_in(state, period, currency)
-    new_prev, single_prev, first_prev_raw = _new_in(state, prev, currency)
+    new, single, first_now = _new_in(state, period, currency)
+    new_prev, single_prev, first_before = _new_in(state, prev, currency)
+    if first_now is None or first_before is None:
+        first_now, first_before = _first_nets(state, period, currency)
+    first_raw, first_prev_raw = first_now, first_before
     customers, customers_prev = _pairs(state.session.execute(
         select(func.count(), count_if(c.first_purchase_at < prev.end))
         .where(c.first_purchase_at < period.end)).one())[0]
