@@ -366,6 +366,18 @@ def test_pareto_hand_computed(shop):
     assert "top 30.0%: 55.0% of revenue" in chart.table.caption
 
 
+
+@pytest.mark.parametrize("mark", ["0.3", "0.2", "1"])
+def test_pareto_profit_shares_equal_analytics(shop, mark):
+    """The Pareto page's own top-share query gives analytics.pareto's figures."""
+    for i, amount in enumerate(("100", "50", "30", "20", "5", "70", "70")):
+        shop.loyalty.record_purchase(f"s{i}", f"w{i % 5}", amount)
+    shop.loyalty.analytics.recompute()
+    report = shop.loyalty.analytics.pareto(top_share=float(mark))
+    profit, revenue = dashboard.top_profit_shares(shop.loyalty.state, Decimal(mark))
+    assert (profit, revenue) == (Decimal(str(report.profit_share)), Decimal(str(report.revenue_share)))
+    assert "of the profit" in dashboard.pareto_chart(shop.loyalty.state, datetime.now(UTC)).description
+
 def test_clv_distribution_without_profiles(shop):
     for i, amount in enumerate(("5", "30", "30", "700")):
         shop.loyalty.record_purchase(f"q{i}", f"v{i}", amount)
