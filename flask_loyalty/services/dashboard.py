@@ -276,9 +276,11 @@ class Overview:
 def overview(state: LoyaltyState, period: Period) -> Overview:
     """Every overview figure for ``period`` and the period before it.
 
-    Each section reads both periods in one pass: the queries range over
+    Most sections read both periods in one pass: their queries range over
     ``[previous.start, end)`` and split the rows with ``CASE`` at the
-    period's start, so the figures of the two periods cost one scan, not two.
+    period's start.  The orders are scanned once per period instead (see
+    :func:`_orders_in`).  On PostgreSQL the transaction runs without JIT
+    (:func:`no_jit`).
     """
     currency = state.config["LOYALTY_CURRENCY"]
     result = Overview(period=period, currency=currency)
