@@ -244,6 +244,94 @@ def test_unsubscribes_counted(figures):
     assert (m.value, m.previous) == (1, 0)
 
 
+def _direct_figures(shop, period):
+    """The purchase and funnel figures computed row by row in Python, straight from the definitions."""
+    from flask_loyalty.models import Engagement, Message, Purchase
+
+    session = shop.db.session
+    orders = session.execute(select(Purchase)).unique().scalars().all()
+    by_customer = {}
+    for o in orders:
+        by_customer.setdefault(o.customer_id, []).append(o)
+    days = int(shop.loyalty.state.config["LOYALTY_ADMIN_ATTRIBUTION_DAYS"])
+
+    def window(w):
+        inside = [o for o in orders if w.start <= o.placed_at < w.end]
+        buyers = {o.customer_id for o in inside}
+        first_at = {cid: min(o.placed_at for o in mine) for cid, mine in by_customer.items()}
+        new = [cid for cid, at in first_at.items() if w.start <= at < w.end]
+        single = [cid for cid in new if not any(first_at[cid] < o.placed_at < w.end for o in by_customer[cid])]
+        revenue = sum((o.total - o.refunded_total for o in inside), Decimal(0))
+        first_net = sum((o.total - o.refunded_total for cid in new for o in by_customer[cid]
+                         if o.placed_at == first_at[cid]), Decimal(0))
+        sent = [m for m in session.execute(select(Message)).unique().scalars()
+                if m.status == "sent" and m.marketing and m.sent_at and w.start <= m.sent_at < w.end]
+        opened = clicked = bought = 0
+        for m in sent:
+            events = session.execute(select(Engagement).where(Engagement.message_id == m.id)).scalars().all()
+            if not events:
+                continue
+            opened += 1
+            clicks = [e.at for e in events if e.event == "click"]
+            if clicks:
+                clicked += 1
+                first_click = min(clicks)
+                if any(first_click <= o.placed_at < first_click + timedelta(days=days)
+                       for o in by_customer.get(m.customer_id, [])):
+                    bought += 1
+        return {"customers": sum(1 for at in first_at.values() if at < w.end), "new_customers": len(new),
+                "active_customers": len(buyers), "orders": len(inside), "revenue": revenue,
+                "repeat": len(buyers) - len(single), "returning_revenue": revenue - first_net,
+                "funnel": (len(sent), opened, clicked, bought)}
+
+    return window(period), window(period.previous)
+
+
+@pytest.mark.parametrize("days", [7, 30, 365])
+def test_overview_equals_direct_computation_on_random_shop(shop, days):
+    """Random orders (backdated, refunded, same-instant ties), mails, opens and clicks: every query path agrees."""
+    import random
+
+    rnd = random.Random(days)
+    state = shop.loyalty.state
+    now = datetime.now(UTC)
+    for i in range(60):
+        ref = f"r{rnd.randint(1, 15)}"
+        placed = now - timedelta(days=rnd.uniform(0, 2.5 * days), hours=rnd.randint(0, 23))
+        shop.loyalty.record_purchase(f"ro{i}", ref, f"{rnd.randint(5, 90)}.00", placed_at=placed)
+        if rnd.random() < 0.15:
+            shop.loyalty.record_refund(f"ro{i}", amount=None if rnd.random() < 0.5 else "3.00")
+        if rnd.random() < 0.1:   # a second order at the very same instant
+            shop.loyalty.record_purchase(f"ro{i}t", ref, "7.00", placed_at=placed)
+    for _i in range(40):
+        sent_at = now - timedelta(days=rnd.uniform(0, 2.2 * days))
+        ref = shop.loyalty.upsert_customer(f"r{rnd.randint(1, 16)}").ref
+        msg = add_message(shop, ref, sent_at=sent_at, marketing=rnd.random() < 0.9,
+                          status="sent" if rnd.random() < 0.85 else "failed")
+        if rnd.random() < 0.5:
+            add_engagement(shop, msg, "open", sent_at + timedelta(hours=2))
+            if rnd.random() < 0.6:
+                add_engagement(shop, msg, "click", sent_at + timedelta(hours=rnd.randint(3, 200)))
+    shop.db.session.commit()
+    period = dashboard.period_for(state, days=days)
+    now_fig, prev_fig = _direct_figures(shop, period)
+    data = dashboard.overview(state, period)
+    m = data.metric
+    for key in ("customers", "new_customers", "active_customers", "orders", "revenue", "returning_revenue"):
+        assert (m(key).value, m(key).previous) == (now_fig[key], prev_fig[key]), key
+    assert m("repeat_rate").value == dashboard.ratio(now_fig["repeat"], now_fig["active_customers"])
+    assert m("repeat_rate").previous == dashboard.ratio(prev_fig["repeat"], prev_fig["active_customers"])
+    assert [n for _s, n, _p in data.funnel] == list(now_fig["funnel"])
+    assert [p for _s, _n, p in data.funnel] == list(prev_fig["funnel"])
+    # both ways of reading the opens and clicks (per-period probes, one pass over all engagement) agree
+    probed = dashboard._engaged_in(state, period), dashboard._engaged_in(state, period.previous)
+    one_pass = dashboard._engaged_all(state, period)
+    assert tuple(zip(*probed, strict=True)) == one_pass
+    # a period in the past (orders after its end exist): buyers counted with DISTINCT, not from last purchases
+    past = Period(period.previous.start, period.start)
+    assert dashboard.overview(state, past).metric("active_customers").value == prev_fig["active_customers"]
+
+
 def test_cohort_retention_hand_computed(shop):
     buy = shop.loyalty.record_purchase
     at = lambda y, mo, da: datetime(y, mo, da, 12, tzinfo=UTC)  # noqa: E731
@@ -277,6 +365,18 @@ def test_pareto_hand_computed(shop):
     ]
     assert "top 30.0%: 55.0% of revenue" in chart.table.caption
 
+
+
+@pytest.mark.parametrize("mark", ["0.3", "0.2", "1"])
+def test_pareto_profit_shares_equal_analytics(shop, mark):
+    """The Pareto page's own top-share query gives analytics.pareto's figures."""
+    for i, amount in enumerate(("100", "50", "30", "20", "5", "70", "70")):
+        shop.loyalty.record_purchase(f"s{i}", f"w{i % 5}", amount)
+    shop.loyalty.analytics.recompute()
+    report = shop.loyalty.analytics.pareto(top_share=float(mark))
+    profit, revenue = dashboard.top_profit_shares(shop.loyalty.state, Decimal(mark))
+    assert (profit, revenue) == (Decimal(str(report.profit_share)), Decimal(str(report.revenue_share)))
+    assert "of the profit" in dashboard.pareto_chart(shop.loyalty.state, datetime.now(UTC)).description
 
 def test_clv_distribution_without_profiles(shop):
     for i, amount in enumerate(("5", "30", "30", "700")):

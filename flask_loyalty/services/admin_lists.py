@@ -2,8 +2,7 @@
 
 Every list is paged by keyset (``before=<last id>``), fetching one row more
 than a page to know whether there is a next page, so no list needs a
-``COUNT(*)`` or an ``OFFSET`` over a large table.  Areas are optional
-(:func:`~flask_loyalty.services.dashboard.area_model`).
+``COUNT(*)`` or an ``OFFSET`` over a large table.
 """
 
 from __future__ import annotations
@@ -19,11 +18,26 @@ from sqlalchemy import Select, and_, func, or_, select, update
 
 from ..clock import local_date, resolve_now, shop_zone
 from ..errors import NotFound
-from ..models import Customer, PointsEntry, Purchase
+from ..models import (
+    ConsentEvent,
+    ConsentStatus,
+    Coupon,
+    Customer,
+    CustomerProfile,
+    CustomerTier,
+    Engagement,
+    GiftCard,
+    Message,
+    MessageEvent,
+    PointsEntry,
+    Purchase,
+    Redemption,
+    SurveyAnswer,
+    SurveyResponse,
+)
 from ..models.base import table_of
 from ..state import LoyaltyState
 from ..transaction import begin_write, finish
-from .dashboard import area_model
 
 #: Most rows of one kind shown on a customer's timeline.
 TIMELINE_LIMIT = 200
@@ -141,11 +155,9 @@ def customer_view(state: LoyaltyState, ref: str) -> CustomerView:
 
 
 def _coupon_events(state: LoyaltyState, customer: Customer) -> list[Event]:
-    coupon = area_model("coupon", "Coupon")
-    redemption = area_model("coupon", "Redemption")
+    coupon = Coupon
+    redemption = Redemption
     events: list[Event] = []
-    if coupon is None or redemption is None:
-        return events
     for c in state.session.execute(select(coupon).where(coupon.customer_ref == customer.ref)
                                    .order_by(coupon.id.desc()).limit(TIMELINE_LIMIT)).scalars():
         status = "revoked" if c.revoked_at else ("used" if c.max_uses and c.uses >= c.max_uses else "")
@@ -157,22 +169,19 @@ def _coupon_events(state: LoyaltyState, customer: Customer) -> list[Event]:
                             f"discount {_money(r.discount, r.currency)}", "released" if r.released_at else ""))
         if r.released_at:
             events.append(Event(r.released_at, "coupon", f"Coupon {r.code} released (order {r.order_ref})"))
-    card = area_model("gift_card", "GiftCard")
-    if card is not None:
-        for g in state.session.execute(select(card).where(card.customer_ref == customer.ref)
-                                       .order_by(card.id.desc()).limit(TIMELINE_LIMIT)).scalars():
-            events.append(Event(g.created_at, "gift_card", f"Gift card {g.code[:4]}… issued: "
-                                f"{_money(g.initial_amount, g.currency)}", f"balance {_money(g.balance, g.currency)}"))
+    card = GiftCard
+    for g in state.session.execute(select(card).where(card.customer_ref == customer.ref)
+                                   .order_by(card.id.desc()).limit(TIMELINE_LIMIT)).scalars():
+        events.append(Event(g.created_at, "gift_card", f"Gift card {g.code[:4]}… issued: "
+                            f"{_money(g.initial_amount, g.currency)}", f"balance {_money(g.balance, g.currency)}"))
     return events
 
 
 def _message_events(state: LoyaltyState, customer: Customer) -> list[Event]:
-    message = area_model("message", "Message")
-    history = area_model("message", "MessageEvent")
-    engagement = area_model("message", "Engagement")
+    message = Message
+    history = MessageEvent
+    engagement = Engagement
     events: list[Event] = []
-    if message is None or history is None:
-        return events
     rows = state.session.execute(
         select(history, message.kind, message.id).join(message, message.id == history.message_id)
         .where(message.customer_id == customer.id).order_by(history.id.desc()).limit(TIMELINE_LIMIT)).all()
@@ -181,18 +190,15 @@ def _message_events(state: LoyaltyState, customer: Customer) -> list[Event]:
         if h.detail:
             why = f"{why}; {h.detail}" if why else h.detail
         events.append(Event(h.at, "message", f"Mail {kind} #{mid}: {h.action}", why, h.action))
-    if engagement is not None:
-        for g in state.session.execute(select(engagement).where(engagement.customer_id == customer.id)
-                                       .order_by(engagement.id.desc()).limit(TIMELINE_LIMIT)).scalars():
-            what = "opened" if g.event == "open" else "clicked"
-            events.append(Event(g.at, g.event, f"Mail {g.kind} #{g.message_id} {what}", g.url or ""))
+    for g in state.session.execute(select(engagement).where(engagement.customer_id == customer.id)
+                                   .order_by(engagement.id.desc()).limit(TIMELINE_LIMIT)).scalars():
+        what = "opened" if g.event == "open" else "clicked"
+        events.append(Event(g.at, g.event, f"Mail {g.kind} #{g.message_id} {what}", g.url or ""))
     return events
 
 
 def _consent_events(state: LoyaltyState, customer: Customer) -> list[Event]:
-    event = area_model("consent", "ConsentEvent")
-    if event is None:
-        return []
+    event = ConsentEvent
     return [Event(e.created_at, "consent", f"Consent {e.purpose}: {e.action}",
                   f"source {e.source}, {e.method}" + (f", wording v{e.wording_version}" if e.wording_version else ""),
                   e.action)
@@ -209,9 +215,7 @@ def survey_value_text(values: dict[str, Any]) -> str:
 
 
 def _survey_events(state: LoyaltyState, customer: Customer) -> list[Event]:
-    response = area_model("survey", "SurveyResponse")
-    if response is None:
-        return []
+    response = SurveyResponse
     return [Event(r.answered_at, "survey", f"Survey answer about order {r.order_ref}", survey_value_text(r.values),
                   "detractor" if r.detractor else "promoter" if r.promoter else "")
             for r in state.session.execute(select(response).where(response.customer_id == customer.id)
@@ -219,11 +223,9 @@ def _survey_events(state: LoyaltyState, customer: Customer) -> list[Event]:
 
 
 def _consent_states(state: LoyaltyState, customer: Customer) -> dict[str, str]:
-    status = area_model("consent", "ConsentStatus")
+    status = ConsentStatus
     purposes = list(state.config.get("LOYALTY_CONSENT_PURPOSES") or ())
     result = {p: "none" for p in purposes}
-    if status is None:
-        return {}
     for s in state.session.execute(select(status).where(status.customer_id == customer.id)).scalars():
         result[s.purpose] = s.status
     return result
@@ -235,9 +237,7 @@ PROFILE_FIELDS = ("stage", "segment", "rfm", "recency_days", "frequency", "monet
 
 
 def _profile(state: LoyaltyState, customer: Customer) -> dict[str, Any] | None:
-    profile = area_model("profile", "CustomerProfile")
-    if profile is None:
-        return None
+    profile = CustomerProfile
     row = state.session.execute(select(profile).where(profile.customer_id == customer.id)).scalar_one_or_none()
     if row is None:
         return None
@@ -266,16 +266,12 @@ def _reason_text(code: str) -> str:
 
 
 def _tier(state: LoyaltyState, customer: Customer) -> str | None:
-    tier = area_model("rewards", "CustomerTier")
-    if tier is None:
-        return None
+    tier = CustomerTier
     return state.session.execute(select(tier.tier).where(tier.customer_id == customer.id)).scalar_one_or_none()
 
 
 def _engagement(state: LoyaltyState, customer: Customer) -> dict[str, int]:
-    engagement = area_model("message", "Engagement")
-    if engagement is None:
-        return {}
+    engagement = Engagement
     rows = state.session.execute(select(engagement.event, func.count()).where(engagement.customer_id == customer.id)
                                  .group_by(engagement.event)).all()
     return {str(k): int(n) for k, n in rows}
@@ -287,9 +283,7 @@ def _engagement(state: LoyaltyState, customer: Customer) -> dict[str, int]:
 def outbox_page(state: LoyaltyState, *, kind: str | None = None, status: str | None = None,
                 customer: str | None = None, before: int | None = None, size: int = 50) -> Page:
     """Messages newest first, filtered by kind, status and customer reference."""
-    message = area_model("message", "Message")
-    if message is None:
-        raise NotFound("the outbox is not installed")
+    message = Message
     query = select(message)
     if kind:
         query = query.where(message.kind == kind)
@@ -339,9 +333,7 @@ def coupon_status(coupon: Any, now: datetime) -> str:
 
 def _coupon_query(state: LoyaltyState, *, q: str | None, campaign: str | None, customer: str | None,
                   status: str | None, now: datetime) -> Select[Any]:
-    coupon = area_model("coupon", "Coupon")
-    if coupon is None:
-        raise NotFound("coupons are not installed")
+    coupon = Coupon
     query = select(coupon)
     if q:
         key = "".join(ch for ch in q.upper() if ch not in " -")
@@ -368,7 +360,7 @@ def coupons_page(state: LoyaltyState, *, q: str | None = None, campaign: str | N
                  customer: str | None = None, status: str | None = None, before: int | None = None,
                  size: int = 50, now: datetime | None = None) -> Page:
     """Coupons newest first with the filters of the list page."""
-    coupon = area_model("coupon", "Coupon")
+    coupon = Coupon
     query = _coupon_query(state, q=q, campaign=campaign, customer=customer, status=status, now=resolve_now(now))
     return _page(state, query, coupon.id, before=before, size=size)
 
@@ -424,9 +416,7 @@ def deactivate_coupon(state: LoyaltyState, coupon_id: int, *, now: datetime | No
     Uses ``loyalty.coupons.deactivate`` when the coupons area offers one,
     else sets ``revoked_at`` with a conditional update (idempotent).
     """
-    coupon = area_model("coupon", "Coupon")
-    if coupon is None:
-        raise NotFound("coupons are not installed")
+    coupon = Coupon
     row = state.session.get(coupon, coupon_id)
     if row is None:
         raise NotFound(f"no coupon {coupon_id}")
@@ -446,9 +436,7 @@ def deactivate_coupon(state: LoyaltyState, coupon_id: int, *, now: datetime | No
 def gift_cards_page(state: LoyaltyState, *, customer: str | None = None, before: int | None = None,
                     size: int = 50) -> Page:
     """Gift cards newest first."""
-    card = area_model("gift_card", "GiftCard")
-    if card is None:
-        raise NotFound("gift cards are not installed")
+    card = GiftCard
     query = select(card)
     if customer:
         query = query.where(card.customer_ref == customer)
@@ -496,10 +484,8 @@ def survey_page(state: LoyaltyState, *, group: str | None = None, comments: bool
     first page never sorts every response.  ``before`` pages within that
     order; it encodes ``(group rank, response id)`` as ``rank * 2**40 + id``.
     """
-    response = area_model("survey", "SurveyResponse")
-    answer = area_model("survey", "SurveyAnswer")
-    if response is None or answer is None:
-        raise NotFound("surveys are not installed")
+    response = SurveyResponse
+    answer = SurveyAnswer
     ranks: list[tuple[int, int | None, int | None]] = [
         (i, lo, hi) for i, (name, lo, hi) in enumerate(GROUPS) if group in (None, name)]
     if group is None:
@@ -554,9 +540,7 @@ def survey_page(state: LoyaltyState, *, group: str | None = None, comments: bool
 
 def source_breakdown(state: LoyaltyState) -> list[tuple[str, int]]:
     """How respondents found the shop: ``[(source, responses)]``, most first."""
-    answer = area_model("survey", "SurveyAnswer")
-    if answer is None:
-        return []
+    answer = SurveyAnswer
     rows = state.session.execute(select(answer.choice, func.count()).where(
         answer.question == "source", answer.choice.is_not(None)).group_by(answer.choice)
         .order_by(func.count().desc(), answer.choice)).all()

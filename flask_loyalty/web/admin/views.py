@@ -13,6 +13,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from ...clock import utcnow
 from ...errors import InvalidInput, LoyaltyError, NotFound
 from ...i18n import SHIPPED_LOCALES, render
+from ...models import Message
 from ...schemas import load
 from ...schemas.admin import (
     BatchForm,
@@ -41,20 +42,10 @@ _customer_q, _survey_q, _consent_q, _erase_f = CustomerQuery(), SurveyQuery(), C
 
 
 def sections() -> list[tuple[str, str]]:
-    """The navigation: ``(endpoint, label)`` of every page whose area is installed."""
-    nav = [("overview", "Overview"), ("charts", "Charts"), ("customers", "Customers")]
-    if dashboard.area_model("message", "Message") is not None:
-        nav.append(("outbox", "Outbox"))
-    if dashboard.area_model("coupon", "Coupon") is not None:
-        nav.append(("coupons", "Coupons"))
-    if dashboard.area_model("gift_card", "GiftCard") is not None:
-        nav.append(("gift_cards", "Gift cards"))
-    if dashboard.area_model("survey", "SurveyResponse") is not None:
-        nav.append(("surveys", "Survey answers"))
-    if dashboard.area_model("consent", "ConsentEvent") is not None:
-        nav.append(("consent", "Consent"))
-    nav.append(("audit_log", "Audit log"))
-    return nav
+    """The navigation: ``(endpoint, label)`` of every page (every area is always installed)."""
+    return [("overview", "Overview"), ("charts", "Charts"), ("customers", "Customers"), ("outbox", "Outbox"),
+            ("coupons", "Coupons"), ("gift_cards", "Gift cards"), ("surveys", "Survey answers"),
+            ("consent", "Consent"), ("audit_log", "Audit log")]
 
 
 #: Pages that belong under another page's navigation entry.
@@ -77,13 +68,6 @@ def _size() -> int:
 
 def _args(schema: Any) -> dict[str, Any]:
     return load(schema, request.args.to_dict())
-
-
-def _require(module: str, name: str) -> Any:
-    model = dashboard.area_model(module, name)
-    if model is None:
-        abort(404)
-    return model
 
 
 def csv_response(text: str, filename: str) -> Response:
@@ -146,7 +130,6 @@ def register(bp: Blueprint) -> None:
     # ---------------------------------------------------------------- outbox
     @bp.get("/outbox")
     def outbox() -> Any:
-        _require("message", "Message")
         state = get_state()
         args = _args(_outbox_q)
         result = admin_lists.outbox_page(state, kind=args.get("kind"), status=args.get("status"),
@@ -155,15 +138,13 @@ def register(bp: Blueprint) -> None:
 
     @bp.get("/outbox/<int:message_id>")
     def message(message_id: int) -> Any:
-        model = _require("message", "Message")
         state = get_state()
-        msg = state.session.get(model, message_id)
+        msg = state.session.get(Message, message_id)
         if msg is None:
             raise NotFound("no such message")
         locales = [loc for loc in state.config["LOYALTY_LOCALES"] if loc in SHIPPED_LOCALES] or ["en"]
-        chosen = _args(_preview_q).get("locale") or msg.locale or msg.customer.locale
-        if chosen not in locales:
-            chosen = locales[0]
+        wanted = _args(_preview_q).get("locale") or msg.locale or msg.customer.locale
+        chosen: str = wanted if isinstance(wanted, str) and wanted in locales else locales[0]
         preview, error = _preview(state, msg, chosen)
         history = state.extension.messages.history(message_id)
         return page("message.html", msg=msg, locales=locales, chosen=chosen, preview=preview, error=error,
@@ -176,7 +157,6 @@ def register(bp: Blueprint) -> None:
 
     def _coupons_page(form: dict[str, Any], errors: dict[str, Any] | None, *, status: int = 200,
                       made: list[Any] | None = None) -> Any:
-        _require("coupon", "Coupon")
         state = get_state()
         args = _args(_coupon_q)
         result = admin_lists.coupons_page(state, q=args.get("q"), campaign=args.get("campaign"),
@@ -243,7 +223,6 @@ def register(bp: Blueprint) -> None:
 
     @bp.get("/coupons/export.csv")
     def coupons_export() -> Any:
-        _require("coupon", "Coupon")
         state = get_state()
         args = _args(_coupon_q)
         text, n = admin_lists.coupons_csv(state, q=args.get("q"), campaign=args.get("campaign"),
@@ -257,7 +236,6 @@ def register(bp: Blueprint) -> None:
 
     def _cards_page(form: dict[str, Any], errors: dict[str, Any] | None, *, status: int = 200,
                     issued: Any = None) -> Any:
-        _require("gift_card", "GiftCard")
         args = _args(_coupon_q)
         result = admin_lists.gift_cards_page(get_state(), customer=args.get("customer"),
                                              before=args.get("before"), size=_size())
@@ -282,23 +260,18 @@ def register(bp: Blueprint) -> None:
     # ---------------------------------------------------------------- survey answers
     @bp.get("/surveys")
     def surveys() -> Any:
-        _require("survey", "SurveyResponse")
         state = get_state()
         args = _args(_survey_q)
         result = admin_lists.survey_page(state, group=args.get("group"), comments=bool(args.get("comments")),
                                          source=args.get("source"), before=args.get("before"), size=_size())
         since = utcnow() - timedelta(days=STATS_DAYS)
-        try:
-            stats = state.extension.surveys.stats(since=since)
-        except (ImportError, AttributeError):  # pragma: no cover - survey service not installed
-            stats = None
+        stats = state.extension.surveys.stats(since=since)
         return page("surveys.html", result=result, args=args, stats=stats, stats_days=STATS_DAYS,
                     sources=admin_lists.source_breakdown(state))
 
     # ---------------------------------------------------------------- consent
     @bp.get("/consent")
     def consent() -> Any:
-        _require("consent", "ConsentEvent")
         state = get_state()
         ref = _args(_consent_q).get("ref")
         if not ref:
@@ -312,7 +285,6 @@ def register(bp: Blueprint) -> None:
 
     @bp.post("/consent/<path:ref>/export")
     def consent_export(ref: str) -> Any:
-        _require("consent", "ConsentEvent")
         state = get_state()
         admin_lists.get_customer(state, ref)
         data = state.extension.consent.export(ref)
@@ -324,13 +296,11 @@ def register(bp: Blueprint) -> None:
 
     @bp.get("/consent/<path:ref>/erase")
     def consent_erase_confirm(ref: str) -> Any:
-        _require("consent", "ConsentEvent")
         customer = admin_lists.get_customer(get_state(), ref)
         return page("erase.html", customer=customer, error=None)
 
     @bp.post("/consent/<path:ref>/erase")
     def consent_erase(ref: str) -> Any:
-        _require("consent", "ConsentEvent")
         state = get_state()
         customer = admin_lists.get_customer(state, ref)
         data = load(_erase_f, request.form.to_dict())
@@ -381,10 +351,8 @@ def _safe(ref: str) -> str:
 
 def _preview(state: Any, msg: Any, locale: str) -> tuple[Any, str | None]:
     """Render ``msg`` in ``locale`` without tracking a real message (id 0) and without touching the row."""
-    try:
-        from ...services.mail import render_message
-    except ImportError:  # pragma: no cover - delivery not installed
-        return None, "Mail rendering is not installed."
+    from ...services.mail import render_message
+
     customer = msg.customer
     fake_customer = SimpleNamespace(**{k: getattr(customer, k) for k in (
         "id", "ref", "email", "name", "birthday", "first_purchase_at", "last_purchase_at", "orders_count",
