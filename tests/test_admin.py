@@ -637,3 +637,17 @@ def test_outbox_filter_and_preview(admin):
         page = client.get(f"{PREFIX}/outbox/{msg_id}?locale={locale}")
         assert page.status_code == 200
         assert b'id="preview-subject"' in page.data or b"Could not render" in page.data
+
+
+def test_new_orders_are_planned_for_the_customer_view(admin):
+    from flask_loyalty.models import Purchase
+
+    shop, _period, _d = admin
+    shop.loyalty.record_purchase("new-o1", "new1", "20.00", email="new1@example.com")
+    html = shop.client.get(PREFIX + "/outbox").get_data(as_text=True)
+    assert 'id="unplanned"' in html           # told, not done, on the outbox page
+    html = shop.client.get(PREFIX + "/customers/new1").get_data(as_text=True)
+    assert "thank_you" in html or "Thank" in html
+    shop.db.session.expire_all()
+    planned = shop.db.session.execute(select(Purchase.planned_at).where(Purchase.order_ref == "new-o1"))
+    assert planned.scalar_one() is not None   # committed by the view: the welcome coupon keeps its code

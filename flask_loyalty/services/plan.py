@@ -311,6 +311,13 @@ def expand_pending(state: LoyaltyState, *, customer_id: int | None = None, order
             return done
 
 
+def unplanned_orders(state: LoyaltyState) -> int:
+    """How many orders wait for the next dispatch or plan run to plan their mails."""
+    ptable = table_of(Purchase)
+    return int(state.session.execute(
+        select(func.count()).select_from(ptable).where(ptable.c.planned_at.is_(None))).scalar_one())
+
+
 def plan_customer(state: LoyaltyState, customer_ref: str) -> int:
     """Plan the orders of one customer not planned yet (caller's transaction, flushed); how many."""
     customer_id = state.session.execute(

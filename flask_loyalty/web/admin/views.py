@@ -29,7 +29,7 @@ from ...schemas.admin import (
     PreviewQuery,
     SurveyQuery,
 )
-from ...services import admin_lists, audit, dashboard
+from ...services import admin_lists, audit, dashboard, plan
 from ...state import get_state
 from . import audit_action
 
@@ -124,7 +124,10 @@ def register(bp: Blueprint) -> None:
 
     @bp.get("/customers/<path:ref>")
     def customer(ref: str) -> Any:
-        view = admin_lists.customer_view(get_state(), ref)
+        state = get_state()
+        if plan.plan_customer(state, ref):
+            state.session.commit()  # orders not planned yet: show their mails (and keep the coupon codes)
+        view = admin_lists.customer_view(state, ref)
         return page("customer.html", view=view, c=view.customer)
 
     # ---------------------------------------------------------------- outbox
@@ -134,7 +137,8 @@ def register(bp: Blueprint) -> None:
         args = _args(_outbox_q)
         result = admin_lists.outbox_page(state, kind=args.get("kind"), status=args.get("status"),
                                          customer=args.get("customer"), before=args.get("before"), size=_size())
-        return page("outbox.html", result=result, args=args, kinds=admin_lists.message_kinds(state))
+        return page("outbox.html", result=result, args=args, kinds=admin_lists.message_kinds(state),
+                    unplanned=plan.unplanned_orders(state))
 
     @bp.get("/outbox/<int:message_id>")
     def message(message_id: int) -> Any:
