@@ -274,6 +274,10 @@ def _aggregate_sql(dialect: str) -> str:
                           "FROM loyalty_redemption r WHERE r.released_at IS NULL GROUP BY r.order_ref) d "
                           "ON d.order_ref = p.order_ref")
         discount = "COALESCE(d.discount, 0)"
+    # SQLite would walk the (customer_id, placed_at) index for the window's order and look every
+    # purchase up in the table; reading the table in its own order and sorting is faster
+    # (100,000 customers: 4.1 s instead of 5.2-5.7 s for this statement)
+    scan_hint = "NOT INDEXED" if dialect == "sqlite" else ""
     channels = ", ".join(
         f"SUM(CASE WHEN o.kept = 1 AND o.channel = '{name}' THEN 1 ELSE 0 END) AS orders_{name}"
         for name in ("online", "store", "catalog", "phone"))
@@ -304,7 +308,7 @@ FROM (
               ELSE 0 END AS margin,
          {discount} AS discount,
          MIN(CASE WHEN {kept} THEN {day} END) OVER (PARTITION BY p.customer_id) AS first_day
-  FROM loyalty_purchase p
+  FROM loyalty_purchase p {scan_hint}
   LEFT JOIN (
     SELECT i.purchase_id AS purchase_id,
            SUM(CASE WHEN i.unit_cost IS NULL THEN i.quantity * i.unit_price * :margin
@@ -674,8 +678,13 @@ def recompute(state: LoyaltyState, *, now: datetime | None = None) -> int:
     session = state.session
     dialect = dialect_name(state)
     begin_write(state)
-    if dialect == "postgresql" and settings.work_mem:
-        session.execute(text(f"SET LOCAL work_mem = '{settings.work_mem}'"))
+    if dialect == "postgresql":
+        if settings.work_mem:
+            session.execute(text(f"SET LOCAL work_mem = '{settings.work_mem}'"))
+        # JIT compiling the wide CASE expressions costs seconds per statement and per parallel
+        # worker, and does not pay off for these few passes (EXPLAIN ANALYZE of the aggregate over
+        # 5 million purchases: 6.4 s of compilation)
+        session.execute(text("SET LOCAL jit = off"))
     now_day = math.floor(moment.timestamp() / _EPOCH_DAY)
     steps: list[tuple[str, float]] = []
     clock = time.perf_counter()
