@@ -43,7 +43,6 @@ Definitions (all documented in ``docs/value.md``):
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import time
@@ -545,29 +544,30 @@ class _Fit:
 
 
 def _read_model_input(state: LoyaltyState, dialect: str, now_day: int, margin: float) -> Any:
-    """The buyers' model inputs as a numpy structured array (binary COPY on PostgreSQL)."""
+    """The buyers' model inputs as a numpy structured array (packed binary columns on PostgreSQL)."""
     import numpy as np
 
     # the two parameters are an int and a float we computed: inlined as literals (COPY takes no parameters)
     literal = _model_input_sql().replace(":now_day", str(int(now_day))).replace(":margin", repr(float(margin)))
     names = ["customer_id", "x", "t_x", "big_t", "m", "rate"]
     if dialect == "postgresql":
+        # one row holding each column as a bytea of packed big-endian values: a binary COPY hands
+        # every row to Python separately (a million generator steps), this is a few large buffers;
+        # the aggregates of one query consume the rows in the same order, so the columns line up
+        kinds = {"customer_id": ("int8send", ">i8"), "x": ("int8send", ">i8"), "t_x": ("int8send", ">i8"),
+                 "big_t": ("int8send", ">i8"), "m": ("float8send", ">f8"), "rate": ("float8send", ">f8")}
+        packed = ", ".join(f"string_agg({send}(i.{name}), ''::bytea) AS {name}"
+                           for name, (send, _) in kinds.items())
         raw = state.session.connection().connection.dbapi_connection
         assert raw is not None
-        buffer = io.BytesIO()
-        with raw.cursor() as cur, cur.copy(  # type: ignore[attr-defined]
-                f"COPY ({literal}) TO STDOUT (FORMAT BINARY)") as copy:
-            for chunk in copy:
-                buffer.write(chunk)
-        data = buffer.getvalue()
-        dtype = np.dtype([("n", ">i2"), ("l0", ">i4"), ("customer_id", ">i8"), ("l1", ">i4"), ("x", ">i8"),
-                          ("l2", ">i4"), ("t_x", ">i8"), ("l3", ">i4"), ("big_t", ">i8"),
-                          ("l4", ">i4"), ("m", ">f8"), ("l5", ">i4"), ("rate", ">f8")])
-        body = data[19:-2]
-        rows = np.frombuffer(body, dtype=dtype) if body else np.zeros(0, dtype=dtype)
-        out = np.zeros(len(rows), dtype=[(n, "f8") for n in names])
-        for n in names:
-            out[n] = rows[n]
+        with raw.cursor() as cur:  # type: ignore[attr-defined]
+            cur.execute(f"SELECT {packed} FROM ({literal}) i", binary=True)
+            row = cur.fetchone()
+        assert row is not None
+        columns = [np.frombuffer(value or b"", dtype=kinds[name][1]) for name, value in zip(names, row, strict=True)]
+        out = np.zeros(len(columns[0]), dtype=[(n, "f8") for n in names])
+        for name, values in zip(names, columns, strict=True):
+            out[name] = values
         return out
     raw = state.session.connection().connection.dbapi_connection
     assert raw is not None
