@@ -678,13 +678,8 @@ def recompute(state: LoyaltyState, *, now: datetime | None = None) -> int:
     session = state.session
     dialect = dialect_name(state)
     begin_write(state)
-    if dialect == "postgresql":
-        if settings.work_mem:
-            session.execute(text(f"SET LOCAL work_mem = '{settings.work_mem}'"))
-        # JIT compiling the wide CASE expressions costs seconds per statement and per parallel
-        # worker, and does not pay off for these few passes (EXPLAIN ANALYZE of the aggregate over
-        # 5 million purchases: 6.4 s of compilation)
-        session.execute(text("SET LOCAL jit = off"))
+    if dialect == "postgresql" and settings.work_mem:
+        session.execute(text(f"SET LOCAL work_mem = '{settings.work_mem}'"))
     now_day = math.floor(moment.timestamp() / _EPOCH_DAY)
     steps: list[tuple[str, float]] = []
     clock = time.perf_counter()
