@@ -595,7 +595,9 @@ def _write_predictions(state: LoyaltyState, dialect: str, ids: Any, p_alive: Any
 
     session = state.session
     if dialect == "postgresql":
-        session.execute(text(f"CREATE TEMP TABLE {_PRED} (customer_id BIGINT PRIMARY KEY, p_alive DOUBLE PRECISION,"
+        # no primary key: the ids come from the aggregate, unique already, and the profile statement
+        # hash-joins this table, so an index would only be built to be ignored
+        session.execute(text(f"CREATE TEMP TABLE {_PRED} (customer_id BIGINT NOT NULL, p_alive DOUBLE PRECISION,"
                              " expected_purchases DOUBLE PRECISION, expected_order_value BIGINT,"
                              " predicted_clv BIGINT) ON COMMIT DROP"))
         dtype = np.dtype([("n", ">i2"), ("l0", ">i4"), ("customer_id", ">i8"), ("l1", ">i4"), ("p", ">f8"),
