@@ -69,6 +69,25 @@ def test_model_formulas_behave():
     assert 30.0 < spend[1] < 100.0               # shrunk towards the population mean
 
 
+def test_predictions_for_many_customers_match_one_at_a_time():
+    # many customers share (x, T): the hypergeometric term is evaluated once per distinct pair
+    rng = np.random.default_rng(5)
+    big_t = np.floor(rng.uniform(0, 400, 3000))
+    x = np.floor(rng.uniform(0, 6, 3000))
+    t_x = np.where(x > 0, np.floor(big_t * rng.random(3000)), 0.0)
+    together = clv.expected_purchases(TRUE_BG, 365, x, t_x, big_t)
+    alone = np.array([clv.expected_purchases(TRUE_BG, 365, x[i:i + 1], t_x[i:i + 1], big_t[i:i + 1])[0]
+                      for i in range(3000)])
+    assert np.array_equal(together, alone)
+    total, _ = clv.discounted_purchases(TRUE_BG, 365, 0.10, x, t_x, big_t)
+    assert np.array_equal(total, together)
+    # fractional days are evaluated row by row, with the same result
+    half = big_t[:200] + 0.5
+    assert np.array_equal(clv.expected_purchases(TRUE_BG, 365, x[:200], t_x[:200], half),
+                          [clv.expected_purchases(TRUE_BG, 365, x[i:i + 1], t_x[i:i + 1], half[i:i + 1])[0]
+                           for i in range(200)])
+
+
 def test_fit_refuses_degenerate_data():
     with pytest.raises(clv.FitError):
         clv.fit_gamma_gamma(np.zeros(10), np.zeros(10))

@@ -60,6 +60,21 @@ class GammaGammaParams:
     log_likelihood: float = float("nan")
 
 
+def _weighted_sum(weights: FloatArray, values: FloatArray) -> float:
+    """``sum(weights * values)`` without BLAS.
+
+    ``np.dot`` hands long vectors to a multi-threaded BLAS whose threads
+    spin and wait on a busy machine; summing the product in numpy is as
+    fast single-threaded and does not depend on the load.
+    """
+    return float(np.sum(weights * values))
+
+
+def _weighted_sums(weights: FloatArray, *values: FloatArray) -> FloatArray:
+    """``[sum(weights * v) for v in values]`` as an array, without BLAS (see :func:`_weighted_sum`)."""
+    return np.array([_weighted_sum(weights, v) for v in values])
+
+
 def _group(*columns: FloatArray) -> tuple[list[FloatArray], FloatArray]:
     """Identical rows once, with how many times each occurs (weights)."""
     stacked = np.column_stack(columns)
@@ -135,7 +150,7 @@ def fit_bgnbd(x: FloatArray, t_x: FloatArray, T: FloatArray) -> BGNBDParams:  # 
             a4 = np.where(repeat, np.log(a) - np.log(b + x_minus_1) - (r + gx) * log_atx, -np.inf)
         lse = np.logaddexp(a3, a4)
         ll = per_x[index] + lse
-        value = -float(np.dot(weights, ll)) / total
+        value = -_weighted_sum(weights, ll) / total
         if not np.isfinite(value):
             return 1e300, np.zeros(4)
         w3, w4 = np.exp(a3 - lse), np.exp(a4 - lse)
@@ -144,7 +159,7 @@ def fit_bgnbd(x: FloatArray, t_x: FloatArray, T: FloatArray) -> BGNBDParams:  # 
         d_a = (digamma(a + b) - digamma(a + b + ux))[index] + w4 / a
         d_b = ((digamma(a + b) + digamma(b + ux) - digamma(b) - digamma(a + b + ux))[index]
                - w4 / (b + x_minus_1))
-        grad = np.array([np.dot(weights, d) for d in (d_r, d_alpha, d_a, d_b)]) * np.array([r, alpha, a, b])
+        grad = _weighted_sums(weights, d_r, d_alpha, d_a, d_b) * np.array([r, alpha, a, b])
         return value, -grad / total
 
     mean_rate = max(float(np.mean(x)) / max(float(np.mean(T)), 1.0), 1e-4)
@@ -180,17 +195,17 @@ def fit_gamma_gamma(x: FloatArray, m: FloatArray) -> GammaGammaParams:
         per_x = gammaln(p * ux + q) - gammaln(p * ux) - gammaln(q) + q * np.log(g)
         log_xmg = np.log(gx * gm + g)
         ll = per_x[index] + (p * gx - 1) * log_m + p * gx * log_x - (p * gx + q) * log_xmg
-        value = -float(np.dot(weights, ll)) / total
+        value = -_weighted_sum(weights, ll) / total
         if not np.isfinite(value):
             return 1e300, np.zeros(3)
         psi_pxq, psi_px = digamma(p * ux + q)[index], digamma(p * ux)[index]
         d_p = gx * (psi_pxq - psi_px + log_m + log_x - log_xmg)
         d_q = psi_pxq - digamma(q) + np.log(g) - log_xmg
         d_g = q / g - (p * gx + q) / (gx * gm + g)
-        grad = np.array([np.dot(weights, d) for d in (d_p, d_q, d_g)]) * np.array([p, q, g])
+        grad = _weighted_sums(weights, d_p, d_q, d_g) * np.array([p, q, g])
         return value, -grad / total
 
-    mean = float(np.dot(wx, gm) / wx.sum())
+    mean = _weighted_sum(wx, gm) / float(wx.sum())
     start = np.log(np.array([2.0, 3.0, mean]))
     solution = _minimize(negative, start)
     p, q, g = (float(v) for v in np.exp(solution))
@@ -209,21 +224,81 @@ def probability_alive(params: BGNBDParams, x: FloatArray, t_x: FloatArray, T: Fl
     return result
 
 
+_PAIRS_BITMAP = 1 << 24
+
+
+def _distinct_pairs(x: FloatArray, T: FloatArray) -> tuple[FloatArray, FloatArray, Any] | None:  # noqa: N803
+    """The distinct ``(x, T)`` pairs and, per customer, the index of its pair.
+
+    Only for whole, non-negative numbers (repeat purchases and days, as the
+    recompute has them); ``None`` otherwise, and the caller evaluates every
+    row.  With a million customers there are only a few thousand pairs.
+    """
+    if x.ndim != 1 or x.shape != T.shape or len(x) < 2:
+        return None
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(T)) and np.all(x >= 0) and np.all(T >= 0)
+            and np.all(np.floor(x) == x) and np.all(np.floor(T) == T)):
+        return None
+    width = int(T.max()) + 1
+    span = (int(x.max()) + 1) * width
+    if span >= 1 << 62:
+        return None
+    key = x.astype(np.int64) * width + T.astype(np.int64)
+    if span <= _PAIRS_BITMAP:
+        seen = np.zeros(span, dtype=bool)
+        seen[key] = True
+        keys = np.flatnonzero(seen)
+        position = np.cumsum(seen) - 1
+        inverse = position[key]
+    else:
+        keys, inverse = np.unique(key, return_inverse=True)
+    return (keys // width).astype(np.float64), (keys % width).astype(np.float64), inverse
+
+
+@dataclass(frozen=True)
+class _History:
+    """The parts of eq. 10 that do not depend on the horizon ``t`` (computed once per prediction)."""
+
+    x: FloatArray
+    log_alpha_t: FloatArray
+    first: FloatArray
+    one_plus_odds: FloatArray
+    pairs: tuple[FloatArray, FloatArray, Any] | None
+    big_t: FloatArray
+
+
+def _history(params: BGNBDParams, x: FloatArray, t_x: FloatArray, T: FloatArray) -> _History:  # noqa: N803
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        log_alpha_t = np.log(alpha + T)
+        first = (a + b + x - 1) / (a - 1)
+        log_ratio = (r + x) * (log_alpha_t - np.log(alpha + t_x))
+        odds = np.where(x > 0, np.exp(np.log(a) - np.log(np.maximum(b + x - 1, 1e-300)) + log_ratio), 0.0)
+    return _History(x, log_alpha_t, first, 1 + odds, _distinct_pairs(x, T), T)
+
+
+def _expected(params: BGNBDParams, t: float, h: _History) -> FloatArray:
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    x, big_t = h.x, h.big_t
+    if t <= 0:
+        return np.zeros_like(x, dtype=np.float64)
+    # the Gauss hypergeometric term depends on (x, T) only: evaluated once per distinct pair
+    if h.pairs is None:
+        hyp = hyp2f1(r + x, b + x, a + b + x - 1, t / (alpha + big_t + t))
+    else:
+        px, p_big_t, inverse = h.pairs
+        hyp = hyp2f1(r + px, b + px, a + b + px - 1, t / (alpha + p_big_t + t))[inverse]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        second = 1 - np.exp((r + x) * (h.log_alpha_t - np.log(alpha + big_t + t))) * hyp
+        result: FloatArray = h.first * second / h.one_plus_odds
+    return np.nan_to_num(np.maximum(result, 0.0), nan=0.0, posinf=0.0)
+
+
 def expected_purchases(params: BGNBDParams, t: float, x: FloatArray, t_x: FloatArray,
                        T: FloatArray) -> FloatArray:  # noqa: N803
     """Expected purchases in the next ``t`` days given the history (FHL 2005, eq. 10)."""
-    r, alpha, a, b = params.r, params.alpha, params.a, params.b
-    if t <= 0:
-        return np.zeros_like(x, dtype=np.float64)
-    z = t / (alpha + T + t)
-    hyp = hyp2f1(r + x, b + x, a + b + x - 1, z)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        first = (a + b + x - 1) / (a - 1)
-        second = 1 - np.exp((r + x) * (np.log(alpha + T) - np.log(alpha + T + t))) * hyp
-        log_ratio = (r + x) * (np.log(alpha + T) - np.log(alpha + t_x))
-        odds = np.where(x > 0, np.exp(np.log(a) - np.log(np.maximum(b + x - 1, 1e-300)) + log_ratio), 0.0)
-        result: FloatArray = first * second / (1 + odds)
-    return np.nan_to_num(np.maximum(result, 0.0), nan=0.0, posinf=0.0)
+    x, t_x, T = (np.asarray(v, np.float64) for v in (x, t_x, T))  # noqa: N806
+    return _expected(params, t, _history(params, x, t_x, T))
 
 
 def expected_spend(params: GammaGammaParams, x: FloatArray, m: FloatArray) -> FloatArray:
@@ -244,11 +319,13 @@ def discounted_purchases(params: BGNBDParams, horizon_days: float, annual_rate: 
     period ``k`` are discounted by ``(1 + annual_rate) ** (k * length / 365)``
     (end-of-period convention; quarters by default).
     """
+    x, t_x, T = (np.asarray(v, np.float64) for v in (x, t_x, T))  # noqa: N806
+    history = _history(params, x, t_x, T)
     length = horizon_days / steps
-    previous = np.zeros_like(np.asarray(x, np.float64))
+    previous = np.zeros_like(x)
     discounted = np.zeros_like(previous)
     for k in range(1, steps + 1):
-        cumulative = expected_purchases(params, k * length, x, t_x, T)
+        cumulative = _expected(params, k * length, history)
         discounted += (cumulative - previous) / (1.0 + annual_rate) ** (k * length / 365.0)
         previous = cumulative
     return previous, discounted
