@@ -191,7 +191,7 @@ def generate(db: SQLAlchemy, customers: int, purchases: int, seed: int = 7) -> d
                        "refunded_total": refunded, "currency": "EUR", "placed_at": placed,
                        "channel": rnd.choice(("online", "online", "online", "store", "catalog", "phone")),
                        "points_earned": points, "points_reversed": points if refunded == total else 0,
-                       "created_at": placed})
+                       "created_at": placed, "planned_at": placed})   # history: its mails were planned
         per_customer.setdefault(cid, []).append((placed, total - refunded))
     rows = []
     for cid in range(1, customers + 1):
