@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -111,10 +112,16 @@ def begin_write(state: LoyaltyState) -> None:
     """
     if dialect_name(state) != "sqlite":
         return
+    state.session.execute(_write_lock_statement())
+
+
+@functools.cache
+def _write_lock_statement() -> Any:
+    """The no-op update of the one-row lock table, built once."""
     from .models.lock import WriteLock
 
-    state.session.execute(table_of(WriteLock).update().where(table_of(WriteLock).c.id == 1)
-                          .values(counter=table_of(WriteLock).c.counter + 1))
+    lock = table_of(WriteLock)
+    return lock.update().where(lock.c.id == 1).values(counter=lock.c.counter + 1)
 
 
 def session_of(state: LoyaltyState) -> Session:

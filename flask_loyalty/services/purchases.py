@@ -55,11 +55,8 @@ def ensure_customer(state: LoyaltyState, customer_ref: str, **fields: Any) -> Cu
               for k, v in fields.items() if v is not None}
     customer = get_customer(state, customer_ref)
     if customer is None:
-        table = table_of(Customer)
-        values = {**{c.key: None for c in table.columns}, "ref": customer_ref, "created_at": utcnow(),
-                  "orders_count": 0, "total_spent": Decimal(0), "points_balance": 0, **fields}
-        values.pop("id")
-        pk = insert_or_none(state, table, values, ["ref"])
+        values = {**_NEW_CUSTOMER, "ref": customer_ref, "created_at": utcnow(), **fields}
+        pk = insert_or_none(state, table_of(Customer), values, ["ref"])
         if pk is not None:
             # the row holds exactly these values: attach it without reading it back
             customer = Customer(id=pk, **values)
@@ -107,7 +104,6 @@ def points_for(state: LoyaltyState, total: Decimal, customer: Customer) -> int:
 class _CheckoutStatements:
     """The checkout's statements, built once per dialect (building one costs more than running it)."""
 
-    write_lock: Any
     customer_by_ref: Any
     insert_customer: Any
     insert_purchase: Any
@@ -118,14 +114,10 @@ class _CheckoutStatements:
 
 @functools.cache
 def _checkout_statements(dialect: str) -> _CheckoutStatements:
-    from ..models.lock import WriteLock
-
     customers, purchases = table_of(Customer), table_of(Purchase)
-    lock = table_of(WriteLock)
     dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     placed = bindparam("placed", type_=customers.c.last_purchase_at.type)
     return _CheckoutStatements(
-        write_lock=lock.update().where(lock.c.id == 1).values(counter=lock.c.counter + 1),
         customer_by_ref=select(*customers.columns).where(customers.c.ref == bindparam("ref")),
         insert_customer=dialect_insert(customers).on_conflict_do_nothing(index_elements=["ref"])
         .returning(customers.c.id),
@@ -189,9 +181,8 @@ def record_purchase(state: LoyaltyState, order_ref: str, customer_ref: str, tota
     session = state.session
     dialect = dialect_name(state)
     statements = _checkout_statements(dialect)
+    begin_write(state)
     connection = session.connection()
-    if dialect == "sqlite":
-        connection.execute(statements.write_lock)  # see begin_write
     email = data.get("email")
     email = email.strip() if email else None
     found = connection.execute(statements.customer_by_ref, {"ref": data["customer_ref"]}).first()
