@@ -262,12 +262,15 @@ def generate(db: SQLAlchemy, customers: int, purchases: int, seed: int = 7) -> d
                              "first_due_at": due, "sent_at": due if status == "sent" else None, "attempts": 1,
                              "message_id": f"<m{i}@bench>", "locale": "en", "created_at": due})
             events.append({"message_id": i, "at": due, "action": status, "reason": messages[-1]["reason"]})
+            messages[-1].update(opened_at=None, clicked_at=None)
             if status == "sent" and rnd.random() < 0.4:
                 engagement.append({"customer_id": cid, "message_id": i, "kind": messages[-1]["kind"], "event": "open",
                                    "at": due + timedelta(hours=3), "hour": 10})
+                messages[-1]["opened_at"] = due + timedelta(hours=3)
                 if rnd.random() < 0.3:
                     engagement.append({"customer_id": cid, "message_id": i, "kind": messages[-1]["kind"],
                                        "event": "click", "at": due + timedelta(hours=4), "hour": 11})
+                    messages[-1]["clicked_at"] = due + timedelta(hours=4)
         counts["messages"] = loader.load(t["loyalty_message"], messages)
         loader.load(t["loyalty_message_event"], events)
         counts["opens/clicks"] = loader.load(t["loyalty_engagement"], engagement)

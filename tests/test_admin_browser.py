@@ -95,9 +95,11 @@ def seed(shop: Any) -> dict[str, Any]:
             if status == "sent" and i % 2 == 0 and engagement is not None:
                 session.add(engagement(customer_id=c.id, message_id=m.id, kind=m.kind, event="open",
                                        at=at + timedelta(hours=2), hour=10))
+                m.opened_at = at + timedelta(hours=2)
                 if i % 4 == 0:
                     session.add(engagement(customer_id=c.id, message_id=m.id, kind=m.kind, event="click",
                                            at=at + timedelta(hours=3), hour=11))
+                    m.clicked_at = at + timedelta(hours=3)
         session.commit()
     campaigns = getattr(L, "campaigns", None)
     if campaigns is not None and area_model("rewards", "Campaign") is not None:

@@ -565,6 +565,67 @@ def test_tracking_records_opens_and_clicks_and_never_redirects_elsewhere(plan_sh
     assert plan_shop.loyalty.messages.engagement("nobody")["opens"] == 0
 
 
+def test_tracking_keeps_first_open_and_first_click_on_the_mail(plan_shop):
+    """The mail remembers its first open and first click; a click opens it; erasure forgets both."""
+    from flask_loyalty.services import tracking
+
+    state = plan_shop.loyalty.state
+    customer(plan_shop)
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0)
+    plan_shop.loyalty.dispatch(now=T0)
+    [m] = by_kind(plan_shop, "thank_you")
+    pk = m.id
+    session = plan_shop.db.session
+    session.execute(select(Message).where(Message.id == pk)).scalar_one().links = ["https://shop.test/a"]
+    session.commit()
+    t1, t2, t3 = (T0 + timedelta(hours=h) for h in (1, 2, 3))
+    assert tracking.click_target(state, pk, 0, now=t1) == "https://shop.test/a"   # a click before any open
+    assert tracking.record_open(state, pk, now=t2) is False                        # already opened by the click
+    tracking.click_target(state, pk, 0, now=t3)
+    session.expire_all()
+    m = session.get(Message, pk)
+    assert (m.opened_at, m.clicked_at) == (t1, t1)
+    rows = session.execute(select(Engagement.event, Engagement.at).where(Engagement.message_id == pk)
+                           .order_by(Engagement.id)).all()
+    assert [tuple(r) for r in rows] == [("open", t1), ("click", t1), ("click", t3)]
+    plan_shop.loyalty.consent.erase("c1")
+    session.expire_all()
+    m = session.get(Message, pk)
+    assert (m.opened_at, m.clicked_at) == (None, None)
+
+
+def test_concurrent_opens_of_one_mail_store_one_open(make_shop, capture):
+    from flask_loyalty.services import tracking
+
+    shop = make_shop(LOYALTY_DOUBLE_OPT_IN=False, LOYALTY_MAIL_TRANSPORT=capture)
+    with shop.app.app_context():
+        customer(shop)
+        shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0)
+        shop.loyalty.dispatch(now=T0)
+        pk = by_kind(shop, "thank_you")[0].id
+    barrier = threading.Barrier(8)
+    results, errors = [], []
+
+    def work(i):
+        try:
+            with shop.app.app_context():
+                barrier.wait()
+                results.append(tracking.record_open(shop.loyalty.state, pk, now=T0 + timedelta(minutes=i)))
+        except Exception as exc:  # pragma: no cover - shown on failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and sorted(results) == [False] * 7 + [True]
+    with shop.app.app_context():
+        opens = shop.db.session.execute(select(Engagement.at).where(Engagement.message_id == pk)).scalars().all()
+        assert len(opens) == 1
+        assert shop.db.session.get(Message, pk).opened_at == opens[0]
+
+
 def test_tracking_can_be_switched_off(make_shop, capture):
     shop = make_shop(LOYALTY_DOUBLE_OPT_IN=False, LOYALTY_MAIL_TRANSPORT=capture, LOYALTY_TRACKING=False)
     with shop.app.app_context():

@@ -70,6 +70,11 @@ class Message(CreatedAt, Base):
     body_html: Mapped[str | None] = mapped_column(Text)
     #: Target URLs of the tracked links in the mail (click redirects go only to these).
     links: Mapped[list[str] | None] = mapped_column(JSON)
+    # --- engagement summary (kept by tracking beside the ``loyalty_engagement`` rows, cleared on erasure) ---
+    #: When the mail was first opened (a click counts as an open: images are often blocked).
+    opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: When a link in the mail was first clicked.
+    clicked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     customer: Mapped[Customer] = relationship(lazy="joined", innerjoin=True)
     events: Mapped[list[MessageEvent]] = relationship(

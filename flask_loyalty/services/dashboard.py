@@ -59,7 +59,6 @@ from ..models import (
     Coupon,
     Customer,
     CustomerProfile,
-    Engagement,
     GiftCard,
     GiftCardMovement,
     Message,
@@ -285,8 +284,7 @@ def overview(state: LoyaltyState, period: Period) -> Overview:
     currency = state.config["LOYALTY_CURRENCY"]
     result = Overview(period=period, currency=currency)
     no_jit(state)
-    sent = _sent_counts(state, period)
-    funnel = _funnel_counts(state, period, sent)
+    sent, funnel = _mail_counts(state, period)
     result.sections["Customers and orders"] = _purchase_metrics(state, period, currency)
     result.sections["Survey"] = _survey_metrics(state, period, sent)
     result.sections["Coupons"] = _coupon_metrics(state, period)
@@ -522,18 +520,42 @@ def nps_of(promoters: int, detractors: int, answers: int) -> int | None:
 #: ``((marketing mails sent, survey invitations sent), ...)`` as ``(period, previous)`` pairs.
 SentCounts = tuple[tuple[int, int], tuple[int, int]]
 
+#: ``((sent, opened, clicked, bought), (the same for the previous period))`` of marketing mails.
+FunnelCounts = tuple[tuple[int, ...], tuple[int, ...]]
 
-def _sent_counts(state: LoyaltyState, period: Period) -> SentCounts:
-    """Marketing mails and survey invitations sent in both periods: one range scan of the sent-mail index."""
+
+def _mail_counts(state: LoyaltyState, period: Period) -> tuple[SentCounts, FunnelCounts]:
+    """Survey invitations sent and the marketing-mail funnel of both periods in one pass.
+
+    One range scan of the sent-mail index, which holds each mail's first
+    open and first click (kept by tracking), plus one purchase probe per
+    clicked marketing mail: "bought" is a purchase by the recipient within
+    ``LOYALTY_ADMIN_ATTRIBUTION_DAYS`` after the first click.
+    """
     m = table_of(Message).c
+    p = table_of(Purchase).c
+    days = int(state.config["LOYALTY_ADMIN_ATTRIBUTION_DAYS"])
     now, prev = _split(m.sent_at, period)
     marketing, invite = m.marketing.is_(True), m.kind == "survey_invite"
+    opened, clicked = m.opened_at.is_not(None), m.clicked_at.is_not(None)
+    bought = (select(literal(1)).where(p.customer_id == m.customer_id, p.placed_at >= m.clicked_at,
+                                       p.placed_at < plus_days(state, m.clicked_at, days)).exists())
+
+    def bought_in(side: ColumnElement[bool]) -> ColumnElement[int]:
+        # CASE stops at the first match, so only clicked marketing mails of this period pay for the probe
+        return func.coalesce(func.sum(case((~marketing, 0), (~clicked, 0), (~side, 0), (bought, 1), else_=0)), 0)
+
     row = state.session.execute(select(
-        count_if(and_(now, marketing)), count_if(and_(prev, marketing)),
         count_if(and_(now, invite)), count_if(and_(prev, invite)),
+        count_if(and_(now, marketing)), count_if(and_(prev, marketing)),
+        count_if(and_(now, marketing, opened)), count_if(and_(prev, marketing, opened)),
+        count_if(and_(now, marketing, clicked)), count_if(and_(prev, marketing, clicked)),
+        bought_in(now), bought_in(prev),
     ).where(m.status == "sent", _both(m.sent_at, period))).one()
-    sent, invites = _pairs(row)
-    return sent, invites
+    invites, *funnel = _pairs(row)
+    steps_now = tuple(pair[0] for pair in funnel)
+    steps_prev = tuple(pair[1] for pair in funnel)
+    return (funnel[0], invites), (steps_now, steps_prev)
 
 
 def _survey_metrics(state: LoyaltyState, period: Period, sent: SentCounts) -> list[Metric]:
@@ -559,7 +581,7 @@ def _survey_metrics(state: LoyaltyState, period: Period, sent: SentCounts) -> li
     ]
 
 
-def _mail_metrics(state: LoyaltyState, period: Period, funnel: tuple[tuple[int, ...], tuple[int, ...]]) -> list[Metric]:
+def _mail_metrics(state: LoyaltyState, period: Period, funnel: FunnelCounts) -> list[Metric]:
     (sent, opened, clicked, bought), (sent_p, opened_p, clicked_p, bought_p) = funnel
     e = table_of(ConsentEvent).c
     now, prev = _split(e.created_at, period)
@@ -577,77 +599,6 @@ def _mail_metrics(state: LoyaltyState, period: Period, funnel: tuple[tuple[int, 
     ]
 
 
-def _engaged_in(state: LoyaltyState, window: Period) -> tuple[int, int, int]:
-    """``(opened, clicked, bought)`` of the marketing mails sent in ``window``, probing the engagement index.
-
-    Reads the engagement of each mail sent in the window (cheap for short
-    windows): grouped per mail and recipient, then one purchase probe per
-    clicked mail.
-    """
-    m = table_of(Message).c
-    g = table_of(Engagement).c
-    p = table_of(Purchase).c
-    days = int(state.config["LOYALTY_ADMIN_ATTRIBUTION_DAYS"])
-    sent = select(m.id).where(m.status == "sent", between(m.sent_at, window.start, window.end), m.marketing.is_(True))
-    k = (select(g.message_id.label("mid"), g.customer_id.label("cid"),
-                func.min(case((g.event == "click", g.at))).label("first_click"))
-         .where(g.message_id.in_(sent)).group_by(g.message_id, g.customer_id).subquery()).c
-    bought = (select(literal(1)).where(p.customer_id == k.cid, p.placed_at >= k.first_click,
-                                       p.placed_at < plus_days(state, k.first_click, days)).exists())
-    row = state.session.execute(select(func.count(), func.count(k.first_click),
-                                       count_if(and_(k.first_click.is_not(None), bought)))).one()
-    return int(row[0] or 0), int(row[1] or 0), int(row[2] or 0)
-
-
-def _engaged_all(state: LoyaltyState, period: Period) -> tuple[tuple[int, int], ...]:
-    """``(opened, clicked, bought)`` as ``(period, previous)`` pairs from one pass over the whole engagement index.
-
-    For long periods: the engagement index is read once in mail order
-    (grouped per mail without sorting), each engaged mail is looked up by
-    its key to see whether it was sent in one of the periods, and each
-    clicked one gets one purchase probe.
-    """
-    m = table_of(Message).c
-    g = table_of(Engagement).c
-    p = table_of(Purchase).c
-    days = int(state.config["LOYALTY_ADMIN_ATTRIBUTION_DAYS"])
-    k = (select(g.message_id.label("mid"), func.min(case((g.event == "click", g.at))).label("first_click"))
-         .group_by(g.message_id).subquery())
-    click = k.c.first_click
-    # an engagement row always belongs to its mail's recipient (tracking writes both from the mail)
-    bought = (select(literal(1)).where(p.customer_id == m.customer_id, p.placed_at >= click,
-                                       p.placed_at < plus_days(state, click, days)).exists())
-    now, prev = _split(m.sent_at, period)
-    clicked = click.is_not(None)
-    row = state.session.execute(select(
-        count_if(now), count_if(prev), count_if(and_(now, clicked)), count_if(and_(prev, clicked)),
-        # the purchase probe comes last, so each clicked mail is probed once
-        func.coalesce(func.sum(case((~clicked, 0), (~now, 0), (bought, 1), else_=0)), 0),
-        func.coalesce(func.sum(case((~clicked, 0), (now, 0), (bought, 1), else_=0)), 0),
-    ).select_from(k.join(table_of(Message), m.id == k.c.mid))
-     .where(m.status == "sent", _both(m.sent_at, period), m.marketing.is_(True))).one()
-    return tuple(_pairs(row))
-
-
-def _funnel_counts(state: LoyaltyState, period: Period,
-                   sent: SentCounts | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """``((sent, opened, clicked, bought), (same for the previous period))``.
-
-    When the periods' mails outnumber all engagement rows (long periods),
-    one pass over the engagement index is cheaper than probing it once per
-    sent mail; otherwise each period probes it for its own mails.
-    """
-    mails, mails_prev = (sent or _sent_counts(state, period))[0]
-    engagement_rows = int(state.session.execute(select(func.count()).select_from(table_of(Engagement)))
-                          .scalar_one())
-    if mails + mails_prev > engagement_rows:
-        (opened, opened_p), (clicks, clicks_p), (buys, buys_p) = _engaged_all(state, period)
-    else:
-        opened, clicks, buys = _engaged_in(state, period)
-        opened_p, clicks_p, buys_p = _engaged_in(state, period.previous)
-    return (mails, opened, clicks, buys), (mails_prev, opened_p, clicks_p, buys_p)
-
-
 def mail_funnel(state: LoyaltyState, period: Period) -> list[tuple[str, int, int | None]]:
     """Marketing mails sent in the period -> opened -> clicked -> bought: ``[(step, count, previous count)]``.
 
@@ -655,10 +606,11 @@ def mail_funnel(state: LoyaltyState, period: Period) -> list[tuple[str, int, int
     purchase by the recipient within ``LOYALTY_ADMIN_ATTRIBUTION_DAYS`` after
     their first click.
     """
-    return _funnel_steps(_funnel_counts(state, period))
+    no_jit(state)
+    return _funnel_steps(_mail_counts(state, period)[1])
 
 
-def _funnel_steps(counts: tuple[tuple[int, ...], tuple[int, ...]]) -> list[tuple[str, int, int | None]]:
+def _funnel_steps(counts: FunnelCounts) -> list[tuple[str, int, int | None]]:
     now, before = counts
     steps = ("Sent", "Opened", "Clicked", "Bought")
     return [(step, now[i], before[i]) for i, step in enumerate(steps)]

@@ -414,7 +414,7 @@ def on_erase(state: LoyaltyState, *, customer: Customer, **_: Any) -> None:
     table = table_of(Message)
     state.session.execute(update(table).where(table.c.customer_id == customer.id).values(
         payload={}, to_address=None, subject=None, body_text=None, body_html=None, links=None,
-        last_error=None))
+        last_error=None, opened_at=None, clicked_at=None))
     state.session.execute(delete(table_of(Engagement)).where(table_of(Engagement).c.customer_id == customer.id))
 
 

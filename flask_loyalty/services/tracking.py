@@ -3,7 +3,11 @@
 A click link carries only the message id and the index of the link in that
 message (signed, purpose ``track``), so it can only lead to a URL the
 message itself contained: there is no open redirect.  Opens and clicks are
-stored in ``loyalty_engagement`` with the shop-local hour, per customer.
+stored in ``loyalty_engagement`` with the shop-local hour, per customer;
+the mail itself keeps the time of its first open and first click
+(``Message.opened_at`` / ``clicked_at``), which the dashboard's mail funnel
+reads without touching the engagement rows.  A click counts as an open
+too: images are often blocked.
 
 ``LOYALTY_TRACKING``: ``True`` (record), ``False`` (mails carry no tracking
 and nothing is recorded) or ``"consent"`` (record only for customers who
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, update
 
 from ..clock import resolve_now
 from ..errors import NotFound
@@ -34,15 +38,29 @@ def _may_record(state: LoyaltyState, message: Message) -> bool:
     return True
 
 
-def _record(state: LoyaltyState, message: Message, event: str, now: datetime, url: str | None = None) -> None:
+def _record(state: LoyaltyState, message: Message, event: str, now: datetime, url: str | None = None) -> bool:
+    """Store one open or click and keep the mail's first-open / first-click times.
+
+    The first open is claimed with a conditional ``UPDATE`` of the mail
+    (``opened_at IS NULL``), so concurrent opens of one mail store one open
+    row; an open that loses the claim stores nothing and returns ``False``.
+    A click always stores its row (and opens the mail if nothing did yet).
+    """
+    table = table_of(Message)
+    if event == "open":
+        claimed = state.session.execute(
+            update(table).where(table.c.id == message.id, table.c.opened_at.is_(None)).values(opened_at=now)
+            .returning(table.c.id)).first()
+        if claimed is None:
+            return False
+    else:
+        state.session.execute(
+            update(table).where(table.c.id == message.id)
+            .values(opened_at=func.coalesce(table.c.opened_at, now), clicked_at=func.coalesce(table.c.clicked_at, now)))
     state.session.execute(insert(table_of(Engagement)).values(
         customer_id=message.customer_id, message_id=message.id, kind=message.kind, event=event, at=now,
         hour=local_hour(state, now), url=url))
-
-
-def _opened(state: LoyaltyState, message_pk: int) -> bool:
-    return state.session.execute(select(Engagement.id).where(
-        Engagement.message_id == message_pk, Engagement.event == "open").limit(1)).first() is not None
+    return True
 
 
 def record_open(state: LoyaltyState, message_pk: int, *, now: datetime | None = None) -> bool:
@@ -50,10 +68,9 @@ def record_open(state: LoyaltyState, message_pk: int, *, now: datetime | None = 
     moment = resolve_now(now)
     begin_write(state)
     message = state.session.get(Message, message_pk)
-    if message is None or not _may_record(state, message) or _opened(state, message_pk):
+    if message is None or not _may_record(state, message) or not _record(state, message, "open", moment):
         state.session.rollback()
         return False
-    _record(state, message, "open", moment)
     finish(state, commit=True)
     return True
 
@@ -75,8 +92,7 @@ def click_target(state: LoyaltyState, message_pk: int, index: int, *, now: datet
         state.session.rollback()
         raise NotFound("no such link")
     if _may_record(state, message):
-        if not _opened(state, message_pk):
-            _record(state, message, "open", moment)
+        _record(state, message, "open", moment)
         _record(state, message, "click", moment, url[:2000])
         finish(state, commit=True)
     else:
