@@ -67,12 +67,8 @@ def build(url: str, *, reuse: bool = False) -> tuple[Flask, SQLAlchemy, Loyalty]
 
     with app.app_context():
         if url.startswith("postgresql") and not reuse:
-            with db.engine.begin() as conn:
-                names = [t.name for t in metadata.sorted_tables]
-                existing = set(inspect(conn).get_table_names())
-                present = [n for n in names if n in existing]
-                if present:
-                    conn.execute(text("TRUNCATE " + ", ".join(present) + " RESTART IDENTITY CASCADE"))
+            # dropped, not emptied: tables left by an older version may lack columns of this one
+            metadata.drop_all(db.engine)
         loyalty.create_all()
     return app, db, loyalty
 
@@ -435,6 +431,8 @@ def main() -> None:
     if not args.postgres_only:
         with tempfile.TemporaryDirectory() as tmp:
             path = args.sqlite_path or f"{tmp}/bench.db"
+            if not args.reuse and os.path.exists(path):
+                os.remove(path)   # a fresh load needs an empty file
             run("SQLite", f"sqlite:///{path}", args.customers, args.purchases, args.repeat, reuse=args.reuse,
                 only=args.only)
     if args.postgres and not args.sqlite_only:

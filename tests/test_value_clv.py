@@ -143,6 +143,30 @@ def test_recompute_recovers_parameters_end_to_end(shop):
     assert len(shop.loyalty.segments.members("top_30_clv")) == 1200
 
 
+def test_model_path_scores_equal_rank_definitions(shop):
+    """With the model, R/F/M scores and the value rank come from numpy: they must equal the SQL RANK() rules."""
+    from bisect import bisect_left, bisect_right
+
+    from flask_loyalty.models import CustomerProfile
+
+    now = datetime(2026, 6, 1, tzinfo=timezone.utc)
+    _simulate_into_db(shop, 1500, seed=5, now=now)
+    shop.loyalty.analytics.recompute(now=now)
+    assert shop.loyalty.analytics.model_params() is not None
+    rows = shop.db.session.query(CustomerProfile).filter(CustomerProfile.frequency > 0).all()
+    n = len(rows)
+    keys = {"r": [-p.recency_days for p in rows], "f": [p.frequency for p in rows],
+            "m": [p.monetary for p in rows], "v": [p.total_clv for p in rows]}
+    ordered = {k: sorted(v) for k, v in keys.items()}
+    assert len(set(keys["f"])) < n and len(set(keys["r"])) < n   # ties are exercised
+    for i, p in enumerate(rows):
+        assert p.r_score == 1 + 5 * bisect_left(ordered["r"], keys["r"][i]) // n
+        assert p.f_score == 1 + 5 * bisect_left(ordered["f"], keys["f"][i]) // n
+        assert p.m_score == 1 + 5 * bisect_left(ordered["m"], keys["m"][i]) // n
+        assert p.clv_top_share == pytest.approx((n - bisect_right(ordered["v"], keys["v"][i])) / n, abs=1e-12)
+        assert p.rfm == f"{p.r_score}{p.f_score}{p.m_score}"
+
+
 def test_without_numpy_the_heuristic_is_used(shop, monkeypatch):
     now = datetime(2026, 6, 1, tzinfo=timezone.utc)
     shop.loyalty.record_purchase("o1", "x", "10", placed_at=now - timedelta(days=10))
