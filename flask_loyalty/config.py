@@ -116,6 +116,7 @@ SETTINGS: list[Setting] = [
     Setting("LOYALTY_ADMIN_IDENTITY", None, "Callable (or 'module:function' string) returning who the current admin is, written into the audit trail; 'unknown' without it."),
     Setting("LOYALTY_ADMIN_PERIOD_DAYS", 30, "Default length in days of the dashboard's overview period (compared with the period before it)."),
     Setting("LOYALTY_ADMIN_PAGE_SIZE", 50, "Rows per page in the dashboard's lists (outbox, coupons, survey answers, audit)."),
+    Setting("LOYALTY_ADMIN_LOCALE", None, "Language of the dashboard (en, es, ro or ru); None: the request's Accept-Language among LOYALTY_LOCALES, else LOYALTY_DEFAULT_LOCALE."),
     Setting("LOYALTY_ADMIN_ATTRIBUTION_DAYS", 7, "A purchase within this many days after a mail was clicked counts as 'bought' in the mail funnel."),
 ]
 

@@ -4,7 +4,9 @@ Catalogs live in ``flask_loyalty/translations/<locale>/LC_MESSAGES/``; every
 compiled ``*.mo`` file there is loaded and merged, so each area of the
 package keeps its own catalog (``core.po``, ``coupons.po`` ...).  The locale
 is the customer's stored ``locale``, else the request's ``Accept-Language``,
-else ``LOYALTY_DEFAULT_LOCALE``.
+else ``LOYALTY_DEFAULT_LOCALE``.  The shop owner's dashboard has its own
+choice (:func:`admin_locale`) and activates its translator for the request,
+so that services building dashboard labels can call :func:`gettext`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from typing import Any
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_date as _babel_format_date
 from babel.dates import format_datetime as _babel_format_datetime
+from babel.numbers import format_decimal as _babel_format_decimal
+from babel.numbers import format_percent as _babel_format_percent
 from babel.support import NullTranslations, Translations
-from flask import has_request_context, render_template, request
+from flask import g, has_app_context, has_request_context, render_template, request
 
 from .clock import shop_zone
 from .money import format_money as _format_money
@@ -92,6 +96,17 @@ def choose_locale(customer_locale: str | None = None, *, state: LoyaltyState | N
     return default
 
 
+def admin_locale(state: LoyaltyState | None = None) -> str:
+    """The dashboard's locale: ``LOYALTY_ADMIN_LOCALE`` when set, else the request's
+    ``Accept-Language`` among ``LOYALTY_LOCALES``, else ``LOYALTY_DEFAULT_LOCALE``.
+    """
+    state = state or get_state()
+    fixed = normalize_locale(state.config.get("LOYALTY_ADMIN_LOCALE"))
+    if fixed:
+        return fixed
+    return choose_locale(None, state=state)
+
+
 class Translator:
     """Gettext callables and formatters bound to one locale and the shop's time zone."""
 
@@ -114,6 +129,20 @@ class Translator:
         """Money in the locale's format."""
         return _format_money(amount, currency, self.locale)
 
+    def number(self, value: Any, format: str | None = None) -> str:
+        """A number with the locale's separators (``format`` is a Babel/CLDR pattern such as ``"#,##0.00"``)."""
+        return _babel_format_decimal(value, format=format, locale=self.locale)
+
+    def percent(self, value: Any, format: str | None = None) -> str:
+        """A fraction (0.425) as a percentage in the locale's format (``42.5%``, ``42,5 %`` ...).
+
+        Without ``format``: the locale's own percent pattern with one decimal.
+        """
+        if format is None:
+            pattern = Locale.parse(self.locale).percent_formats[None].pattern
+            format = pattern.replace("#,##0", "#,##0.0", 1) if "0.0" not in pattern else pattern
+        return _babel_format_percent(value, format=format, locale=self.locale)
+
     def date(self, value: date | datetime, format: str = "long") -> str:
         """A calendar date; datetimes are shown in the shop's time zone."""
         if isinstance(value, datetime):
@@ -129,23 +158,74 @@ class Translator:
         """Template variables: ``_``, ``gettext``, ``ngettext``, formatters, ``locale``."""
         return {"_": self.gettext, "gettext": self.gettext, "ngettext": self.ngettext,
                 "format_money": self.money, "format_date": self.date,
-                "format_datetime": self.datetime, "locale": self.locale,
+                "format_datetime": self.datetime, "format_number": self.number,
+                "format_percent": self.percent, "locale": self.locale,
                 "text_direction": "ltr"}
 
 
 def translator(locale: str | None = None, *, state: LoyaltyState | None = None) -> Translator:
-    """A :class:`Translator` for ``locale`` (chosen with :func:`choose_locale`)."""
+    """A :class:`Translator` for ``locale`` (chosen with :func:`choose_locale`).
+
+    Without ``locale`` during a dashboard request: the dashboard's translator (so its error pages follow it).
+    """
+    if locale is None:
+        active = active_translator()
+        if active is not None:
+            return active
     state = state or get_state()
     return Translator(choose_locale(locale, state=state), timezone=state.config["LOYALTY_TIMEZONE"])
 
 
-def render(template: str | Iterable[str], *, locale: str | None = None, **context: Any) -> str:
-    """Render a loyalty template with the translation helpers of ``locale``.
+def admin_translator(state: LoyaltyState | None = None) -> Translator:
+    """A :class:`Translator` for the dashboard (:func:`admin_locale`, the shop's time zone)."""
+    state = state or get_state()
+    return Translator(admin_locale(state), timezone=state.config["LOYALTY_TIMEZONE"])
+
+
+#: Where the translator activated for the current request is kept (on ``flask.g``).
+_ACTIVE_KEY = "_loyalty_active_translator"
+
+
+def activate(tr: Translator) -> None:
+    """Use ``tr`` for :func:`gettext` and :func:`active_translator` until the end of the current request."""
+    setattr(g, _ACTIVE_KEY, tr)
+
+
+def deactivate() -> None:
+    """Forget the translator activated for the current request (labels fall back to English)."""
+    if has_app_context():
+        g.pop(_ACTIVE_KEY, None)
+
+
+def active_translator() -> Translator | None:
+    """The translator activated for the current request (the dashboard's), else ``None``."""
+    if not has_app_context():
+        return None
+    tr = g.get(_ACTIVE_KEY)
+    return tr if isinstance(tr, Translator) else None
+
+
+def gettext(message: str, **variables: Any) -> str:
+    """Translate ``message`` with the request's active translator (English without one).
+
+    For labels built by services that the dashboard shows (chart titles,
+    table captions, timeline lines): outside a dashboard request they stay
+    English.  ``%(name)s`` variables are interpolated either way.
+    """
+    tr = active_translator()
+    if tr is not None:
+        return tr.gettext(message, **variables)
+    return message % variables if variables else message
+
+
+def render(template: str | Iterable[str], *, locale: str | None = None, tr: Translator | None = None,
+           **context: Any) -> str:
+    """Render a loyalty template with the translation helpers of ``locale`` (or of the translator ``tr``).
 
     Works inside and outside a request (mails are rendered by dispatchers).
     """
     state = get_state()
-    tr = translator(locale, state=state)
+    tr = tr or translator(locale, state=state)
     ctx = tr.context()
     ctx.update(shop_name=state.config["LOYALTY_SHOP_NAME"])
     ctx.update(context)

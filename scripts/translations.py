@@ -1,4 +1,4 @@
-"""Maintain the shopper-facing translations of flask_loyalty.
+"""Maintain the translations of flask_loyalty (shopper pages, mails and the shop owner's dashboard).
 
 Each area of the package keeps its own catalog per locale:
 ``flask_loyalty/translations/<locale>/LC_MESSAGES/<area>.po``.  At run time
@@ -25,8 +25,6 @@ TRANSLATIONS = PACKAGE / "translations"
 LOCALES = ("es", "ro", "ru")  # English is the source language
 METHOD_MAP = [("**/templates/**.html", "jinja2"), ("**/templates/**.txt", "jinja2"), ("**.py", "python")]
 KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None}
-#: Not shopper-facing: the dashboard renders in English (``web/admin``), so its templates are not extracted.
-ADMIN_TEMPLATES = "templates/loyalty/admin/"
 
 
 def extract() -> dict[str, list[tuple[str, int]]]:
@@ -34,8 +32,6 @@ def extract() -> dict[str, list[tuple[str, int]]]:
     found: dict[str, list[tuple[str, int]]] = {}
     for filename, lineno, message, _comments, _context in extract_from_dir(
             str(PACKAGE), METHOD_MAP, keywords=KEYWORDS, options_map={"**/templates/**": {"extensions": ""}}):
-        if filename.replace("\\", "/").startswith(ADMIN_TEMPLATES):
-            continue   # the shop owner's dashboard is English-only (its strings are marked for a future catalog)
         ids = message if isinstance(message, tuple) else (message,)
         for msgid in ids[:1]:
             if msgid:

@@ -503,7 +503,7 @@ def test_chart_csv_equals_table(admin):
 def test_customer_timeline(admin):
     shop, _period, _d = admin
     html = shop.client.get(PREFIX + "/customers/c2").get_data(as_text=True)
-    assert "Order o3" in html and "Order o4" in html and "refunded 10.00 EUR" in html
+    assert "Order o3" in html and "Order o4" in html and "refunded €10.00" in html
     assert "Refund: -10 points" in html
     assert html.index("Order o4") < html.index("Order o3")   # newest first
 

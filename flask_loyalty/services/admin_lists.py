@@ -18,6 +18,7 @@ from sqlalchemy import Select, and_, func, or_, select, update
 
 from ..clock import local_date, resolve_now, shop_zone
 from ..errors import NotFound
+from ..i18n import N_, active_translator, gettext
 from ..models import (
     ConsentEvent,
     ConsentStatus,
@@ -114,7 +115,9 @@ class CustomerView:
 
 
 def _money(amount: Decimal, currency: str) -> str:
-    return f"{amount} {currency}"
+    """Money in the dashboard's locale during a dashboard request, else ``"12.50 EUR"``."""
+    tr = active_translator()
+    return tr.money(amount, currency) if tr is not None else f"{amount} {currency}"
 
 
 def customer_view(state: LoyaltyState, ref: str) -> CustomerView:
@@ -125,10 +128,13 @@ def customer_view(state: LoyaltyState, ref: str) -> CustomerView:
     cid = customer.id
     for p in session.execute(select(Purchase).where(Purchase.customer_id == cid)
                              .order_by(Purchase.placed_at.desc()).limit(TIMELINE_LIMIT)).scalars():
-        detail = f"{p.channel}, {p.points_earned} points"
+        detail = gettext("%(channel)s, %(points)s points", channel=p.channel, points=p.points_earned)
         if p.refunded_total:
-            detail += f"; refunded {_money(p.refunded_total, p.currency)}"
-        events.append(Event(p.placed_at, "purchase", f"Order {p.order_ref}: {_money(p.total, p.currency)}", detail,
+            detail += "; " + gettext("refunded %(amount)s", amount=_money(p.refunded_total, p.currency))
+        events.append(Event(p.placed_at, "purchase",
+                            gettext("Order %(order)s: %(amount)s", order=p.order_ref,
+                                    amount=_money(p.total, p.currency)),
+                            detail,
                             "refunded" if p.refunded_total >= p.total and p.total else ""))
     entries = list(session.execute(select(PointsEntry).where(PointsEntry.customer_id == cid)
                                    .order_by(PointsEntry.id.desc()).limit(TIMELINE_LIMIT)).scalars())
@@ -136,10 +142,12 @@ def customer_view(state: LoyaltyState, ref: str) -> CustomerView:
     orders = dict(session.execute(select(Purchase.id, Purchase.order_ref).where(Purchase.id.in_(wanted))).all()
                   ) if wanted else {}
     for e in entries:
-        order = f" (order {orders.get(e.purchase_id, '?')})" if e.purchase_id else ""
+        order = " " + gettext("(order %(order)s)", order=orders.get(e.purchase_id, "?")) if e.purchase_id else ""
         kind = "refund" if e.reason == "refund" else "points"
-        title = f"Refund: {e.delta:+d} points{order}" if kind == "refund" else f"{e.delta:+d} points: {e.reason}{order}"
-        note = f"balance {e.balance_after}" + (f"; {e.note}" if e.note else "")
+        delta = f"{e.delta:+d}"
+        title = (gettext("Refund: %(delta)s points", delta=delta) if kind == "refund"
+                 else gettext("%(delta)s points: %(reason)s", delta=delta, reason=e.reason)) + order
+        note = gettext("balance %(balance)s", balance=e.balance_after) + (f"; {e.note}" if e.note else "")
         events.append(Event(e.created_at, kind, title, note))
     events += _coupon_events(state, customer)
     events += _message_events(state, customer)
@@ -161,19 +169,25 @@ def _coupon_events(state: LoyaltyState, customer: Customer) -> list[Event]:
     for c in state.session.execute(select(coupon).where(coupon.customer_ref == customer.ref)
                                    .order_by(coupon.id.desc()).limit(TIMELINE_LIMIT)).scalars():
         status = "revoked" if c.revoked_at else ("used" if c.max_uses and c.uses >= c.max_uses else "")
-        events.append(Event(c.created_at, "coupon", f"Coupon {c.code} issued: {coupon_value(c)}",
-                            f"campaign {c.campaign}" if c.campaign else "", status))
+        events.append(Event(c.created_at, "coupon",
+                            gettext("Coupon %(code)s issued: %(offer)s", code=c.code, offer=coupon_value(c)),
+                            gettext("campaign %(campaign)s", campaign=c.campaign) if c.campaign else "", status))
     for r in state.session.execute(select(redemption).where(redemption.customer_ref == customer.ref)
                                    .order_by(redemption.id.desc()).limit(TIMELINE_LIMIT)).scalars():
-        events.append(Event(r.created_at, "coupon", f"Coupon {r.code} used on order {r.order_ref}",
-                            f"discount {_money(r.discount, r.currency)}", "released" if r.released_at else ""))
+        events.append(Event(r.created_at, "coupon",
+                            gettext("Coupon %(code)s used on order %(order)s", code=r.code, order=r.order_ref),
+                            gettext("discount %(amount)s", amount=_money(r.discount, r.currency)),
+                            "released" if r.released_at else ""))
         if r.released_at:
-            events.append(Event(r.released_at, "coupon", f"Coupon {r.code} released (order {r.order_ref})"))
+            events.append(Event(r.released_at, "coupon", gettext("Coupon %(code)s released (order %(order)s)",
+                                                                 code=r.code, order=r.order_ref)))
     card = GiftCard
     for g in state.session.execute(select(card).where(card.customer_ref == customer.ref)
                                    .order_by(card.id.desc()).limit(TIMELINE_LIMIT)).scalars():
-        events.append(Event(g.created_at, "gift_card", f"Gift card {g.code[:4]}… issued: "
-                            f"{_money(g.initial_amount, g.currency)}", f"balance {_money(g.balance, g.currency)}"))
+        events.append(Event(g.created_at, "gift_card",
+                            gettext("Gift card %(code)s issued: %(amount)s", code=g.code[:4] + "…",
+                                    amount=_money(g.initial_amount, g.currency)),
+                            gettext("balance %(balance)s", balance=_money(g.balance, g.currency))))
     return events
 
 
@@ -186,21 +200,25 @@ def _message_events(state: LoyaltyState, customer: Customer) -> list[Event]:
         select(history, message.kind, message.id).join(message, message.id == history.message_id)
         .where(message.customer_id == customer.id).order_by(history.id.desc()).limit(TIMELINE_LIMIT)).all()
     for h, kind, mid in rows:
-        why = f"why: {h.reason}" if h.reason else ""
+        why = gettext("why: %(reason)s", reason=h.reason) if h.reason else ""
         if h.detail:
             why = f"{why}; {h.detail}" if why else h.detail
-        events.append(Event(h.at, "message", f"Mail {kind} #{mid}: {h.action}", why, h.action))
+        events.append(Event(h.at, "message", gettext("Mail %(kind)s #%(id)s: %(action)s", kind=kind, id=mid,
+                                                      action=h.action), why, h.action))
     for g in state.session.execute(select(engagement).where(engagement.customer_id == customer.id)
                                    .order_by(engagement.id.desc()).limit(TIMELINE_LIMIT)).scalars():
-        what = "opened" if g.event == "open" else "clicked"
-        events.append(Event(g.at, g.event, f"Mail {g.kind} #{g.message_id} {what}", g.url or ""))
+        title = (gettext("Mail %(kind)s #%(id)s opened", kind=g.kind, id=g.message_id) if g.event == "open"
+                 else gettext("Mail %(kind)s #%(id)s clicked", kind=g.kind, id=g.message_id))
+        events.append(Event(g.at, g.event, title, g.url or ""))
     return events
 
 
 def _consent_events(state: LoyaltyState, customer: Customer) -> list[Event]:
     event = ConsentEvent
-    return [Event(e.created_at, "consent", f"Consent {e.purpose}: {e.action}",
-                  f"source {e.source}, {e.method}" + (f", wording v{e.wording_version}" if e.wording_version else ""),
+    return [Event(e.created_at, "consent", gettext("Consent %(purpose)s: %(action)s", purpose=e.purpose,
+                                                   action=e.action),
+                  gettext("source %(source)s, %(method)s", source=e.source, method=e.method)
+                  + (", " + gettext("wording v%(version)s", version=e.wording_version) if e.wording_version else ""),
                   e.action)
             for e in state.session.execute(select(event).where(event.customer_id == customer.id)
                                            .order_by(event.id.desc()).limit(TIMELINE_LIMIT)).scalars()]
@@ -216,7 +234,8 @@ def survey_value_text(values: dict[str, Any]) -> str:
 
 def _survey_events(state: LoyaltyState, customer: Customer) -> list[Event]:
     response = SurveyResponse
-    return [Event(r.answered_at, "survey", f"Survey answer about order {r.order_ref}", survey_value_text(r.values),
+    return [Event(r.answered_at, "survey", gettext("Survey answer about order %(order)s", order=r.order_ref),
+                  survey_value_text(r.values),
                   "detractor" if r.detractor else "promoter" if r.promoter else "")
             for r in state.session.execute(select(response).where(response.customer_id == customer.id)
                                            .order_by(response.id.desc()).limit(TIMELINE_LIMIT)).scalars()]
@@ -234,6 +253,15 @@ def _consent_states(state: LoyaltyState, customer: Customer) -> dict[str, str]:
 PROFILE_FIELDS = ("stage", "segment", "rfm", "recency_days", "frequency", "monetary", "historical_clv",
                   "predicted_clv", "total_clv", "p_alive", "clv_method", "main_channel", "reading_hour",
                   "loyal_indicator", "computed_at")
+
+
+#: How the customer page names each profile field (English msgids).
+PROFILE_LABELS = {"stage": N_("stage"), "segment": N_("segment"), "rfm": N_("RFM"), "recency_days": N_("recency days"),
+                  "frequency": N_("frequency"), "monetary": N_("monetary"), "historical_clv": N_("historical CLV"),
+                  "predicted_clv": N_("predicted CLV"), "total_clv": N_("total CLV"), "p_alive": N_("P(alive)"),
+                  "clv_method": N_("CLV method"), "main_channel": N_("main channel"),
+                  "reading_hour": N_("reading hour"), "loyal_indicator": N_("loyal indicator"),
+                  "computed_at": N_("computed at")}
 
 
 def _profile(state: LoyaltyState, customer: Customer) -> dict[str, Any] | None:
@@ -307,19 +335,31 @@ def message_kinds(state: LoyaltyState) -> list[str]:
 # --------------------------------------------------------------------------- coupons and gift cards
 
 
-def coupon_value(coupon: Any) -> str:
-    """What a coupon gives, as text (``10% off``, ``5.00 EUR off``, ``free shipping``, ``gift: Mug``)."""
+def coupon_value(coupon: Any, *, translate: bool = True) -> str:
+    """What a coupon gives, as text (``10% off``, ``5.00 EUR off``, ``free shipping``, ``gift: Mug``).
+
+    In the dashboard's language during a dashboard request unless ``translate`` is false (exports).
+    """
+    say = gettext if translate else (lambda message, **variables: message % variables)
     if coupon.kind == "percent":
-        return f"{format(coupon.value.normalize(), 'f') if coupon.value is not None else '?'}% off"
+        value = format(coupon.value.normalize(), "f") if coupon.value is not None else "?"
+        return say(N_("%(value)s%% off"), value=value)
     if coupon.kind == "fixed":
-        return f"{coupon.value} {coupon.currency} off"
+        amount = _money(coupon.value, coupon.currency) if translate and coupon.value is not None else \
+            f"{coupon.value} {coupon.currency}"
+        return say(N_("%(amount)s off"), amount=amount)
     if coupon.kind == "free_shipping":
-        return "free shipping"
-    return f"gift: {coupon.gift_name or coupon.value or ''}".strip()
+        return say(N_("free shipping"))
+    return say(N_("gift: %(gift)s"), gift=coupon.gift_name or coupon.value or "").strip()
+
+
+#: How each coupon status is shown (English msgids, translated by the coupon list).
+COUPON_STATUSES = {"revoked": N_("revoked"), "expired": N_("expired"), "used up": N_("used up"),
+                   "not started": N_("not started"), "active": N_("active")}
 
 
 def coupon_status(coupon: Any, now: datetime) -> str:
-    """``revoked``, ``expired``, ``used up``, ``not started`` or ``active``."""
+    """``revoked``, ``expired``, ``used up``, ``not started`` or ``active`` (keys of :data:`COUPON_STATUSES`)."""
     if coupon.revoked_at is not None:
         return "revoked"
     if coupon.expires_at is not None and coupon.expires_at <= now:
@@ -389,7 +429,7 @@ def coupons_csv(state: LoyaltyState, *, q: str | None = None, campaign: str | No
     for row in state.session.execute(joined).mappings():
         item = _CouponRow(row)
         writer.writerow([
-            row["code"], coupon_value(item), row["kind"], "" if row["value"] is None else row["value"],
+            row["code"], coupon_value(item, translate=False), row["kind"], "" if row["value"] is None else row["value"],
             row["currency"], "" if row["min_order_total"] is None else row["min_order_total"],
             local_date(row["starts_at"], zone).isoformat() if row["starts_at"] else "",
             local_date(row["expires_at"], zone).isoformat() if row["expires_at"] else "",

@@ -15,6 +15,8 @@ from itertools import count
 
 from markupsafe import Markup, escape
 
+from ..i18n import gettext
+
 #: Colours with enough contrast on white, distinguishable for common colour-vision deficiencies.
 PALETTE = ("#0b5cad", "#d35400", "#1b6e20", "#7b2d8b", "#a4161a", "#4a4a4a")
 _ids = count(1)
@@ -215,8 +217,11 @@ def line(labels: Sequence[str], values: Sequence[Number | None], *, title: str, 
 
 
 def pareto(points: Sequence[tuple[Decimal, Decimal]], *, mark: Decimal, mark_share: Decimal | None,
-           title: str) -> Markup:
-    """A cumulative share curve (both axes 0..100%) with a vertical mark at ``mark`` (e.g. top 30%)."""
+           title: str, x_label: str = "Share of customers (best first)") -> Markup:
+    """A cumulative share curve (both axes 0..100%) with a vertical mark at ``mark`` (e.g. top 30%).
+
+    The mark's label is translated with :func:`flask_loyalty.i18n.gettext` (the dashboard's language).
+    """
     left, top, w, h = 60, 30, 400, 260
     width, height = left + w + 30, top + h + 50
     _uid, parts = _open(width, height, title)
@@ -225,7 +230,7 @@ def pareto(points: Sequence[tuple[Decimal, Decimal]], *, mark: Decimal, mark_sha
     for k in range(5):
         x = left + w * k / 4
         parts.append(_text(x, top + h + 16, f"{25 * k}%", size=11, fill="#4a4a4a"))
-    parts.append(_text(left + w / 2, height - 6, "Share of customers (best first)"))
+    parts.append(_text(left + w / 2, height - 6, x_label))
     parts.append(f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top}" stroke="#a0a0a0" '
                  f'stroke-dasharray="3 3"/>')
     coords = [f"{_f(left + w * float(x))},{_f(top + h - h * float(y))}" for x, y in points]
@@ -234,11 +239,13 @@ def pareto(points: Sequence[tuple[Decimal, Decimal]], *, mark: Decimal, mark_sha
     mx = left + w * float(mark)
     parts.append(f'<line x1="{_f(mx)}" y1="{top}" x2="{_f(mx)}" y2="{top + h}" stroke="{PALETTE[1]}" '
                  f'stroke-width="2"/>')
-    label = f"top {round(float(mark) * 100)}%"
+    top_text = f"{round(float(mark) * 100)}%"
+    label = gettext("top %(top)s", top=top_text)
     if mark_share is not None:
         my = top + h - h * float(mark_share)
         parts.append(f'<circle cx="{_f(mx)}" cy="{_f(my)}" r="5" fill="{PALETTE[1]}"/>')
-        label += f" → {round(float(mark_share) * 100)}% of revenue"
+        share_text = f"{round(float(mark_share) * 100)}%"
+        label = gettext("top %(top)s → %(share)s of revenue", top=top_text, share=share_text)
         parts.append(_text(mx + 8, my + 16, label, anchor="start", fill=PALETTE[1], weight="600"))
     return _close(parts)
 

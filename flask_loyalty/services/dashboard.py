@@ -52,6 +52,7 @@ from sqlalchemy import (
 
 from ..clock import local_date, resolve_now, shop_zone, start_of_local_day
 from ..errors import InvalidInput
+from ..i18n import N_, gettext
 from ..models import (
     Campaign,
     CampaignMember,
@@ -227,7 +228,9 @@ class Metric:
     ``kind`` says how to show it: ``count``, ``money`` (Decimal in the shop's
     currency), ``percent`` (a fraction 0..1), ``number`` (a ratio such as
     orders per customer) or ``nps`` (-100..100).  ``better`` is ``"up"`` when
-    a larger value is good, ``"down"`` when smaller is good.
+    a larger value is good, ``"down"`` when smaller is good.  ``label`` and
+    ``note`` are English msgids, translated where they are shown (``note``
+    with the ``%(name)s`` values of ``note_vars``).
     """
 
     key: str
@@ -237,6 +240,7 @@ class Metric:
     previous: Any = None
     better: str = "up"
     note: str | None = None
+    note_vars: dict[str, Any] = field(default_factory=dict)
 
     @property
     def change(self) -> Decimal | None:
@@ -256,7 +260,10 @@ class Metric:
 
 @dataclass
 class Overview:
-    """The overview page: the period, its metrics grouped by section, and the mail funnel."""
+    """The overview page: the period, its metrics grouped by section, and the mail funnel.
+
+    Section titles and funnel steps are English msgids, translated where they are shown.
+    """
 
     period: Period
     currency: str
@@ -285,11 +292,11 @@ def overview(state: LoyaltyState, period: Period) -> Overview:
     result = Overview(period=period, currency=currency)
     no_jit(state)
     sent, funnel = _mail_counts(state, period)
-    result.sections["Customers and orders"] = _purchase_metrics(state, period, currency)
-    result.sections["Survey"] = _survey_metrics(state, period, sent)
-    result.sections["Coupons"] = _coupon_metrics(state, period)
-    result.sections["Outstanding balances"] = _liability_metrics(state, period)
-    result.sections["Mail"] = _mail_metrics(state, period, funnel)
+    result.sections[N_("Customers and orders")] = _purchase_metrics(state, period, currency)
+    result.sections[N_("Survey")] = _survey_metrics(state, period, sent)
+    result.sections[N_("Coupons")] = _coupon_metrics(state, period)
+    result.sections[N_("Outstanding balances")] = _liability_metrics(state, period)
+    result.sections[N_("Mail")] = _mail_metrics(state, period, funnel)
     result.funnel = _funnel_steps(funnel)
     return result
 
@@ -415,20 +422,20 @@ def _purchase_metrics(state: LoyaltyState, period: Period, currency: str) -> lis
         return (revenue / n).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN) if n else None
 
     return [
-        Metric("customers", "Customers", "count", customers, customers_prev,
-               note="customers with a purchase before the period's end"),
-        Metric("new_customers", "New customers", "count", new, new_prev),
-        Metric("active_customers", "Active customers", "count", active, active_prev,
-               note="bought in the period"),
-        Metric("repeat_rate", "Repeat-purchase rate", "percent", ratio(repeat, active),
-               ratio(repeat_prev, active_prev), note="share of the period's buyers with two or more orders"),
-        Metric("orders", "Orders", "count", orders, orders_prev),
-        Metric("frequency", "Purchase frequency", "number", ratio(orders, active), ratio(orders_prev, active_prev),
-               note="orders per active customer"),
-        Metric("revenue", "Revenue", "money", rev, rev_prev, note="net of refunds"),
-        Metric("aov", "Average order value", "money", aov(rev, orders), aov(rev_prev, orders_prev)),
-        Metric("returning_revenue", "Revenue from returning customers", "money", ret, ret_prev),
-        Metric("returning_share", "Share of revenue from returning customers", "percent",
+        Metric("customers", N_("Customers"), "count", customers, customers_prev,
+               note=N_("customers with a purchase before the period's end")),
+        Metric("new_customers", N_("New customers"), "count", new, new_prev),
+        Metric("active_customers", N_("Active customers"), "count", active, active_prev,
+               note=N_("bought in the period")),
+        Metric("repeat_rate", N_("Repeat-purchase rate"), "percent", ratio(repeat, active),
+               ratio(repeat_prev, active_prev), note=N_("share of the period's buyers with two or more orders")),
+        Metric("orders", N_("Orders"), "count", orders, orders_prev),
+        Metric("frequency", N_("Purchase frequency"), "number", ratio(orders, active), ratio(orders_prev, active_prev),
+               note=N_("orders per active customer")),
+        Metric("revenue", N_("Revenue"), "money", rev, rev_prev, note=N_("net of refunds")),
+        Metric("aov", N_("Average order value"), "money", aov(rev, orders), aov(rev_prev, orders_prev)),
+        Metric("returning_revenue", N_("Revenue from returning customers"), "money", ret, ret_prev),
+        Metric("returning_share", N_("Share of revenue from returning customers"), "percent",
                ratio(rev_raw - first_raw, rev_raw), ratio(rev_prev_raw - first_prev_raw, rev_prev_raw)),
     ]
 
@@ -463,12 +470,12 @@ def _liability_metrics(state: LoyaltyState, period: Period) -> list[Metric]:
         .select_from(table_of(GiftCardMovement).join(table_of(GiftCard), g.id == m.gift_card_id))
         .where(g.currency == currency, or_(g.expires_at.is_(None), g.expires_at > period.end))).one()
     return [
-        Metric("points_outstanding", "Points outstanding", "count", points, points_prev, better="down",
-               note="at the period's end"),
-        Metric("points_liability", "Points liability", "money", worth(points), worth(points_prev), better="down",
-               note="points at their redemption value"),
-        Metric("gift_card_liability", "Gift-card liability", "money", money(row[0]), money(row[1]),
-               better="down", note="unspent, unexpired gift-card balances"),
+        Metric("points_outstanding", N_("Points outstanding"), "count", points, points_prev, better="down",
+               note=N_("at the period's end")),
+        Metric("points_liability", N_("Points liability"), "money", worth(points), worth(points_prev), better="down",
+               note=N_("points at their redemption value")),
+        Metric("gift_card_liability", N_("Gift-card liability"), "money", money(row[0]), money(row[1]),
+               better="down", note=N_("unspent, unexpired gift-card balances")),
     ]
 
 
@@ -491,12 +498,12 @@ def _coupon_metrics(state: LoyaltyState, period: Period) -> list[Metric]:
     (n, n_prev), (redeemed, redeemed_prev) = issued
     (u, u_prev), (cost, cost_prev) = uses
     return [
-        Metric("coupons_issued", "Coupons issued", "count", n, n_prev),
-        Metric("coupon_redemption_rate", "Coupon redemption rate", "percent", ratio(redeemed, n),
-               ratio(redeemed_prev, n_prev), note="coupons issued in the period and used by its end"),
-        Metric("redemptions", "Coupon redemptions", "count", u, u_prev),
-        Metric("discount_cost", "Discount cost", "money", money(cost), money(cost_prev), better="down",
-               note="discounts granted on orders in the period"),
+        Metric("coupons_issued", N_("Coupons issued"), "count", n, n_prev),
+        Metric("coupon_redemption_rate", N_("Coupon redemption rate"), "percent", ratio(redeemed, n),
+               ratio(redeemed_prev, n_prev), note=N_("coupons issued in the period and used by its end")),
+        Metric("redemptions", N_("Coupon redemptions"), "count", u, u_prev),
+        Metric("discount_cost", N_("Discount cost"), "money", money(cost), money(cost_prev), better="down",
+               note=N_("discounts granted on orders in the period")),
     ]
 
 
@@ -573,11 +580,11 @@ def _survey_metrics(state: LoyaltyState, period: Period, sent: SentCounts) -> li
     (responses, responses_prev), (n, n_prev), (pro, pro_prev), (det, det_prev) = _pairs(row)
     invites, invites_prev = sent[1]
     return [
-        Metric("survey_responses", "Survey responses", "count", responses, responses_prev),
-        Metric("nps", "Net Promoter Score", "nps", nps_of(pro, det, n), nps_of(pro_prev, det_prev, n_prev),
-               note="% promoters (9-10) minus % detractors (0-6); the arrow is the trend"),
-        Metric("response_rate", "Survey response rate", "percent", ratio(responses, invites),
-               ratio(responses_prev, invites_prev), note="responses per survey invitation sent in the period"),
+        Metric("survey_responses", N_("Survey responses"), "count", responses, responses_prev),
+        Metric("nps", N_("Net Promoter Score"), "nps", nps_of(pro, det, n), nps_of(pro_prev, det_prev, n_prev),
+               note=N_("% promoters (9-10) minus % detractors (0-6); the arrow is the trend")),
+        Metric("response_rate", N_("Survey response rate"), "percent", ratio(responses, invites),
+               ratio(responses_prev, invites_prev), note=N_("responses per survey invitation sent in the period")),
     ]
 
 
@@ -589,13 +596,14 @@ def _mail_metrics(state: LoyaltyState, period: Period, funnel: FunnelCounts) -> 
     unsubscribes, unsubscribes_prev = _pairs(state.session.execute(select(
         count_if(and_(now, withdrawn)), count_if(and_(prev, withdrawn))).where(_both(e.created_at, period))).one())[0]
     return [
-        Metric("mails_sent", "Marketing mails sent", "count", sent, sent_p),
-        Metric("open_rate", "Open rate", "percent", ratio(opened, sent), ratio(opened_p, sent_p)),
-        Metric("click_rate", "Click rate", "percent", ratio(clicked, sent), ratio(clicked_p, sent_p)),
-        Metric("mail_conversion", "Bought after a click", "percent", ratio(bought, sent), ratio(bought_p, sent_p),
-               note=f"a purchase within {int(state.config['LOYALTY_ADMIN_ATTRIBUTION_DAYS'])} days of the click"),
-        Metric("unsubscribes", "Unsubscribes", "count", unsubscribes, unsubscribes_prev, better="down",
-               note="withdrawals of e-mail marketing consent"),
+        Metric("mails_sent", N_("Marketing mails sent"), "count", sent, sent_p),
+        Metric("open_rate", N_("Open rate"), "percent", ratio(opened, sent), ratio(opened_p, sent_p)),
+        Metric("click_rate", N_("Click rate"), "percent", ratio(clicked, sent), ratio(clicked_p, sent_p)),
+        Metric("mail_conversion", N_("Bought after a click"), "percent", ratio(bought, sent), ratio(bought_p, sent_p),
+               note=N_("a purchase within %(days)d days of the click"),
+               note_vars={"days": int(state.config["LOYALTY_ADMIN_ATTRIBUTION_DAYS"])}),
+        Metric("unsubscribes", N_("Unsubscribes"), "count", unsubscribes, unsubscribes_prev, better="down",
+               note=N_("withdrawals of e-mail marketing consent")),
     ]
 
 
@@ -612,7 +620,7 @@ def mail_funnel(state: LoyaltyState, period: Period) -> list[tuple[str, int, int
 
 def _funnel_steps(counts: FunnelCounts) -> list[tuple[str, int, int | None]]:
     now, before = counts
-    steps = ("Sent", "Opened", "Clicked", "Bought")
+    steps = (N_("Sent"), N_("Opened"), N_("Clicked"), N_("Bought"))
     return [(step, now[i], before[i]) for i, step in enumerate(steps)]
 
 
@@ -707,14 +715,14 @@ def cohort_chart(state: LoyaltyState, now: datetime, *, months: int = 12) -> Cha
                 shares.append(ratio(counts.get((i, i + k), 0), size) if size else None)
         grid.append(shares)
         rows.append([label, size, *[percent(s) for s in shares]])
-    columns = ["Cohort", "Customers", *[f"Month {k}" for k in range(months)]]
-    table = Table("Share of each monthly cohort buying again in later months", columns, rows)
+    columns = [gettext("Cohort"), gettext("Customers"), *[gettext("Month %(n)d", n=k) for k in range(months)]]
+    table = Table(gettext("Share of each monthly cohort buying again in later months"), columns, rows)
     svg = charts.heatmap(labels, [f"+{k}" for k in range(months)], grid,
-                         title="Monthly cohort retention", x_label="Months since first purchase",
-                         y_label="First purchase")
-    return Chart("cohorts", "Cohort retention",
-                 "Each row is the customers who first bought in that month; each cell the share of them "
-                 "who bought again k months later.", svg, table)
+                         title=gettext("Monthly cohort retention"), x_label=gettext("Months since first purchase"),
+                         y_label=gettext("First purchase"))
+    return Chart("cohorts", gettext("Cohort retention"),
+                 gettext("Each row is the customers who first bought in that month; each cell the share of them "
+                         "who bought again k months later."), svg, table)
 
 
 def pareto_chart(state: LoyaltyState, now: datetime, *, steps: int = 20, mark: Decimal = Decimal("0.3")) -> Chart:
@@ -742,16 +750,20 @@ def pareto_chart(state: LoyaltyState, now: datetime, *, steps: int = 20, mark: D
         points.append((x, y))
         rows.append([percent(x), seen_customers, money(seen_revenue), percent(y)])
     mark_share = _share_at(points, mark)
-    svg = charts.pareto(points, mark=mark, mark_share=mark_share, title="Revenue concentration")
-    table = Table(f"Cumulative share of revenue by the top customers (top {percent(mark)}: "
-                  f"{percent(mark_share)} of revenue)",
-                  ["Top customers", "Customers", "Revenue", "Share of revenue"], rows)
-    description = "Customers ranked by net spend: how much of the revenue the best customers bring."
+    svg = charts.pareto(points, mark=mark, mark_share=mark_share, title=gettext("Revenue concentration"),
+                        x_label=gettext("Share of customers (best first)"))
+    table = Table(gettext("Cumulative share of revenue by the top customers (top %(top)s: %(share)s of revenue)",
+                          top=percent(mark), share=percent(mark_share)),
+                  [gettext("Top customers"), gettext("Customers"), gettext("Revenue"), gettext("Share of revenue")],
+                  rows)
+    description = gettext("Customers ranked by net spend: how much of the revenue the best customers bring.")
     if _profiles(state) is not None:
         profit_share, revenue_share = top_profit_shares(state, mark)
-        description += (f" Ranked by the profit they brought (analytics profiles), the top {percent(mark)} "
-                        f"bring {percent(profit_share)} of the profit and {percent(revenue_share)} of the revenue.")
-    return Chart("pareto", "Pareto curve", description, svg, table)
+        description += " " + gettext(
+            "Ranked by the profit they brought (analytics profiles), the top %(top)s bring %(profit)s of the "
+            "profit and %(revenue)s of the revenue.",
+            top=percent(mark), profit=percent(profit_share), revenue=percent(revenue_share))
+    return Chart("pareto", gettext("Pareto curve"), description, svg, table)
 
 
 def top_profit_shares(state: LoyaltyState, mark: Decimal) -> tuple[Decimal, Decimal]:
@@ -803,11 +815,11 @@ def clv_chart(state: LoyaltyState, now: datetime) -> Chart:
         pc = table_of(profile).c
         value_col = raw(pc.total_clv)
         source = select(value_col.label("v")).where(pc.frequency > 0).subquery()
-        basis = "lifetime (profit so far + predicted)"
+        basis = gettext("lifetime (profit so far + predicted)")
     else:
         cc = table_of(Customer).c
         source = select(raw(cc.total_spent).label("v")).where(cc.orders_count > 0).subquery()
-        basis = "historical spend"
+        basis = gettext("historical spend")
     scale = 10_000
     edges = [e * scale for e in CLV_EDGES]
     v = source.c.v
@@ -815,7 +827,7 @@ def clv_chart(state: LoyaltyState, now: datetime) -> Chart:
     counts: dict[int, int] = {int(k): int(n) for k, n in state.session.execute(
         select(band, func.count()).group_by(band)).all()}
     currency = state.config["LOYALTY_CURRENCY"]
-    labels = ["below 0"] if -1 in counts else []
+    labels = [gettext("below 0")] if -1 in counts else []
     for i in range(len(CLV_EDGES)):
         if i + 1 < len(CLV_EDGES):
             labels.append(f"{CLV_EDGES[i]}–{CLV_EDGES[i + 1]}")
@@ -824,11 +836,15 @@ def clv_chart(state: LoyaltyState, now: datetime) -> Chart:
     values = ([counts[-1]] if -1 in counts else []) + [int(counts.get(i, 0)) for i in range(len(CLV_EDGES))]
     total = sum(values)
     rows = [[f"{label} {currency}", n, percent(ratio(n, total))] for label, n in zip(labels, values, strict=True)]
-    svg = charts.bars(labels, values, title=f"Customer lifetime value ({basis}, {currency})",
-                      x_label=f"Lifetime value ({currency})", y_label="Customers")
-    return Chart("clv", "Lifetime value distribution",
-                 f"Customers by {basis} lifetime value band.", svg,
-                 Table(f"Customers by {basis} lifetime value", ["Band", "Customers", "Share"], rows))
+    svg = charts.bars(labels, values,
+                      title=gettext("Customer lifetime value (%(basis)s, %(currency)s)", basis=basis,
+                                    currency=currency),
+                      x_label=gettext("Lifetime value (%(currency)s)", currency=currency),
+                      y_label=gettext("Customers"))
+    return Chart("clv", gettext("Lifetime value distribution"),
+                 gettext("Customers by lifetime value band: %(basis)s.", basis=basis), svg,
+                 Table(gettext("Customers by lifetime value: %(basis)s", basis=basis),
+                       [gettext("Band"), gettext("Customers"), gettext("Share")], rows))
 
 
 def funnel_chart(data: Overview) -> Chart | None:
@@ -838,12 +854,16 @@ def funnel_chart(data: Overview) -> Chart | None:
     if not data.funnel:
         return None
     first = data.funnel[0][1]
-    rows = [[step, n, percent(ratio(n, first)), "" if prev is None else prev] for step, n, prev in data.funnel]
-    svg = charts.funnel([s for s, _n, _p in data.funnel], [n for _s, n, _p in data.funnel],
-                        title="Mail funnel")
-    return Chart("funnel", "Mail funnel",
-                 "Marketing mails sent in the period, how many were opened, clicked, and followed by a purchase.",
-                 svg, Table("Mail funnel in the period", ["Step", "Mails", "Share of sent", "Previous period"], rows))
+    rows = [[gettext(step), n, percent(ratio(n, first)), "" if prev is None else prev]
+            for step, n, prev in data.funnel]
+    svg = charts.funnel([gettext(s) for s, _n, _p in data.funnel], [n for _s, n, _p in data.funnel],
+                        title=gettext("Mail funnel"))
+    return Chart("funnel", gettext("Mail funnel"),
+                 gettext("Marketing mails sent in the period, how many were opened, clicked, and followed by a "
+                         "purchase."),
+                 svg, Table(gettext("Mail funnel in the period"),
+                            [gettext("Step"), gettext("Mails"), gettext("Share of sent"), gettext("Previous period")],
+                            rows))
 
 
 def nps_chart(state: LoyaltyState, now: datetime, *, months: int = 12) -> Chart:
@@ -870,11 +890,13 @@ def nps_chart(state: LoyaltyState, now: datetime, *, months: int = 12) -> Chart:
         score = nps_of(pro, det, n)
         values.append(score)
         rows.append([label, n, pro, n - pro - det, det, "" if score is None else score])
-    svg = charts.line([lb[2:] for lb in labels], values, title="Net Promoter Score by month", y_min=-100, y_max=100,
-                      y_format="{:+.0f}", y_label="NPS")
-    return Chart("nps", "NPS over time", "Net Promoter Score of each month's survey answers (-100 to +100).", svg,
-                 Table("Net Promoter Score by month", ["Month", "Answers", "Promoters", "Passives", "Detractors",
-                                                        "NPS"], rows))
+    svg = charts.line([lb[2:] for lb in labels], values, title=gettext("Net Promoter Score by month"), y_min=-100,
+                      y_max=100, y_format="{:+.0f}", y_label="NPS")
+    return Chart("nps", gettext("NPS over time"),
+                 gettext("Net Promoter Score of each month's survey answers (-100 to +100)."), svg,
+                 Table(gettext("Net Promoter Score by month"),
+                       [gettext("Month"), gettext("Answers"), gettext("Promoters"), gettext("Passives"),
+                        gettext("Detractors"), "NPS"], rows))
 
 
 def _profiles(state: LoyaltyState) -> Any:
@@ -902,18 +924,21 @@ def rfm_chart(state: LoyaltyState, now: datetime) -> Chart | None:
     cell_labels = [[str(counts.get((r, f), (0, 0))[0]) for f in f_scores] for r in r_scores]
     rows = [[f"R{r}", *[counts.get((r, f), (0, 0))[0] for f in f_scores]] for r in r_scores]
     svg = charts.heatmap([f"R{r}" for r in r_scores], [f"F{f}" for f in f_scores], grid, cell_labels=cell_labels,
-                         title="Customers by recency (R) and frequency (F) score",
-                         x_label="Frequency score (5 = most orders)", y_label="Recency")
+                         title=gettext("Customers by recency (R) and frequency (F) score"),
+                         x_label=gettext("Frequency score (5 = most orders)"), y_label=gettext("Recency"))
     segs = state.session.execute(select(pc.segment, func.count()).where(pc.segment.is_not(None))
                                  .group_by(pc.segment).order_by(func.count().desc())).all()
     summary = ", ".join(f"{name}: {n}" for name, n in segs)
-    return Chart("rfm", "RFM segment grid",
-                 "Recency score 5 bought most recently; frequency score 5 buys most often. Segments: " + summary,
-                 svg, Table("Customers by recency and frequency score", ["Recency", *[f"F{f}" for f in f_scores]],
-                            rows))
+    return Chart("rfm", gettext("RFM segment grid"),
+                 gettext("Recency score 5 bought most recently; frequency score 5 buys most often. Segments: "
+                         "%(segments)s", segments=summary),
+                 svg, Table(gettext("Customers by recency and frequency score"),
+                            [gettext("Recency"), *[f"F{f}" for f in f_scores]], rows))
 
 
 STAGES = ("trust", "relationship", "reward")
+#: How the stage funnel names each stage (English msgids).
+STAGE_NAMES = {"trust": N_("Trust"), "relationship": N_("Relationship"), "reward": N_("Reward")}
 
 
 def stage_chart(state: LoyaltyState, now: datetime) -> Chart | None:
@@ -930,10 +955,12 @@ def stage_chart(state: LoyaltyState, now: datetime) -> Chart | None:
     reached = [sum(at[i:]) for i in range(len(STAGES))]
     total = reached[0]
     rows = [[stage, at[i], reached[i], percent(ratio(reached[i], total))] for i, stage in enumerate(STAGES)]
-    svg = charts.funnel([s.capitalize() for s in STAGES], reached, title="Loyalty stages")
-    return Chart("stages", "Stage funnel",
-                 "Earn trust, deepen the relationship, then reward: how many customers reached each stage.", svg,
-                 Table("Customers by loyalty stage", ["Stage", "At this stage", "Reached", "Share reached"], rows))
+    svg = charts.funnel([gettext(STAGE_NAMES[s]) for s in STAGES], reached, title=gettext("Loyalty stages"))
+    return Chart("stages", gettext("Stage funnel"),
+                 gettext("Earn trust, deepen the relationship, then reward: how many customers reached each stage."),
+                 svg, Table(gettext("Customers by loyalty stage"),
+                            [gettext("Stage"), gettext("At this stage"), gettext("Reached"), gettext("Share reached")],
+                            rows))
 
 
 def uplift_chart(state: LoyaltyState, now: datetime, *, limit: int = 8) -> Chart | None:
@@ -976,14 +1003,16 @@ def uplift_chart(state: LoyaltyState, now: datetime, *, limit: int = 8) -> Chart
         rows.append([entry["name"], tn, tb, percent(rt), hn, hb, percent(rh),
                      "" if uplift is None else f"{(uplift * 100).quantize(Decimal('0.1'))} pp"])
     top = max([float(v) for v in treated + held] + [1.0])
-    svg = charts.grouped_bars(names, [("Offered", treated), ("Holdout", held)],
-                              title="Purchase rate during the campaign: offered vs holdout",
+    svg = charts.grouped_bars(names, [(gettext("Offered"), treated), (gettext("Holdout"), held)],
+                              title=gettext("Purchase rate during the campaign: offered vs holdout"),
                               y_max=min(100.0, max(10.0, top * 1.2)), y_format="{:.0f}%", value_format="{:.1f}%")
-    return Chart("uplift", "Campaign uplift vs holdout",
-                 "Share of each group that bought during the campaign; the difference is what the campaign added.",
-                 svg, Table("Campaign purchase rates, offered group against holdout",
-                            ["Campaign", "Offered", "Offered who bought", "Offered rate", "Holdout",
-                             "Holdout who bought", "Holdout rate", "Uplift"], rows))
+    return Chart("uplift", gettext("Campaign uplift vs holdout"),
+                 gettext("Share of each group that bought during the campaign; the difference is what the campaign "
+                         "added."),
+                 svg, Table(gettext("Campaign purchase rates, offered group against holdout"),
+                            [gettext("Campaign"), gettext("Offered"), gettext("Offered who bought"),
+                             gettext("Offered rate"), gettext("Holdout"), gettext("Holdout who bought"),
+                             gettext("Holdout rate"), gettext("Uplift")], rows))
 
 
 def chart_builders() -> dict[str, ChartBuilder]:
@@ -999,15 +1028,22 @@ def chart_builders() -> dict[str, ChartBuilder]:
     }
 
 
-#: What each chart shows, for the chart index (title, one line).
+#: What each chart shows, for the chart index (title, one line; English msgids translated where shown).
 CHART_TITLES: dict[str, tuple[str, str]] = {
-    "cohorts": ("Cohort retention", "Monthly cohorts: who keeps buying, month after month."),
-    "nps": ("NPS over time", "Net Promoter Score of each month's survey answers."),
-    "pareto": ("Pareto curve", "How much of the revenue the best 30% of customers bring."),
-    "clv": ("Lifetime value distribution", "Customers by lifetime value band."),
-    "rfm": ("RFM segment grid", "Customers by recency and frequency score, and the named segments."),
-    "stages": ("Stage funnel", "Trust, relationship, reward: how many customers reached each stage."),
-    "uplift": ("Campaign uplift vs holdout", "Did the offer make people buy? Offered group against holdout."),
+    "cohorts": (N_("Cohort retention"),
+                N_("Monthly cohorts: who keeps buying, month after month.")),
+    "nps": (N_("NPS over time"),
+                N_("Net Promoter Score of each month's survey answers.")),
+    "pareto": (N_("Pareto curve"),
+                N_("How much of the revenue the best 30% of customers bring.")),
+    "clv": (N_("Lifetime value distribution"),
+                N_("Customers by lifetime value band.")),
+    "rfm": (N_("RFM segment grid"),
+                N_("Customers by recency and frequency score, and the named segments.")),
+    "stages": (N_("Stage funnel"),
+                N_("Trust, relationship, reward: how many customers reached each stage.")),
+    "uplift": (N_("Campaign uplift vs holdout"),
+                N_("Did the offer make people buy? Offered group against holdout.")),
 }
 
 def available_charts() -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import Blueprint, abort, request, session
 
+from ...i18n import activate, admin_translator, deactivate, gettext
 from ...services import audit
 from ...state import LoyaltyState, get_state
 from .. import register_blueprint
@@ -86,7 +87,8 @@ def check_csrf() -> None:
     expected = session.get(CSRF_SESSION_KEY)
     given = request.form.get(CSRF_FIELD) or request.headers.get("X-CSRF-Token") or ""
     if not isinstance(expected, str) or not hmac.compare_digest(expected.encode(), given.encode()):
-        abort(400, description="The form expired or did not come from this dashboard. Please reload and retry.")
+        abort(400, description=gettext(
+            "The form expired or did not come from this dashboard. Please reload and retry."))
 
 
 def audit_action(action: str, target: str | None = None, *, commit: bool = True, **details: Any) -> None:
@@ -104,6 +106,7 @@ def make_admin_blueprint(state: LoyaltyState) -> Blueprint:
         current = get_state()
         if not allowed(current):
             abort(403)
+        activate(admin_translator(current))   # the dashboard's language for pages, charts and timelines
         if request.method not in ("GET", "HEAD", "OPTIONS"):
             check_csrf()
 
@@ -113,6 +116,10 @@ def make_admin_blueprint(state: LoyaltyState) -> Blueprint:
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "same-origin")
         return response
+
+    @bp.teardown_request
+    def _forget_language(_exc: BaseException | None) -> None:
+        deactivate()
 
     @bp.context_processor
     def _context() -> dict[str, Any]:

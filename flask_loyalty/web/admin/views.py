@@ -12,7 +12,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from ...clock import utcnow
 from ...errors import InvalidInput, LoyaltyError, NotFound
-from ...i18n import SHIPPED_LOCALES, render
+from ...i18n import N_, SHIPPED_LOCALES, active_translator, admin_translator, gettext, render
 from ...models import Message
 from ...schemas import load
 from ...schemas.admin import (
@@ -33,7 +33,6 @@ from ...services import admin_lists, audit, dashboard, plan
 from ...state import get_state
 from . import audit_action
 
-ADMIN_LOCALE = "en"
 #: The survey page's summary covers this many days.
 STATS_DAYS = 90
 _period_q, _page_q, _outbox_q, _preview_q = PeriodQuery(), PageQuery(), OutboxQuery(), PreviewQuery()
@@ -42,10 +41,13 @@ _customer_q, _survey_q, _consent_q, _erase_f = CustomerQuery(), SurveyQuery(), C
 
 
 def sections() -> list[tuple[str, str]]:
-    """The navigation: ``(endpoint, label)`` of every page (every area is always installed)."""
-    return [("overview", "Overview"), ("charts", "Charts"), ("customers", "Customers"), ("outbox", "Outbox"),
-            ("coupons", "Coupons"), ("gift_cards", "Gift cards"), ("surveys", "Survey answers"),
-            ("consent", "Consent"), ("audit_log", "Audit log")]
+    """The navigation: ``(endpoint, label)`` of every page (every area is always installed).
+
+    Labels are English msgids; the layout translates them.
+    """
+    return [("overview", N_("Overview")), ("charts", N_("Charts")), ("customers", N_("Customers")),
+            ("outbox", N_("Outbox")), ("coupons", N_("Coupons")), ("gift_cards", N_("Gift cards")),
+            ("surveys", N_("Survey answers")), ("consent", N_("Consent")), ("audit_log", N_("Audit log"))]
 
 
 #: Pages that belong under another page's navigation entry.
@@ -55,10 +57,13 @@ NAV_PARENT = {"chart": "charts", "customer": "customers", "message": "outbox", "
 
 
 def page(template: str, *, status: int = 200, **context: Any) -> tuple[str, int]:
-    """Render an admin page (English; the shop's time zone for dates)."""
+    """Render an admin page in the dashboard's language (``LOYALTY_ADMIN_LOCALE`` or negotiated; see
+    :func:`flask_loyalty.i18n.admin_locale`) with the shop's time zone for dates.
+    """
     state = get_state()
     here = (request.endpoint or "").rpartition(".")[2]
-    return render(f"loyalty/admin/{template}", locale=ADMIN_LOCALE, nav=sections(), here=NAV_PARENT.get(here, here),
+    tr = active_translator() or admin_translator(state)
+    return render(f"loyalty/admin/{template}", tr=tr, nav=sections(), here=NAV_PARENT.get(here, here),
                   currency=state.config["LOYALTY_CURRENCY"], page_size=_size(), **context), status
 
 
@@ -128,7 +133,7 @@ def register(bp: Blueprint) -> None:
         if plan.plan_customer(state, ref):
             state.session.commit()  # orders not planned yet: show their mails (and keep the coupon codes)
         view = admin_lists.customer_view(state, ref)
-        return page("customer.html", view=view, c=view.customer)
+        return page("customer.html", view=view, c=view.customer, profile_labels=admin_lists.PROFILE_LABELS)
 
     # ---------------------------------------------------------------- outbox
     @bp.get("/outbox")
@@ -168,7 +173,7 @@ def register(bp: Blueprint) -> None:
                                           before=args.get("before"), size=_size())
         return page("coupons.html", status=status, result=result, args=args, form=form, errors=errors or {},
                     made=made or [], now=utcnow(), value_of=admin_lists.coupon_value,
-                    status_of=admin_lists.coupon_status)
+                    status_of=admin_lists.coupon_status, statuses=admin_lists.COUPON_STATUSES)
 
     def _rules(data: dict[str, Any]) -> dict[str, Any]:
         rules = {k: v for k, v in data.items() if k not in ("count", "prefix")}
@@ -310,7 +315,7 @@ def register(bp: Blueprint) -> None:
         data = load(_erase_f, request.form.to_dict())
         if data["confirm"] != ref:
             return page("erase.html", status=400, customer=customer,
-                        error="The reference you typed does not match; nothing was erased.")
+                        error=gettext("The reference you typed does not match; nothing was erased."))
         state.extension.consent.erase(ref, commit=False)
         audit_action("consent.erase", ref, commit=False)
         state.session.commit()
@@ -331,10 +336,10 @@ def register(bp: Blueprint) -> None:
     @bp.errorhandler(LoyaltyError)
     def _loyalty_error(exc: LoyaltyError) -> Any:
         if isinstance(exc, NotFound):
-            return page("error.html", status=404, message=str(exc) or "Not found.")
+            return page("error.html", status=404, message=str(exc) or gettext("Not found."))
         if isinstance(exc, InvalidInput):
-            return page("error.html", status=400, message="Invalid input: " + "; ".join(
-                f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in exc.errors.items()))
+            return page("error.html", status=400, message=gettext("Invalid input: %(errors)s", errors="; ".join(
+                f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in exc.errors.items())))
         return page("error.html", status=409, message=str(exc))
 
 
@@ -369,7 +374,8 @@ def _preview(state: Any, msg: Any, locale: str) -> tuple[Any, str | None]:
     try:
         rendered = render_message(state, cast(Any, fake_message), cast(Any, fake_customer))
     except Exception as exc:  # a broken template must not break the dashboard
-        return None, f"Could not render this mail: {type(exc).__name__}: {exc}"
+        problem = f"{type(exc).__name__}: {exc}"
+        return None, gettext("Could not render this mail: %(error)s", error=problem)
     if rendered is None:
-        return None, "This mail has no recipient address."
+        return None, gettext("This mail has no recipient address.")
     return rendered, None
