@@ -55,13 +55,16 @@ def generate_postgres(db: SQLAlchemy, customers: int, purchases: int) -> None:
         # totals long-tailed 5..505; 3% partly refunded; channels weighted online > store > catalog > phone
         conn.execute(text("""
             INSERT INTO loyalty_purchase (id, order_ref, customer_id, total, refunded_total, currency, placed_at,
-                                          channel, points_earned, points_reversed, created_at)
+                                          channel, points_earned, points_reversed, created_at,
+                                          known_margin, uncosted_total)
             SELECT g, 'o' || g, c, t, CASE WHEN r < 0.03 THEN t / 2 ELSE 0 END, 'EUR',
                    TIMESTAMPTZ '2026-06-01 00:00:00+00'
                      - (start_back - u * LEAST(life, start_back)) * INTERVAL '1 day',
                    CASE WHEN r2 < 0.7 THEN 'online' WHEN r2 < 0.9 THEN 'store'
                         WHEN r2 < 0.97 THEN 'catalog' ELSE 'phone' END,
-                   0, 0, TIMESTAMPTZ '2026-06-01 00:00:00+00'
+                   0, 0, TIMESTAMPTZ '2026-06-01 00:00:00+00',
+                   -- what the checkout stores for the one costed item of every fifth purchase (below)
+                   CASE WHEN g % 5 = 0 THEN t - t * 6 / 10 ELSE 0 END, CASE WHEN g % 5 = 0 THEN 0 END
             FROM (SELECT g,
                          CASE WHEN g <= :n THEN g ELSE 1 + floor(power(random(), 2) * :n)::int END AS c,
                          (50000 + floor(power(random(), 3) * 5000000))::bigint AS t,
@@ -97,12 +100,14 @@ def generate_sqlite(db: SQLAlchemy, customers: int, purchases: int) -> None:
                   FROM g),
             w AS (SELECT s.*, 30 + (c * 7919) % 700 AS start_back, (c * 104729) % 1000 AS life FROM s)
             INSERT INTO loyalty_purchase (id, order_ref, customer_id, total, refunded_total, currency, placed_at,
-                                          channel, points_earned, points_reversed, created_at)
+                                          channel, points_earned, points_reversed, created_at,
+                                          known_margin, uncosted_total)
             SELECT x, 'o' || x, c, t, CASE WHEN r < 0.03 THEN t / 2 ELSE 0 END, 'EUR',
                    strftime('%Y-%m-%d %H:%M:%S', julianday('2026-06-01') - (start_back - u * min(life, start_back))),
                    CASE WHEN r2 < 0.7 THEN 'online' WHEN r2 < 0.9 THEN 'store'
                         WHEN r2 < 0.97 THEN 'catalog' ELSE 'phone' END,
-                   0, 0, '2026-06-01 00:00:00.000000'
+                   0, 0, '2026-06-01 00:00:00.000000',
+                   CASE WHEN x % 5 = 0 THEN t - t * 6 / 10 ELSE 0 END, CASE WHEN x % 5 = 0 THEN 0 END
             FROM w"""), {"n": customers, "m": purchases})
         conn.execute(text("""
             INSERT INTO loyalty_purchase_item (purchase_id, sku, name, quantity, unit_price, unit_cost)

@@ -80,6 +80,25 @@ def test_rfm_and_historical_value_by_hand(shop):
     assert prof["G"].refunds == Decimal("80.00") and prof["G"].historical_clv == Decimal("0.00")
 
 
+def test_margin_of_mixed_items_and_a_changed_default_margin(shop):
+    """Items with and without a cost; the default margin is applied at recompute time, also to past orders."""
+    lo = shop.loyalty
+    lo.record_purchase("m0", "M", "100", placed_at=day(2, 1), items=[
+        {"sku": "A", "name": "Costed", "quantity": 3, "unit_price": "20", "unit_cost": "12.50"},   # 22.50
+        {"sku": "B", "name": "Uncosted", "quantity": 2, "unit_price": "20"}])                       # 40 x margin
+    lo.record_purchase("m1", "M", "50", placed_at=day(2, 10))                                      # 50 x margin
+    stored = lo.purchase("m0")
+    assert (stored.known_margin, stored.uncosted_total) == (Decimal("22.50"), Decimal("40"))
+    assert (lo.purchase("m1").known_margin, lo.purchase("m1").uncosted_total) == (Decimal(0), None)
+    lo.record_refund("m0", amount="25")                                 # three quarters of m0 kept
+    shop.app.config["LOYALTY_DEFAULT_MARGIN"] = "0.30"
+    lo.analytics.recompute(now=NOW)
+    assert lo.analytics.profile("M").margin == Decimal("40.875")       # (22.50 + 12) * 0.75 + 15 = 40.875
+    shop.app.config["LOYALTY_DEFAULT_MARGIN"] = "0.50"
+    lo.analytics.recompute(now=NOW)
+    assert lo.analytics.profile("M").margin == Decimal("56.875")       # (22.50 + 20) * 0.75 + 25 = 56.875
+
+
 def test_heuristic_prediction_and_stage_by_hand(shop):
     build_shop(shop)
     shop.loyalty.analytics.recompute(now=NOW)

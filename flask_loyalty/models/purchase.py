@@ -44,6 +44,14 @@ class Purchase(CreatedAt, Base):
     #: When the plan scheduled this order's mails (``None``: not yet; see
     #: :func:`flask_loyalty.services.plan.expand_pending`).
     planned_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: The margin the items' unit costs tell: ``quantity * (unit_price - unit_cost)`` summed over the
+    #: items that carry a cost (written by the checkout, so the lifetime-value recompute needs no items).
+    known_margin: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0), server_default=text("0"),
+                                                  nullable=False)
+    #: What the items without a cost sold for (``quantity * unit_price`` summed); ``None`` for an order
+    #: recorded without items, whose whole total has no known cost.  ``LOYALTY_DEFAULT_MARGIN`` of this
+    #: amount is applied when profiles are computed, so changing that setting applies to past orders.
+    uncosted_total: Mapped[Decimal | None] = mapped_column(Money())
 
     customer: Mapped[Customer] = relationship()
     items: Mapped[list[PurchaseItem]] = relationship(

@@ -203,7 +203,7 @@ def record_purchase(state: LoyaltyState, order_ref: str, customer_ref: str, tota
         "refunded_total": Decimal(0), "currency": data["currency"], "placed_at": placed,
         "channel": data["channel"], "points_earned": points, "points_reversed": 0,
         "referral_code": data.get("referral_code"), "created_at": utcnow(),
-        "planned_at": None if _plans_orders(state) else utcnow()}
+        "planned_at": None if _plans_orders(state) else utcnow(), **_margin_parts(data["items"])}
     written = _write_order(connection, statements, dialect, row, data["items"])
     if written is None:     # a repeat, or another caller recorded the same order first
         if new_customer is not None:  # a repeat under another customer ref: undo the new customer
@@ -236,6 +236,23 @@ def record_purchase(state: LoyaltyState, order_ref: str, customer_ref: str, tota
     finish(state, commit=commit,
            signals=[(purchase_recorded, {"purchase": purchase, "customer": customer}), *signals])
     return purchase
+
+
+def _margin_parts(items: list[dict[str, Any]]) -> dict[str, Decimal | None]:
+    """The order's ``known_margin`` (items with a unit cost) and ``uncosted_total`` (items without one).
+
+    An order without items has no known cost at all: ``uncosted_total`` is
+    ``None`` and the lifetime value applies ``LOYALTY_DEFAULT_MARGIN`` to its
+    total.
+    """
+    known, uncosted = Decimal(0), Decimal(0)
+    for item in items:
+        quantity, price, cost = item["quantity"], item["unit_price"], item.get("unit_cost")
+        if cost is None:
+            uncosted += quantity * price
+        else:
+            known += quantity * (price - cost)
+    return {"known_margin": known, "uncosted_total": uncosted if items else None}
 
 
 def _write_order(connection: Connection, statements: _CheckoutStatements, dialect: str, row: dict[str, Any],
@@ -287,9 +304,10 @@ def _item_arrays(items: list[dict[str, Any]]) -> dict[str, list[Any]]:
 _PG_CHECKOUT = text("""
 WITH p AS (
     INSERT INTO loyalty_purchase (order_ref, customer_id, total, refunded_total, currency, placed_at, channel,
-                                  points_earned, points_reversed, referral_code, created_at, planned_at)
+                                  points_earned, points_reversed, referral_code, created_at, planned_at,
+                                  known_margin, uncosted_total)
     VALUES (:order_ref, :customer_id, :total, 0, :currency, :placed_at, :channel,
-            :points_earned, 0, :referral_code, :created_at, :planned_at)
+            :points_earned, 0, :referral_code, :created_at, :planned_at, :known_margin, :uncosted_total)
     ON CONFLICT (order_ref) DO NOTHING
     RETURNING id
 ), i AS (
@@ -321,7 +339,8 @@ FROM p, c
 """).bindparams(
     bindparam("total", type_=Money()), bindparam("placed_at", type_=UTCDateTime()),
     bindparam("placed", type_=UTCDateTime()), bindparam("created_at", type_=UTCDateTime()),
-    bindparam("planned_at", type_=UTCDateTime()),
+    bindparam("planned_at", type_=UTCDateTime()), bindparam("known_margin", type_=Money()),
+    bindparam("uncosted_total", type_=Money()),
 ).columns(purchase_id=Integer(), orders_count=Integer(), total_spent=Money(), points_balance=Integer(),
           first_purchase_at=UTCDateTime(), last_purchase_at=UTCDateTime(), entry_id=Integer())
 
