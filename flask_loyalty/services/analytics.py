@@ -633,10 +633,11 @@ def _read_model_input(state: LoyaltyState, dialect: str, now_day: int, margin: f
             batch = cursor.fetchmany(100000)
             if not batch:
                 break
-            chunks.append(np.array(batch, dtype=object))
+            # float64 holds the integer columns exactly (money in raw units stays far below 2**53)
+            chunks.append(np.array(batch, dtype=np.float64))
     finally:
         cursor.close()
-    matrix = np.concatenate(chunks) if chunks else np.zeros((0, len(names)), dtype=object)
+    matrix = np.concatenate(chunks) if chunks else np.zeros((0, len(names)))
     out = np.zeros(len(matrix), dtype=list(_MODEL_INPUT.items()))
     for i, n in enumerate(names):
         out[n] = matrix[:, i]
