@@ -178,6 +178,26 @@ def test_every_admin_page_in_chromium(served: Any, browser: Any) -> None:
     context.close()
 
 
+@pytest.mark.parametrize("locale,heading", [("ru", "Обзор"), ("ro", "Prezentare generală")])
+def test_translated_dashboard_fits_a_tablet(served: Any, browser: Any, locale: str, heading: str) -> None:
+    """Longer Russian and Romanian labels still fit the tablet width; the browser's language picks them."""
+    _shop, base, _info = served
+    context = browser.new_context(viewport=TABLET, device_scale_factor=1, is_mobile=True, has_touch=True,
+                                  locale=locale)
+    page = context.new_page()
+    page.set_default_timeout(20000)
+    for name, path in (("overview", "/?days=365"), ("customer", "/customers/cust-001"), ("coupons", "/coupons")):
+        response = page.goto(base + path)
+        assert response is not None and response.status == 200, (locale, name)
+        assert page.locator("html").get_attribute("lang") == locale
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, (locale, name, overflow)
+        if name == "overview":
+            assert page.locator("h1").inner_text().strip() == heading
+            page.screenshot(path=str(STATIC / f"admin-overview-{locale}.png"), full_page=True)
+    context.close()
+
+
 def test_closed_dashboard_in_chromium(make_shop: Any, browser: Any) -> None:
     shop = make_shop()
     with live_server(shop.app) as base:
