@@ -90,6 +90,9 @@ def test_margin_of_mixed_items_and_a_changed_default_margin(shop):
     stored = lo.purchase("m0")
     assert (stored.known_margin, stored.uncosted_total) == (Decimal("22.50"), Decimal("40"))
     assert (lo.purchase("m1").known_margin, lo.purchase("m1").uncosted_total) == (Decimal(0), None)
+    lo.record_purchase("m2", "N", "10", placed_at=day(2, 1), items=[        # sold below cost
+        {"sku": "C", "name": "Clearance", "quantity": 1, "unit_price": "10", "unit_cost": "12.3456"}])
+    assert (lo.purchase("m2").known_margin, lo.purchase("m2").uncosted_total) == (Decimal("-2.3456"), Decimal(0))
     lo.record_refund("m0", amount="25")                                 # three quarters of m0 kept
     shop.app.config["LOYALTY_DEFAULT_MARGIN"] = "0.30"
     lo.analytics.recompute(now=NOW)
@@ -97,6 +100,7 @@ def test_margin_of_mixed_items_and_a_changed_default_margin(shop):
     shop.app.config["LOYALTY_DEFAULT_MARGIN"] = "0.50"
     lo.analytics.recompute(now=NOW)
     assert lo.analytics.profile("M").margin == Decimal("56.875")       # (22.50 + 20) * 0.75 + 25 = 56.875
+    assert lo.analytics.profile("N").margin == Decimal("-2.3456")
 
 
 def test_heuristic_prediction_and_stage_by_hand(shop):

@@ -440,11 +440,10 @@ def _profile_sql(dialect: str, *, with_model: bool) -> str:
     h_clv = f"({h_expected}) * ({h_value}) * ({rate}) * :half_discount"
     if with_model:
         pred_join = f"LEFT JOIN {_PRED} pr ON pr.customer_id = c.id"
-        buyer_pred_join = ""
         p_alive, expected = "pr.p_alive", "pr.expected_purchases"
         order_value, predicted, method = "pr.expected_order_value", "pr.predicted_clv", "'bgnbd'"
     else:
-        pred_join = buyer_pred_join = ""
+        pred_join = ""
         p_alive, expected = h_alive, h_expected
         order_value = f"CAST(ROUND({h_value}) AS BIGINT)"
         predicted, method = f"CAST(ROUND({h_clv}) AS BIGINT)", "'heuristic'"
@@ -474,7 +473,6 @@ def _profile_sql(dialect: str, *, with_model: bool) -> str:
   SELECT a.customer_id AS customer_id, a.last_day AS last_day, a.frequency AS frequency, a.revenue AS revenue,
          CAST(ROUND(a.margin) AS BIGINT) - a.discounts + COALESCE({predicted}, 0) AS total_clv
   FROM {_AGG} a
-  {buyer_pred_join}
   WHERE a.frequency > 0
 ),
 rk AS (
@@ -570,9 +568,10 @@ def _ranks(data: Any, predicted: Any) -> dict[str, Any]:
     """The buyers' R, F and M scores and value-rank share, exactly as the SQL window functions give them.
 
     ``RANK()`` is 1 + the number of buyers with a smaller value (ties share
-    the lower rank), so with the values sorted once it is a binary search:
-    score ``1 + 5 * (rank - 1) // buyers``; ``clv_top_share`` is the share
-    of buyers with a larger total value (historical + predicted, raw units).
+    the lower rank), which is the position of a value's first equal in the
+    sorted values: score ``1 + 5 * (rank - 1) // buyers``; ``clv_top_share``
+    is the share of buyers with a larger total value (historical + predicted,
+    raw units), the same count over the negated totals.
     """
     import numpy as np
 
