@@ -117,7 +117,8 @@ def seed(*, customers: int = 2000, orders: int = 8000, now: datetime | None = No
     runs.  The seed keeps its 2,000 accounts in hand and commits hundreds of
     times; expiring them at each commit made SQLAlchemy reload every account
     it touched next with a query of its own (about 8 s of a 65 s seed).  The
-    flag is restored afterwards, so the shop's requests are unaffected.
+    flag is restored afterwards; the tracking requests the seed replays
+    through the test client run in this same session while it is off.
     """
     session = db.session()
     expire_on_commit = session.expire_on_commit

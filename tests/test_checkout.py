@@ -63,6 +63,11 @@ def test_record_purchase_is_idempotent(shop):
     ({"total": "10", "order_ref": ""}, "order_ref"),
     ({"total": "10", "order_ref": "x" * 65}, "order_ref"),
     ({"total": "10", "items": [{"sku": "a", "name": "b", "quantity": 0, "unit_price": "1"}]}, "items"),
+    # each amount fits, but their sum over the items could not be stored as one amount
+    ({"total": "10", "items": [{"sku": "a", "name": "b", "quantity": 1_000_000, "unit_price": "1000000000"}]},
+     "items"),
+    ({"total": "10", "items": [{"sku": "a", "name": "b", "quantity": 2, "unit_price": "1",
+                                "unit_cost": "60000000000000"}]}, "items"),
     ({"total": "10", "channel": "pigeon"}, "channel"),
     ({"total": "10", "email": "not-an-email"}, "email"),
 ])

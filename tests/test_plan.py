@@ -579,12 +579,17 @@ def test_tracking_keeps_first_open_and_first_click_on_the_mail(plan_shop):
     session.execute(select(Message).where(Message.id == pk)).scalar_one().links = ["https://shop.test/a"]
     session.commit()
     t1, t2, t3 = (T0 + timedelta(hours=h) for h in (1, 2, 3))
+    session().expire_on_commit = False      # as a host may configure it: loaded objects are not reloaded
     assert tracking.click_target(state, pk, 0, now=t1) == "https://shop.test/a"   # a click before any open
+    assert (session.get(Message, pk).opened_at, session.get(Message, pk).clicked_at) == (t1, t1)
     assert tracking.record_open(state, pk, now=t2) is False                        # already opened by the click
     tracking.click_target(state, pk, 0, now=t3)
+    m = session.get(Message, pk)
+    assert (m.opened_at, m.clicked_at) == (t1, t1)      # the loaded object follows the row...
+    session().expire_on_commit = True
     session.expire_all()
     m = session.get(Message, pk)
-    assert (m.opened_at, m.clicked_at) == (t1, t1)
+    assert (m.opened_at, m.clicked_at) == (t1, t1)      # ...which holds the first open and click
     rows = session.execute(select(Engagement.event, Engagement.at).where(Engagement.message_id == pk)
                            .order_by(Engagement.id)).all()
     assert [tuple(r) for r in rows] == [("open", t1), ("click", t1), ("click", t3)]

@@ -265,3 +265,18 @@ def test_engagement_from_open_and_click_tracking(shop):
     x, y = shop.loyalty.analytics.profile("x"), shop.loyalty.analytics.profile("y")
     assert (x.opens, x.clicks, x.reading_hour) == (3, 1, 20)
     assert (y.opens, y.clicks, y.reading_hour) == (0, 0, None)
+
+
+def test_profile_table_keeps_room_for_heap_only_updates(shop):
+    """PostgreSQL creates the profile table with fillfactor 45 (every recompute rewrites every row)."""
+    from sqlalchemy import text
+
+    from flask_loyalty.models.profile import PROFILE_FILLFACTOR
+
+    session = shop.db.session
+    if shop.db.engine.dialect.name == "postgresql":
+        options = session.execute(text(
+            "SELECT reloptions FROM pg_class WHERE relname = 'loyalty_customer_profile'")).scalar_one()
+        assert options == [f"fillfactor={PROFILE_FILLFACTOR}"]
+    else:   # SQLite has no such storage setting: the table is created as it is
+        assert session.execute(text("SELECT count(*) FROM loyalty_customer_profile")).scalar_one() == 0

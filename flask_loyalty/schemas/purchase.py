@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields, validate
+from decimal import Decimal
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from ..models.purchase import CHANNELS
 from .fields import AwareDateTime, Currency, Money, PlainDate, Ref
@@ -38,6 +41,19 @@ class ItemSchema(Schema):
                                           validate=validate.Range(min=1, max=3650))
 
 
+#: Item amounts are summed per order (``quantity * unit_price``, ``quantity * unit_cost``) and stored like
+#: any other amount, so each sum must stay below the limit of a single amount.
+ITEMS_AMOUNT_LIMIT = Decimal(10) ** 14
+
+
+def items_within_range(items: list[dict[str, Any]]) -> None:
+    """Refuse items whose summed prices or costs could not be stored as one amount."""
+    prices = sum((item["quantity"] * item["unit_price"] for item in items), Decimal(0))
+    costs = sum((item["quantity"] * (item.get("unit_cost") or 0) for item in items), Decimal(0))
+    if prices >= ITEMS_AMOUNT_LIMIT or costs >= ITEMS_AMOUNT_LIMIT:
+        raise ValidationError("The items' quantities times prices or costs add up to more than can be stored.")
+
+
 class PurchaseSchema(Schema):
     """``record_purchase`` arguments."""
 
@@ -50,7 +66,7 @@ class PurchaseSchema(Schema):
     currency = Currency(required=True)
     email = fields.Email(allow_none=True, validate=validate.Length(max=254))
     placed_at = AwareDateTime(allow_none=True)
-    items = fields.List(fields.Nested(ItemSchema), load_default=list)
+    items = fields.List(fields.Nested(ItemSchema), load_default=list, validate=items_within_range)
     channel = fields.String(load_default="online", validate=validate.OneOf(CHANNELS))
     referral_code = fields.String(allow_none=True, validate=validate.Length(min=1, max=64))
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import func, insert, update
+from sqlalchemy.orm.attributes import set_committed_value
 
 from ..clock import resolve_now
 from ..errors import NotFound
@@ -50,13 +51,17 @@ def _record(state: LoyaltyState, message: Message, event: str, now: datetime, ur
     if event == "open":
         claimed = state.session.execute(
             update(table).where(table.c.id == message.id, table.c.opened_at.is_(None)).values(opened_at=now)
-            .returning(table.c.id)).first()
+            .returning(table.c.opened_at, table.c.clicked_at)).first()
         if claimed is None:
             return False
     else:
-        state.session.execute(
+        claimed = state.session.execute(
             update(table).where(table.c.id == message.id)
-            .values(opened_at=func.coalesce(table.c.opened_at, now), clicked_at=func.coalesce(table.c.clicked_at, now)))
+            .values(opened_at=func.coalesce(table.c.opened_at, now), clicked_at=func.coalesce(table.c.clicked_at, now))
+            .returning(table.c.opened_at, table.c.clicked_at)).one()
+    # the loaded mail shows what the row now holds, also in sessions that do not expire objects on commit
+    set_committed_value(message, "opened_at", claimed.opened_at)
+    set_committed_value(message, "clicked_at", claimed.clicked_at)
     state.session.execute(insert(table_of(Engagement)).values(
         customer_id=message.customer_id, message_id=message.id, kind=message.kind, event=event, at=now,
         hour=local_hour(state, now), url=url))
