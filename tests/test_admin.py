@@ -139,11 +139,12 @@ def add_response(shop, order_ref, recommend, at, comment=None, source=None):
 # ----------------------------------------------------------------------------- the fixture
 
 
-@pytest.fixture
-def figures(shop):
-    """A small shop whose overview figures are computed by hand below (period = the last 30 days)."""
-    state = shop.loyalty.state
-    period = dashboard.period_for(state, days=30)
+def add_period_orders(shop):
+    """Five orders of three customers around the last 30 days, one refunded in part.
+
+    Returns the period and midday of its first day.
+    """
+    period = dashboard.period_for(shop.loyalty.state, days=30)
     d = period.start + timedelta(hours=12)
     buy = shop.loyalty.record_purchase
     buy("o1", "c1", "100.00", placed_at=d - timedelta(days=50), email="c1@example.com")
@@ -152,6 +153,14 @@ def figures(shop):
     buy("o4", "c2", "60.00", placed_at=d + timedelta(days=19))
     shop.loyalty.record_refund("o4", amount="10.00")
     buy("o5", "c3", "30.00", placed_at=d + timedelta(days=9), email="c3@example.com")
+    return period, d
+
+
+@pytest.fixture
+def figures(shop):
+    """A small shop whose overview figures are computed by hand below (period = the last 30 days)."""
+    period, d = add_period_orders(shop)
+    buy = shop.loyalty.record_purchase
     buy("o6", "c4", "20.00", placed_at=d - timedelta(days=21))
     buy("o7", "c5", "80.00", placed_at=d - timedelta(days=11))
     buy("o8", "c5", "20.00", placed_at=d - timedelta(days=6))

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
-from test_admin import PREFIX, add_message, admin_urls, allow, tables_of
+from test_admin import PREFIX, add_message, add_period_orders, admin_urls, allow, tables_of
 
 from flask_loyalty.i18n import admin_locale, gettext
 from flask_loyalty.services import admin_lists, dashboard
@@ -45,15 +43,7 @@ def admin_shop(make_shop):
     def build(**config):
         shop = make_shop(LOYALTY_ADMIN_GUARD=allow, **config)
         with shop.app.app_context():
-            state = shop.loyalty.state
-            d = dashboard.period_for(state, days=30).start + timedelta(hours=12)
-            buy = shop.loyalty.record_purchase
-            buy("o1", "c1", "100.00", placed_at=d - timedelta(days=50), email="c1@example.com")
-            buy("o2", "c1", "50.00", placed_at=d + timedelta(days=4))
-            buy("o3", "c2", "40.00", placed_at=d + timedelta(days=2), email="c2@example.com")
-            buy("o4", "c2", "60.00", placed_at=d + timedelta(days=19))
-            shop.loyalty.record_refund("o4", amount="10.00")
-            buy("o5", "c3", "30.00", placed_at=d + timedelta(days=9), email="c3@example.com")
+            _period, d = add_period_orders(shop)
             add_message(shop, "c2", kind="win_back", sent_at=d, status="suppressed")
             shop.loyalty.coupons.create(kind="percent", value="10", campaign="spring")
             shop.db.session.commit()

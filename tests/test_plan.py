@@ -61,6 +61,33 @@ def customer(shop, ref="c1", *, consent=("email_marketing", "surveys"), **fields
     return shop.loyalty.customer(ref)
 
 
+def together(shop, n, work):
+    """Run ``work(i)`` for i < n in n threads that start at once, each in its own app context.
+
+    Returns the results by ``i``; fails the test on any exception in a thread.
+    """
+    barrier = threading.Barrier(n)
+    results, errors = [None] * n, []
+
+    def run(i):
+        with shop.app.app_context():
+            try:
+                barrier.wait()
+                results[i] = work(i)
+            except Exception as exc:  # pragma: no cover - shown on failure
+                errors.append(exc)
+            finally:
+                shop.db.session.remove()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return results
+
+
 def kinds(shop, ref="c1"):
     return [(m.kind, m.status) for m in shop.loyalty.messages.for_customer(ref)]
 
@@ -145,25 +172,7 @@ def test_concurrent_dispatchers_plan_every_order_once(make_shop, capture):
         for i in range(30):
             customer(shop, f"c{i}")
             shop.loyalty.record_purchase(f"o{i}", f"c{i}", "20", placed_at=T0, items=[TEA])
-    barrier = threading.Barrier(6)
-    errors = []
-
-    def work():
-        with shop.app.app_context():
-            try:
-                barrier.wait()
-                shop.loyalty.dispatch(now=T0)
-            except Exception as exc:  # pragma: no cover - shown on failure
-                errors.append(exc)
-            finally:
-                shop.db.session.remove()
-
-    threads = [threading.Thread(target=work) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    together(shop, 6, lambda _i: shop.loyalty.dispatch(now=T0))
     with shop.app.app_context():
         counts = dict(shop.db.session.execute(
             select(Message.kind, func.count()).group_by(Message.kind)).all())
@@ -451,23 +460,7 @@ def test_concurrent_dispatchers_on_one_database_send_each_once(make_shop, captur
             outbox.enqueue(shop.loyalty.state, "consent_confirm", c, due_at=T0,
                            payload=CONFIRM)
         shop.db.session.commit()
-    barrier = threading.Barrier(4)
-    errors = []
-
-    def work():
-        try:
-            with shop.app.app_context():
-                barrier.wait()
-                shop.loyalty.dispatch(now=T0)
-        except Exception as exc:  # pragma: no cover - shown on failure
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    together(shop, 4, lambda _i: shop.loyalty.dispatch(now=T0))
     ids = [m["Message-ID"] for m in capture.mails]
     assert len(ids) == 40 and len(set(ids)) == 40
     with shop.app.app_context():
@@ -608,23 +601,8 @@ def test_concurrent_opens_of_one_mail_store_one_open(make_shop, capture):
         shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0)
         shop.loyalty.dispatch(now=T0)
         pk = by_kind(shop, "thank_you")[0].id
-    barrier = threading.Barrier(8)
-    results, errors = [], []
-
-    def work(i):
-        try:
-            with shop.app.app_context():
-                barrier.wait()
-                results.append(tracking.record_open(shop.loyalty.state, pk, now=T0 + timedelta(minutes=i)))
-        except Exception as exc:  # pragma: no cover - shown on failure
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and sorted(results) == [False] * 7 + [True]
+    results = together(shop, 8, lambda i: tracking.record_open(shop.loyalty.state, pk, now=T0 + timedelta(minutes=i)))
+    assert sorted(results) == [False] * 7 + [True]
     with shop.app.app_context():
         opens = shop.db.session.execute(select(Engagement.at).where(Engagement.message_id == pk)).scalars().all()
         assert len(opens) == 1

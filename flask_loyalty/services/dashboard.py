@@ -1036,20 +1036,21 @@ def chart_builders() -> dict[str, ChartBuilder]:
 #: What each chart shows, for the chart index (title, one line; English msgids translated where shown).
 CHART_TITLES: dict[str, tuple[str, str]] = {
     "cohorts": (N_("Cohort retention"),
-                N_("Monthly cohorts: who keeps buying, month after month.")),
+        N_("Monthly cohorts: who keeps buying, month after month.")),
     "nps": (N_("NPS over time"),
-                N_("Net Promoter Score of each month's survey answers.")),
+        N_("Net Promoter Score of each month's survey answers.")),
     "pareto": (N_("Pareto curve"),
-                N_("How much of the revenue the best 30% of customers bring.")),
+        N_("How much of the revenue the best 30% of customers bring.")),
     "clv": (N_("Lifetime value distribution"),
-                N_("Customers by lifetime value band.")),
+        N_("Customers by lifetime value band.")),
     "rfm": (N_("RFM segment grid"),
-                N_("Customers by recency and frequency score, and the named segments.")),
+        N_("Customers by recency and frequency score, and the named segments.")),
     "stages": (N_("Stage funnel"),
-                N_("Trust, relationship, reward: how many customers reached each stage.")),
+        N_("Trust, relationship, reward: how many customers reached each stage.")),
     "uplift": (N_("Campaign uplift vs holdout"),
-                N_("Did the offer make people buy? Offered group against holdout.")),
+        N_("Did the offer make people buy? Offered group against holdout.")),
 }
+
 
 def available_charts() -> list[str]:
     """Every chart's URL name, in display order (cheap: no query)."""
