@@ -83,7 +83,7 @@ def choose_locale(customer_locale: str | None = None, *, state: LoyaltyState | N
     offered = supported_locales(state)
     mine = normalize_locale(customer_locale)
     if mine in offered:
-        return mine  # type: ignore[return-value]
+        return mine
     if has_request_context():
         best = request.accept_languages.best_match(offered)
         if best:
@@ -91,7 +91,7 @@ def choose_locale(customer_locale: str | None = None, *, state: LoyaltyState | N
         for lang, _q in request.accept_languages:
             short = normalize_locale(lang)
             if short in offered:
-                return short  # type: ignore[return-value]
+                return short
     default = normalize_locale(state.config["LOYALTY_DEFAULT_LOCALE"]) or "en"
     return default
 

@@ -16,8 +16,8 @@ def load(schema: Schema, data: Mapping[str, Any]) -> dict[str, Any]:
         result = schema.load(data)
     except ValidationError as exc:
         messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
-        raise InvalidInput(messages) from None  # type: ignore[arg-type]
-    return dict(result)  # type: ignore[arg-type]
+        raise InvalidInput(messages) from None
+    return dict(result)
 
 
 __all__ = ["load"]

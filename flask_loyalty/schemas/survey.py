@@ -373,7 +373,7 @@ def answers_schema(questions: Sequence[Question]) -> Schema:
     empty text answer counts as not answered.
     """
     declared = {q.id: _field_for(q) for q in questions}
-    cls = _AnswersBase.from_dict(declared, name="SurveyAnswersSchema")  # type: ignore[arg-type]
+    cls = _AnswersBase.from_dict(declared, name="SurveyAnswersSchema")
     return cls()
 
 

@@ -144,7 +144,7 @@ def _attach(session: Session | scoped_session[Session], cls: type[_M], values: M
     """The session's object for a row just read or written, without reading it (again)."""
     loaded = session.identity_map.get(identity_key(cls, values["id"]))
     if loaded is not None:
-        return loaded  # type: ignore[no-any-return]
+        return loaded
     obj = cls(**values)
     make_transient_to_detached(obj)
     session.add(obj)

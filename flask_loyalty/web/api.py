@@ -87,7 +87,7 @@ def limiter_for(state: LoyaltyState) -> ValidateLimiter:
     limiter = state.extras.get(_LIMITER_KEY)
     if limiter is None:
         limiter = state.extras[_LIMITER_KEY] = ValidateLimiter(state)
-    return limiter  # type: ignore[no-any-return]
+    return limiter
 
 
 def _too_many(retry_after: int) -> Response:
