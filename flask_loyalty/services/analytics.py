@@ -455,15 +455,19 @@ def _profile_sql(dialect: str, *, with_model: bool) -> str:
                     "WHEN a.orders_catalog >= a.orders_phone THEN 'catalog' ELSE 'phone' END")
     varchar = "VARCHAR(1)"
     fence = "OFFSET 0" if dialect == "postgresql" else "LIMIT -1 OFFSET 0"
-    order = "ORDER BY s.customer_id" if dialect == "postgresql" else ""
+    # sorted only where the joins would not already yield customer order (see below)
+    order = "ORDER BY s.customer_id" if dialect == "postgresql" and not with_model else ""
     updates = ", ".join(f"{c} = excluded.{c}" for c in PROFILE_COLUMNS if c != "customer_id")
     # Ranks are computed over narrow rows of the buyers only (b, rk), so the sorts stay small;
     # the wide per-customer row (u) is then only joined and projected.  OFFSET 0 keeps the
     # subqueries from being flattened, so their CASE expressions are computed once per row instead
-    # of being inlined into every reference of the stage rules.  On PostgreSQL the rows are written
-    # in customer order (they come out of the joins in rank order): the profile table then stays in
-    # that order, and each recompute updates (or checks the foreign key of) neighbouring rows together
-    # instead of dirtying pages at random.  SQLite's plan already yields them in customer order.
+    # of being inlined into every reference of the stage rules.  The rows are written in customer
+    # order: the profile table then stays in that order, and each recompute updates (or checks the
+    # foreign key of) neighbouring rows together instead of dirtying pages at random.  With the model,
+    # the joins already yield that order (the hash joins are probed by the aggregate, which GROUP BY
+    # wrote in customer order; SQLite's plan walks the customers' primary key), so a sort of every wide
+    # row would only cost time (1.5 s for a million customers).  Without the model the joins come
+    # out in rank order on PostgreSQL, hence the ORDER BY there.
     if with_model:
         # the model step computed the ranks with the predictions (:func:`_ranks`)
         ranks, rank_join = "", ""
