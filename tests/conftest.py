@@ -166,6 +166,19 @@ def live_server(app: Flask) -> Iterator[str]:
         thread.join(10)
 
 
+@contextmanager
+def phone_tab(browser: Any, locale: str = "en-GB") -> Iterator[Any]:
+    """A new tab in a phone-sized, touch, mobile browser context asking for ``locale``; closed afterwards."""
+    context = browser.new_context(viewport={"width": 375, "height": 740}, device_scale_factor=1,
+                                  has_touch=True, is_mobile=True, locale=locale)
+    tab = context.new_page()
+    tab.set_default_timeout(15000)
+    try:
+        yield tab
+    finally:
+        context.close()
+
+
 @pytest.fixture
 def browser() -> Iterator[Any]:
     """Debian's headless Chromium driven by Playwright."""

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import NEEDS_CHROMIUM, live_server, screenshot_dir
+from conftest import NEEDS_CHROMIUM, live_server, phone_tab, screenshot_dir
 
 STATIC = screenshot_dir()  # docs/_static with LOYALTY_SCREENSHOTS=1
 
@@ -31,14 +31,8 @@ def served(make_shop: Any) -> Iterator[tuple[Any, str]]:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 375, "height": 740}, device_scale_factor=1,
-                                  has_touch=True, is_mobile=True, locale="en-GB")
-    tab = context.new_page()
-    tab.set_default_timeout(15000)
-    try:
+    with phone_tab(browser) as tab:
         yield tab
-    finally:
-        context.close()
 
 
 def _survey_path(shop: Any, order_ref: str) -> str:
