@@ -51,6 +51,7 @@ SETTINGS: list[Setting] = [
     Setting("LOYALTY_DOUBLE_OPT_IN", {"email_marketing": True}, "Purposes whose grant stays pending until the mailed confirmation link is followed: True/False for all, or a dict purpose -> bool."),
     Setting("LOYALTY_OPT_IN_TTL_DAYS", 7, "Days a pending double opt-in (and its confirmation link) stays valid."),
     Setting("LOYALTY_OPT_IN_RESEND_MINUTES", 15, "Minimum minutes between two confirmation mails for the same customer and purpose."),
+    Setting("LOYALTY_OPT_IN_CONFIRM_BUTTON", False, "True: a double opt-in link shows a button and only its POST confirms, so mail scanners that open every link confirm nothing; False: following the link (GET) confirms."),
     Setting("LOYALTY_OPT_IN_MAX_SENDS", 3, "Most confirmation mails sent for one pending grant (re-granting asks again at most this often)."),
     Setting("LOYALTY_CONSENT_FORM_MAX_AGE", 86400, "Seconds a rendered consent form (capture fields, preference-center forms) stays valid for submission."),
     # --- survey ---------------------------------------------------------

@@ -110,7 +110,11 @@ def test_shopper_pages_pass_axe(served: Served, phone: Any, locale: str) -> None
     problems.extend(_audit(phone, "survey form with errors"))
     visit("preference center", served.path(links["preferences"]))
     visit("erasure confirmation", served.path(links["preferences"]).split("?")[0] + "/erase")
+    served.shop.app.config["LOYALTY_OPT_IN_CONFIRM_BUTTON"] = True     # the page with the button, then its result
     visit("double opt-in confirmation", served.path(links["confirm"]))
+    phone.locator("form button[type=submit]").first.click()
+    phone.wait_for_load_state()
+    problems.extend(_audit(phone, "double opt-in confirmed"))
     visit("wallet", served.path(links["wallet"]))
     visit("printable coupon cards", served.path(links["wallet"]).split("?")[0] + "/print")
     visit("unsubscribe", served.path(links["unsubscribe"]))

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from flask_loyalty import tokens
 from flask_loyalty.models import ConsentEvent
+from flask_loyalty.services import consent as consent_service
 
 
 def _path(url):
@@ -193,6 +194,50 @@ def test_confirmation_page_and_bad_payloads(shop):
         assert shop.client.get(f"/loyalty/preferences/{token}").status_code == 404
         token = tokens.make("unsubscribe", payload)
         assert shop.client.post(f"/loyalty/unsubscribe/{token}").status_code == 404
+
+
+def test_confirmation_button_mode_confirms_only_on_post(shop):
+    """With LOYALTY_OPT_IN_CONFIRM_BUTTON a mail scanner's GET confirms nothing; the button's POST does."""
+    shop.app.config["LOYALTY_OPT_IN_CONFIRM_BUTTON"] = True
+    shop.loyalty.upsert_customer("c1", email="ana@example.com", locale="ro")
+    shop.loyalty.consent.grant("c1", "email_marketing", source="signup")
+    (msg,) = shop.loyalty.messages.for_customer("c1")
+    url = _path(msg.payload["confirm_url"])
+    events = shop.db.session.scalar(select(func.count()).select_from(ConsentEvent))
+    for _ in range(2):                                   # a scanner may open the link more than once
+        page = shop.client.get(url)
+        assert page.status_code == 200
+        html = page.get_data(as_text=True)
+        assert '<form method="post"' in html and "Da, confirm" in html
+    shop.db.session.expire_all()
+    assert not shop.loyalty.consent.has("c1", "email_marketing")
+    assert shop.db.session.scalar(select(func.count()).select_from(ConsentEvent)) == events
+    done = shop.client.post(url)
+    assert done.status_code == 200
+    shop.db.session.expire_all()
+    assert shop.loyalty.consent.has("c1", "email_marketing")
+    assert [e.action for e in shop.loyalty.consent.history("c1")][-1] == "confirmed"
+    again = shop.client.get(url)                         # confirmed: no button any more
+    assert again.status_code == 200 and '<form method="post"' not in again.get_data(as_text=True)
+    # a link that is gone answers 410 before showing any button
+    shop.loyalty.consent.withdraw("c1", "email_marketing", source="preferences")
+    shop.loyalty.consent.grant("c1", "email_marketing", source="signup")
+    assert shop.client.get(url).status_code == 410
+
+
+def test_confirming_again_ends_the_transaction(shop):
+    """A second confirmation writes nothing and keeps no lock on the consent row (commit=True honoured)."""
+    shop.loyalty.upsert_customer("c1", email="ana@example.com")
+    shop.loyalty.consent.grant("c1", "email_marketing", source="signup")
+    (msg,) = shop.loyalty.messages.for_customer("c1")
+    token = _path(msg.payload["confirm_url"]).rsplit("/", 1)[1]
+    data = tokens.load("confirm", token, max_age_seconds=3600)
+    state = shop.app.extensions["loyalty"]
+    _state, fresh = consent_service.confirm(state, "c1", "email_marketing", data["e"])
+    assert fresh
+    _state, fresh = consent_service.confirm(state, "c1", "email_marketing", data["e"])
+    assert not fresh
+    assert not shop.db.session().in_transaction()
 
 
 # --- preference center --------------------------------------------------------------------------------

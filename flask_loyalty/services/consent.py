@@ -550,12 +550,10 @@ def confirm(state: LoyaltyState, customer_ref: str, purpose: str, event_id: int,
     if customer is None:
         raise NotFound("customer")
     row = _lock_status(state, customer, target.name)
-    if row.status == "granted":
-        return _to_state(state, customer.ref, target.name, row, moment), False
-    if row.status != "pending" or row.pending_event_id != event_id:
-        raise ConfirmationGone()
-    if _effective(row, moment) == "expired":
-        raise ConfirmationGone()
+    if _confirmable(row, event_id, moment) == "confirmed":
+        st = _to_state(state, customer.ref, target.name, row, moment)
+        finish(state, commit=commit)      # nothing written; ends the transaction that holds the row lock
+        return st, False
     pending = state.session.get(ConsentEvent, event_id)
     assert pending is not None
     _cancel_confirmations(state, customer, target.name, "consent confirmed", moment)
@@ -567,6 +565,34 @@ def confirm(state: LoyaltyState, customer_ref: str, purpose: str, event_id: int,
     st = _to_state(state, customer.ref, target.name, row, moment)
     finish(state, commit=commit, signals=[_signal(event, st)])
     return st, True
+
+
+def _confirmable(row: ConsentStatus | None, event_id: int, moment: datetime) -> str:
+    """``"confirmed"`` (already granted) or ``"pending"`` (this link may confirm); else :class:`ConfirmationGone`."""
+    if row is not None and row.status == "granted":
+        return "confirmed"
+    if (row is None or row.status != "pending" or row.pending_event_id != event_id
+            or _effective(row, moment) == "expired"):
+        raise ConfirmationGone()
+    return "pending"
+
+
+def confirmation_status(state: LoyaltyState, customer_ref: str, purpose: str, event_id: int, *,
+                        now: datetime | None = None) -> str:
+    """What following a double opt-in link would do, without doing it (read only).
+
+    ``"pending"`` when :func:`confirm` would confirm, ``"confirmed"`` when the
+    purpose is granted already; a link that is gone raises
+    :class:`ConfirmationGone`, an unknown customer :class:`NotFound`.
+    """
+    target = get_purpose(state, purpose)
+    customer = get_customer(state, customer_ref)
+    if customer is None:
+        raise NotFound("customer")
+    row = state.session.execute(
+        select(ConsentStatus).where(ConsentStatus.customer_id == customer.id, ConsentStatus.purpose == target.name)
+    ).scalar_one_or_none()
+    return _confirmable(row, event_id, resolve_now(now))
 
 
 def set_choices(state: LoyaltyState, customer_ref: str, wanted: Iterable[str], *, source: str, method: str,

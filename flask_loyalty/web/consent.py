@@ -185,10 +185,18 @@ def make_blueprint() -> Blueprint:
         if data["p"] not in service.purposes(state):
             raise NotFound("purpose")
         customer = _customer(state, data["c"])
-        _state, fresh = service.confirm(state, data["c"], data["p"], data["e"], ip=_client_ip())
         label, _text = service.get_purpose(state, data["p"]).texts(choose_locale(customer.locale, state=state))
+        preferences_url = signed_url(state, "preferences", {"c": data["c"]})
+        if request.method == "GET" and state.config["LOYALTY_OPT_IN_CONFIRM_BUTTON"]:
+            # only the button's POST confirms: a mail scanner opening the link changes nothing
+            if service.confirmation_status(state, data["c"], data["p"], data["e"]) == "pending":
+                return _page("loyalty/consent/confirm.html", customer, label=label,
+                             action_url=url_for(".confirm", token=token), preferences_url=preferences_url)
+            return _page("loyalty/consent/confirmed.html", customer, label=label, fresh=False,
+                         preferences_url=preferences_url)
+        _state, fresh = service.confirm(state, data["c"], data["p"], data["e"], ip=_client_ip())
         return _page("loyalty/consent/confirmed.html", customer, label=label, fresh=fresh,
-                     preferences_url=signed_url(state, "preferences", {"c": data["c"]}))
+                     preferences_url=preferences_url)
 
     return bp
 
