@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from flask_loyalty import InvalidInput
+from flask_loyalty.clock import end_of_local_day, local_date
 from flask_loyalty.services.referrals import ALPHABET
 
 UTC = timezone.utc
@@ -63,6 +65,23 @@ def test_friend_rewarded_then_advocate_after_window(ref_shop):
     assert referral.status == "rewarded" and referral.advocate_coupon == "+200 points"
     assert kinds(s, "adv", "referral_reward")[0].payload["role"] == "advocate"
     assert [r.status for r in s.loyalty.referrals.made_by("adv")] == ["rewarded"]
+
+
+def test_reward_coupon_is_valid_to_the_end_of_the_shops_local_day(make_shop):
+    s = make_shop(LOYALTY_TIMEZONE="Europe/Berlin",
+                  LOYALTY_REFERRAL_FRIEND_REWARD={"kind": "fixed", "value": "5.00", "valid_days": 90})
+    berlin = ZoneInfo("Europe/Berlin")
+    with s.app.app_context():
+        s.loyalty.record_purchase("a0", "adv", "10", placed_at=datetime.now(UTC) - timedelta(days=5))
+        code = s.loyalty.referrals.code_for("adv")
+        before = datetime.now(UTC)
+        s.loyalty.record_purchase("f1", "friend", "40", referral_code=code)
+        after = datetime.now(UTC)
+        referral = s.loyalty.referrals.of_order("f1")
+        assert referral.status == "pending"
+        coupon = s.loyalty.coupons.get(referral.friend_coupon)
+        expected = {end_of_local_day(local_date(t, berlin) + timedelta(days=90), berlin) for t in (before, after)}
+        assert coupon.expires_at in expected
 
 
 def test_full_refund_in_window_cancels_advocate_reward(ref_shop):

@@ -27,7 +27,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, fields, validate
 from sqlalchemy import func, or_, select
 
-from ..clock import resolve_now
+from ..clock import resolve_now, shop_zone, valid_days_deadline
 from ..errors import InvalidInput, LoyaltyError
 from ..models import Customer, PointsEntry
 from ..money import parse_amount, round_money
@@ -155,7 +155,8 @@ def redeem(state: LoyaltyState, customer_ref: str, points: int, *, commit: bool 
     try:
         coupon = state.extension.coupons.create(
             kind="fixed", value=amount, currency=currency, customer_ref=customer.ref, max_uses=1,
-            expires_at=moment + timedelta(days=days) if days else None, commit=False)
+            expires_at=valid_days_deadline(moment, days, shop_zone(state.config["LOYALTY_TIMEZONE"])) if days else None,
+            commit=False)
     except BaseException:
         if commit:
             state.session.rollback()
