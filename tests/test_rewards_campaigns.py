@@ -146,6 +146,25 @@ def test_report_fixture_uplift_and_intervals(shop):
                                                                                                           abs=1e-4)
 
 
+def test_revenue_uplift_is_exact_decimal_rounded_once(shop):
+    lo = shop.loyalty
+    t0 = datetime.now(UTC) - timedelta(days=1)
+    for ref in ("a", "b", "c"):
+        lo.upsert_customer(ref)
+    lo.campaigns.create("ab", offer={"kind": "percent", "value": "10"}, customer_refs=["a", "b", "c"],
+                        starts_at=t0, ends_at=t0 + timedelta(days=10), holdout_share=0.34)
+    lo.campaigns.launch("ab")
+    treatment = lo.campaigns.members("ab", "treatment")
+    holdout = lo.campaigns.members("ab", "holdout")
+    assert len(treatment) == 2 and len(holdout) == 1
+    lo.record_purchase("t1", treatment[0], "0.59", placed_at=t0 + timedelta(hours=1))
+    lo.record_purchase("h1", holdout[0], "1.00", placed_at=t0 + timedelta(hours=1))
+    report = lo.campaigns.report("ab")
+    # 0.59 / 2 - 1.00 / 1 = -0.705 exactly: half-even to -0.70 (through floats it became -0.71)
+    assert report.revenue_per_member_uplift == Decimal("-0.70")
+    assert report.incremental_revenue == Decimal("-1.41")          # -0.705 x 2 = -1.41 exactly
+
+
 def test_report_with_empty_holdout_has_no_interval(shop):
     s = shop
     s.loyalty.upsert_customer("a")

@@ -180,7 +180,13 @@ def split_holdout(customer_ids: Iterable[int], share: float, seed: str) -> set[i
 
 
 def _cents(value: float) -> Decimal:
+    """A statistic computed in floats (a confidence bound) as an amount in cents."""
     return Decimal(repr(value)).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
+
+
+def _money_cents(value: Decimal) -> Decimal:
+    """An exact money figure rounded once, half-even, to cents."""
+    return value.quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
 
 
 # --- service ---------------------------------------------------------------------------
@@ -361,9 +367,10 @@ class Campaigns(Facade):
                                           control.members, confidence)
             relative = uplift / control.conversion if control.conversion else None
             n1, n0 = len(values["treatment"]), len(values["holdout"])
-            mean_diff = float(totals["treatment"]) / n1 - float(totals["holdout"]) / n0
-            rev_uplift = _cents(mean_diff)
-            incr = _cents(mean_diff * n1)
+            # money in Decimal, rounded once; floats only for the confidence intervals below
+            mean_diff = totals["treatment"] / n1 - totals["holdout"] / n0
+            rev_uplift = _money_cents(mean_diff)
+            incr = _money_cents(mean_diff * n1)
             if n1 >= 2 and n0 >= 2:
                 _diff, low, high = welch_interval(values["treatment"], values["holdout"], confidence)
                 rev_ci = (_cents(low), _cents(high))
