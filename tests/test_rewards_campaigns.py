@@ -9,10 +9,10 @@ from decimal import Decimal
 from statistics import NormalDist
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from flask_loyalty import InvalidInput
-from flask_loyalty.models import Customer, Purchase
+from flask_loyalty.models import Campaign, Coupon, Customer, Purchase
 from flask_loyalty.models.base import table_of
 from flask_loyalty.services.campaigns import newcombe_interval, split_holdout, welch_interval, wilson_interval
 
@@ -196,6 +196,7 @@ def test_segment_audience(shop):
     ({"segment": "nope"}, "segment"),
     ({"offer": {"kind": "gift_card", "value": "5"}}, "offer"),
     ({"offer": {"kind": "percent", "value": "150"}}, "offer"),
+    ({"offer": {"kind": "free_shipping", "value": "5"}}, "offer"),    # coupons.create would refuse it at launch
     ({"holdout_share": 1.0}, "holdout_share"),
     ({"holdout_share": -0.1}, "holdout_share"),
     ({"ends_at": START}, "ends_at"),
@@ -210,6 +211,28 @@ def test_bad_campaigns(shop, kwargs, field):
         shop.loyalty.campaigns.create(name, **args)
     assert field in info.value.errors
     assert shop.loyalty.campaigns.all() == []
+
+
+@pytest.mark.parametrize("commit", [True, False])
+def test_launch_of_an_offer_coupons_refuse_writes_nothing(shop, commit):
+    s = shop
+    for ref in ("c1", "c2"):
+        s.loyalty.upsert_customer(ref)
+    s.loyalty.campaigns.create("ship", offer={"kind": "free_shipping"}, customer_refs=["c1", "c2"],
+                               starts_at=START, ends_at=END, holdout_share=0)
+    # an offer stored before create checked it the way coupons.create does
+    s.db.session.execute(update(table_of(Campaign)).where(Campaign.name == "ship")
+                         .values(offer={"kind": "free_shipping", "value": "5", "valid_days": None,
+                                        "min_order_total": None}))
+    s.db.session.commit()
+    with pytest.raises(InvalidInput) as info:
+        s.loyalty.campaigns.launch("ship", now=START, commit=commit)
+    assert "offer" in info.value.errors
+    s.db.session.commit()           # the host goes on and commits its own work in the same session
+    s.db.session.expire_all()
+    status = s.db.session.execute(select(Campaign.status).where(Campaign.name == "ship")).scalar_one()
+    assert (status, s.loyalty.campaigns.members("ship")) == ("draft", [])
+    assert s.db.session.execute(select(Coupon.id).where(Coupon.campaign == "ship")).all() == []
 
 
 def test_launch_after_window_refused(shop):

@@ -107,6 +107,8 @@ def test_bad_redemption_config_fails_at_setup(make_shop):
         make_shop(LOYALTY_POINTS_REDEMPTION={"points": 0, "value": "5"})
     with pytest.raises(InvalidInput):
         make_shop(LOYALTY_POINTS_REDEMPTION={"points": 100, "value": 5.0})
+    with pytest.raises(InvalidInput):         # more than a points balance may hold
+        make_shop(LOYALTY_POINTS_REDEMPTION={"points": 3_000_000_000, "value": "5"})
 
 
 @pytest.mark.slow

@@ -130,6 +130,9 @@ def test_consent_and_segment_eligibility(shop):
     ({"prize": {"kind": "fixed"}}, "prize"),
     ({"prize": {"kind": "percent", "value": "120"}}, "prize"),
     ({"prize": {"kind": "lottery", "value": "1"}}, "prize"),
+    ({"prize": {"kind": "free_shipping", "value": "5"}}, "prize"),     # coupons.create refuses it
+    ({"prize": {"kind": "points", "value": "3000000000"}}, "prize"),   # beyond a 32-bit balance
+    ({"prize": {"kind": "points", "value": "1000000001"}}, "prize"),
 ])
 def test_bad_raffles(shop, kwargs, field):
     args = {"name": "r1", "title": "R", "prize": {"kind": "fixed", "value": "5"}, **kwargs}
@@ -138,6 +141,15 @@ def test_bad_raffles(shop, kwargs, field):
         shop.loyalty.raffles.create(name, **args)
     assert field in info.value.errors
     assert shop.loyalty.raffles.all() == []
+
+
+def test_points_prize_at_the_limit_is_drawn(make_shop):
+    s = make_shop()
+    with s.app.app_context():
+        s.loyalty.record_purchase("o1", "c1", "10", placed_at=datetime.now(timezone.utc) - timedelta(days=1))
+        s.loyalty.raffles.create("big", title="Big", prize={"kind": "points", "value": "1000000000"})
+        s.loyalty.raffles.draw("big")
+        assert s.loyalty.points.balance("c1") == 10 + 10**9
 
 
 def test_unknown_raffle(shop):

@@ -160,6 +160,18 @@ def test_fraud_too_many_from_one_ip(ref_shop):
     assert s.loyalty.referrals.of_order("ip0").ip_hash not in (None, "203.0.113.7")
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # validation only: one database is enough
+@pytest.mark.parametrize("setting,spec", [
+    ("LOYALTY_REFERRAL_FRIEND_REWARD", {"kind": "free_shipping", "value": "5"}),   # coupons.create refuses it
+    ("LOYALTY_REFERRAL_ADVOCATE_REWARD", {"kind": "fixed", "value": "5", "min_order_total": "abc"}),
+    ("LOYALTY_REFERRAL_ADVOCATE_REWARD", {"kind": "points", "value": 3_000_000_000}),
+])
+def test_reward_that_cannot_be_issued_is_refused_at_setup(make_shop, setting, spec):
+    with pytest.raises(InvalidInput) as info:
+        make_shop(**{setting: spec})
+    assert setting in info.value.errors
+
+
 def test_export_and_erase(ref_shop):
     s = ref_shop
     code = s.loyalty.referrals.code_for("adv")

@@ -253,13 +253,35 @@ class Campaigns(Facade):
         return campaign
 
     def launch(self, name: str, *, now: datetime | None = None, commit: bool = True) -> Campaign:
-        """Split the audience, give the treatment group coupons and schedule their mails (once)."""
+        """Split the audience, give the treatment group coupons and schedule their mails (once).
+
+        Everything is checked before the first write: a campaign whose window
+        is over, that was launched already or whose stored offer cannot be
+        issued raises :class:`InvalidInput` and writes nothing (with
+        ``commit=True`` the session is rolled back).
+        """
         state = self._state
         moment = resolve_now(now)
         begin_write(state)
+        try:
+            campaign = self._launch(name, moment)
+        except BaseException:
+            if commit:
+                state.session.rollback()
+            raise
+        finish(state, commit=commit)
+        return campaign
+
+    def _launch(self, name: str, moment: datetime) -> Campaign:
+        """The body of :meth:`launch` after the write began (no commit)."""
+        state = self._state
         campaign = get_campaign(state, name)
         if campaign.ends_at <= moment:
             raise InvalidInput.field("name", "This campaign's window is over.")
+        # a campaign stored by an older version may hold an offer coupons.create refuses: check it first
+        offer = parse_prize(campaign.offer, field="offer")
+        if offer["kind"] not in COUPON_OFFER_KINDS:
+            raise InvalidInput.field("offer", "A campaign offers a coupon: fixed, percent or free_shipping.")
         table = table_of(Campaign)
         moved = state.session.execute(
             update(table).where(table.c.id == campaign.id, table.c.status == "draft")
@@ -277,7 +299,6 @@ class Campaigns(Facade):
         holdout = split_holdout((c.id for c in customers), campaign.holdout_share, campaign.seed)
         from . import outbox
 
-        offer = campaign.offer
         value = Decimal(offer["value"]) if offer.get("value") is not None else None
         min_total = Decimal(offer["min_order_total"]) if offer.get("min_order_total") is not None else None
         due = max(campaign.starts_at, moment)
@@ -304,7 +325,6 @@ class Campaigns(Facade):
                            dedupe_key=f"campaign:{campaign.id}:{customer.id}", reason=f"campaign {campaign.name}")
         if rows:
             state.session.execute(table_of(CampaignMember).insert(), rows)
-        finish(state, commit=commit)
         return campaign
 
     def members(self, name: str, group: str | None = None) -> list[str]:

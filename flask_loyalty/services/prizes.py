@@ -25,12 +25,16 @@ from ..clock import shop_zone, valid_days_deadline
 from ..errors import InvalidInput, LoyaltyError
 from ..models import Customer
 from ..schemas import load
+from ..schemas.coupon import CouponRulesSchema
 from ..schemas.fields import Money
 from ..state import LoyaltyState
 from ..transaction import PendingSignal
-from .ledger import change_points
+from .ledger import MAX_POINTS, change_points
 
 PRIZE_KINDS = ("fixed", "percent", "free_shipping", "gift_card", "points")
+#: Prize kinds issued as a coupon (``coupons.create``).
+COUPON_PRIZE_KINDS = ("fixed", "percent", "free_shipping")
+_coupon_rules = CouponRulesSchema()
 
 
 class PrizeSchema(Schema):
@@ -48,14 +52,21 @@ class PrizeSchema(Schema):
     @validates_schema
     def _check_value(self, data: dict[str, Any], **_kwargs: Any) -> None:
         kind, value = data["kind"], data.get("value")
-        if kind == "free_shipping":
+        if kind in COUPON_PRIZE_KINDS:
+            # the rules coupons.create applies when the reward is issued, checked now
+            rules = {"kind": kind, "value": value, "min_order_total": data.get("min_order_total")}
+            try:
+                _coupon_rules.load({k: v for k, v in rules.items() if v is not None}, partial=("currency",))
+            except ValidationError as exc:
+                raise ValidationError(exc.messages) from None
             return
         if value is None or value <= 0:
             raise ValidationError("Must be greater than zero.", "value")
-        if kind == "percent" and value > 100:
-            raise ValidationError("A percentage is at most 100.", "value")
-        if kind == "points" and value != value.to_integral_value():
-            raise ValidationError("Points are whole numbers.", "value")
+        if kind == "points":
+            if value != value.to_integral_value():
+                raise ValidationError("Points are whole numbers.", "value")
+            if value > MAX_POINTS:
+                raise ValidationError(f"At most {MAX_POINTS:,} points.", "value")
 
 
 _schema = PrizeSchema()
