@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import select
 
 from flask_loyalty import InvalidInput
 from flask_loyalty.clock import end_of_local_day, local_date
+from flask_loyalty.models import Coupon
 from flask_loyalty.services.referrals import ALPHABET
 
 UTC = timezone.utc
@@ -170,6 +173,42 @@ def test_reward_that_cannot_be_issued_is_refused_at_setup(make_shop, setting, sp
     with pytest.raises(InvalidInput) as info:
         make_shop(**{setting: spec})
     assert setting in info.value.errors
+
+
+@pytest.mark.slow
+def test_ip_limit_holds_under_concurrent_referred_checkouts(make_shop):
+    s = make_shop(LOYALTY_REFERRAL_MAX_PER_IP_PER_WEEK=1,
+                  SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 8, "max_overflow": 24, "pool_timeout": 120})
+    s.app.extensions["loyalty"].add_hook("client_ip", lambda state: "203.0.113.7")
+    with s.app.app_context():
+        s.loyalty.record_purchase("a0", "adv", "10", placed_at=datetime.now(UTC) - timedelta(days=5))
+        code = s.loyalty.referrals.code_for("adv")
+    n = 8
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        with s.app.app_context():
+            try:
+                barrier.wait(30)
+                s.loyalty.record_purchase(f"f{i}", f"friend{i}", "40", referral_code=code)
+            except BaseException as exc:  # reported to the test
+                errors.append(exc)
+            finally:
+                s.db.session.remove()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a checkout hung"
+    assert not errors, errors
+    with s.app.app_context():
+        statuses = sorted(s.loyalty.referrals.of_order(f"f{i}").status for i in range(n))
+        rewarded = s.db.session.execute(select(Coupon.id).where(Coupon.customer_ref.like("friend%"))).all()
+    # one friend reward from this IP this week, the other seven rejected (ip_limit)
+    assert statuses == ["pending"] + ["rejected"] * (n - 1) and len(rewarded) == 1
 
 
 def test_export_and_erase(ref_shop):
