@@ -49,7 +49,7 @@ from ..money import from_storage
 from ..schemas import load
 from ..schemas.fields import AwareDateTime
 from ..state import LoyaltyState
-from ..transaction import begin_write, finish
+from ..transaction import begin_write, finish, insert_or_none
 from .base import Facade
 from .prizes import parse_prize
 
@@ -241,14 +241,18 @@ class Campaigns(Facade):
             if not any(hook(state, name=data["segment"]) for hook in hooks):
                 raise InvalidInput.field("segment", "Unknown segment." if hooks else "Segments are not available.")
         begin_write(state)
-        if state.session.execute(select(Campaign.id).where(Campaign.name == data["name"])).first():
+        # ON CONFLICT DO NOTHING: a concurrent create of the same name is InvalidInput, never an IntegrityError
+        campaign_id = insert_or_none(state, table_of(Campaign), {
+            "name": data["name"], "segment": data["segment"], "offer": parsed,
+            "audience": sorted(set(data["customer_refs"])) if data["customer_refs"] is not None else None,
+            "message": {k: data[k] for k in ("subject", "headline", "body") if data[k]},
+            "starts_at": data["starts_at"], "ends_at": data["ends_at"], "holdout_share": float(share),
+            "seed": secrets.token_hex(16), "status": "draft", "created_at": utcnow()}, ["name"])
+        if campaign_id is None:
+            if commit:
+                state.session.rollback()
             raise InvalidInput.field("name", "A campaign with this name exists.")
-        campaign = Campaign(name=data["name"], segment=data["segment"], offer=parsed,
-                            audience=sorted(set(data["customer_refs"])) if data["customer_refs"] is not None else None,
-                            message={k: data[k] for k in ("subject", "headline", "body") if data[k]},
-                            starts_at=data["starts_at"], ends_at=data["ends_at"], holdout_share=float(share),
-                            seed=secrets.token_hex(16), status="draft", created_at=utcnow())
-        state.session.add(campaign)
+        campaign = state.session.get_one(Campaign, campaign_id)
         finish(state, commit=commit)
         return campaign
 
