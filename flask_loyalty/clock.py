@@ -58,6 +58,17 @@ def local_date(moment: datetime, zone: ZoneInfo) -> date:
     return moment.astimezone(zone).date()
 
 
+def valid_days_deadline(start: datetime, days: int, zone: ZoneInfo) -> datetime:
+    """The expiry of something "valid ``days`` days" from ``start``, in UTC.
+
+    The end of the shop's local day ``days`` days after ``start``'s local
+    date, like an ``expires_at`` given as a ``date``: a coupon valid 30 days
+    issued at 09:00 on 1 March can be used until 23:59:59.999999 on 31 March
+    in ``zone``, whatever the hour it was issued.
+    """
+    return end_of_local_day(local_date(start, zone) + timedelta(days=int(days)), zone)
+
+
 def as_deadline(value: object, zone: ZoneInfo, *, field: str) -> datetime | None:
     """An expiry given as a ``date`` (end of that local day) or an aware ``datetime``."""
     if value is None:

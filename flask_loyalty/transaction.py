@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import sqlite3
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from blinker import Signal
-from sqlalchemy import event, insert
+from sqlalchemy import event, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -113,6 +114,22 @@ def begin_write(state: LoyaltyState) -> None:
     if dialect_name(state) != "sqlite":
         return
     state.session.execute(_write_lock_statement())
+
+
+def advisory_lock(state: LoyaltyState, key: str) -> None:
+    """Serialise the transactions that take the lock ``key`` until they end (PostgreSQL).
+
+    ``pg_advisory_xact_lock`` on a 64-bit hash of ``key``: a second
+    transaction asking for the same key waits until the first commits or
+    rolls back, so a check-then-insert over rows no lock covers (a count of
+    recent rows, say) stays right under concurrency.  Keys are namespaced
+    strings such as ``"referral-ip:<hash>"``.  On SQLite this does nothing:
+    :func:`begin_write` already serialises writers.
+    """
+    if dialect_name(state) != "postgresql":
+        return
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    state.session.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest, "big", signed=True))))
 
 
 @functools.cache

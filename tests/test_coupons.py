@@ -330,6 +330,33 @@ def test_redeem_errors_are_coupon_errors(shop):
         shop.loyalty.coupons.redeem("ABC", customer_ref="", order_ref="o1", order_total=10)
 
 
+def test_repeated_redeem_with_commit_true_commits_like_every_write_call(shop):
+    c = shop.loyalty.coupons.create(kind="fixed", value="5", max_uses=10, max_uses_per_customer=None)
+    first = shop.loyalty.coupons.redeem(c.code, customer_ref="c1", order_ref="o1", order_total="20").id
+    shop.db.session.add(shop.host_order(ref="host-1"))        # the host's pending write
+    again = shop.loyalty.coupons.redeem(c.code, customer_ref="c1", order_ref="o1", order_total="20")
+    assert not shop.db.session().in_transaction()
+    assert again.id == first
+    shop.db.session.remove()
+    assert shop.db.session.execute(select(shop.host_order.ref)).scalars().all() == ["host-1"]
+    assert shop.loyalty.coupons.get(c.code).uses == 1
+
+
+@pytest.mark.parametrize("max_uses", [1, 5])   # 1: the claim fails (used up); 5: it is claimed, then refused
+def test_refused_redeem_with_commit_true_rolls_back_and_writes_nothing(shop, max_uses):
+    code = shop.loyalty.coupons.create(kind="fixed", value="5", max_uses=max_uses, max_uses_per_customer=1).code
+    shop.loyalty.coupons.redeem(code, customer_ref="c1", order_ref="o1", order_total="20")
+    shop.db.session.add(shop.host_order(ref="host-1"))
+    with pytest.raises(CouponError) as info:
+        shop.loyalty.coupons.redeem(code, customer_ref="c1", order_ref="o2", order_total="20")
+    assert info.value.reason == ("exhausted" if max_uses == 1 else "already_used")
+    assert not shop.db.session().in_transaction()
+    shop.db.session.remove()
+    assert shop.db.session.execute(select(shop.host_order.ref)).scalars().all() == []
+    assert shop.loyalty.coupons.get(code).uses == 1
+    assert count(shop, Redemption) == 1
+
+
 def test_max_uses_per_customer_above_one(shop):
     c = shop.loyalty.coupons.create(kind="fixed", value=1, max_uses_per_customer=3)
     for i in range(3):

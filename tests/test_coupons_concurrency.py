@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from flask_loyalty import CouponError
+from flask_loyalty import CouponError, GiftCardError
 from flask_loyalty.models import Coupon, GiftCard, GiftCardMovement, Redemption
 
 pytestmark = pytest.mark.slow
@@ -155,3 +155,85 @@ def test_gift_card_same_order_charged_once(cshop):
     assert set(results) == {Decimal("30")}
     cshop.db.session.expire_all()
     assert cshop.loyalty.gift_cards.balance(code) == Decimal("70")
+
+
+# --- every exit of redeem / charge ends the transaction with commit=True ---------------------------
+
+@pytest.fixture
+def lshop(make_shop):
+    """A shop whose SQLite writers give up after 2 s, so a lock left held shows as an error, not a hang."""
+    s = make_shop(LOYALTY_SQLITE_BUSY_TIMEOUT=2.0, **POOL)
+    with s.app.app_context():
+        yield s
+
+
+def in_other_thread(shop: Any, work: Callable[[], Any]) -> Any:
+    """``work()`` in another thread (own session) while this one keeps its session; its result.
+
+    A thread still blocked after 30 s counts as held by a lock of this session:
+    the test fails after this session lets go (the timeout only detects a hang).
+    """
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        with shop.app.app_context():
+            try:
+                out["result"] = work()
+            except BaseException as exc:  # reported to the test
+                out["result"] = exc
+            finally:
+                shop.db.session.remove()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    blocked = thread.is_alive()
+    shop.db.session.rollback()        # let a blocked thread finish
+    thread.join(timeout=60)
+    assert not blocked, "blocked by a lock this session still held"
+    return out.get("result")
+
+
+def test_repeated_redeem_does_not_keep_the_coupon_locked(lshop):
+    lo = lshop.loyalty
+    code = lo.coupons.create(kind="fixed", value="5", max_uses=100, max_uses_per_customer=None).code
+    first = lo.coupons.redeem(code, customer_ref="c1", order_ref="o-1", order_total="50").id
+    again = lo.coupons.redeem(code, customer_ref="c1", order_ref="o-1", order_total="50")   # a retry
+    assert not lshop.db.session().in_transaction()
+    assert again.id == first
+    got = in_other_thread(lshop, lambda: lo.coupons.redeem(
+        code, customer_ref="c2", order_ref="o-2", order_total="50").order_ref)
+    assert got == "o-2"
+
+
+def test_refused_redeem_does_not_keep_the_coupon_locked(lshop):
+    lo = lshop.loyalty
+    code = lo.coupons.create(kind="fixed", value="5", max_uses=100, max_uses_per_customer=None,
+                             min_order_total="20").code
+    with pytest.raises(CouponError) as refused:      # the use is claimed, then refused
+        lo.coupons.redeem(code, customer_ref="c1", order_ref="o-1", order_total="10")
+    assert refused.value.reason == "min_total"
+    assert not lshop.db.session().in_transaction()
+    got = in_other_thread(lshop, lambda: lo.coupons.redeem(
+        code, customer_ref="c2", order_ref="o-2", order_total="50").order_ref)
+    assert got == "o-2"
+    lshop.db.session.expire_all()
+    assert lo.coupons.get(code).uses == 1
+
+
+@pytest.mark.parametrize("case", ["repeat", "empty", "refused"])
+def test_every_gift_card_charge_exit_lets_go_of_the_card(lshop, case):
+    lo = lshop.loyalty
+    card = lo.gift_cards.issue("10.00")
+    code = card.code
+    assert lo.gift_cards.charge(code, "10.00", order_ref="o-1") == Decimal("10.00")
+    if case == "repeat":
+        assert lo.gift_cards.charge(code, "10.00", order_ref="o-1") == Decimal("10.00")
+    elif case == "empty":
+        assert lo.gift_cards.charge(code, "5.00", order_ref="o-2") == Decimal("0")
+    else:
+        with pytest.raises(GiftCardError):
+            lo.gift_cards.charge(code, "5.00", order_ref="o-2", currency="USD")
+    assert not lshop.db.session().in_transaction()
+    # another checkout gets to the card at once (the refund takes the same lock as a charge)
+    assert in_other_thread(lshop, lambda: lo.gift_cards.refund("o-1")) == Decimal("10.00")

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections import defaultdict
 from decimal import Decimal
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from sqlalchemy import delete, func, select
 
-from flask_loyalty import CouponError
+from flask_loyalty import CouponError, InvalidInput
 from flask_loyalty.models import Coupon, GiftCard, GiftCardMovement, Redemption
 
 CUSTOMERS = st.sampled_from(["c0", "c1", "c2"])
@@ -104,6 +105,10 @@ def test_coupons_and_gift_cards_match_model(shop):
 
         @rule(code=cards, amount=AMOUNTS, order=ORDERS)
         def charge(self, code, amount, order):
+            if self.refunded[(code, order)] > 0:     # charged, then refunded: a new reference is needed
+                with pytest.raises(InvalidInput):
+                    loyalty.gift_cards.charge(code, amount, order_ref=order)
+                return
             got = loyalty.gift_cards.charge(code, amount, order_ref=order)
             if (code, order) in self.charged:
                 assert got == self.charged[(code, order)]

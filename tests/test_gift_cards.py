@@ -78,8 +78,10 @@ def test_refund_credits_back_once(shop):
     assert gc.refund("o1") == Decimal("0")
     assert gc.balance(a.code) == Decimal("30") and gc.balance(b.code) == Decimal("25")
     assert gc.refund("unknown-order") == Decimal("0")
-    # the charge stays idempotent after the refund: no second charge for o1
-    assert gc.charge(a.code, "30", order_ref="o1") == Decimal("30")
+    # no second charge for o1 after the refund, and none reported: a new reference is needed
+    with pytest.raises(InvalidInput) as info:
+        gc.charge(a.code, "30", order_ref="o1")
+    assert "order_ref" in info.value.errors
     assert gc.balance(a.code) == Decimal("30")
 
 
@@ -134,6 +136,48 @@ def test_commit_false(shop):
     shop.loyalty.gift_cards.charge(card.code, "4", order_ref="o1", commit=False)
     shop.db.session.rollback()
     assert shop.loyalty.gift_cards.balance(card.code) == Decimal("10")
+
+
+def test_charge_after_its_refund_is_refused_never_reported_as_taken(shop):
+    gc = shop.loyalty.gift_cards
+    card = gc.issue("50.00")
+    assert gc.charge(card.code, "30.00", order_ref="o-1") == Decimal("30.00")
+    assert gc.refund("o-1") == Decimal("30.00")
+    shop.db.session.add(shop.host_order(ref="host-1"))       # the host's pending write
+    with pytest.raises(InvalidInput) as info:                # the order is checked out again
+        gc.charge(card.code, "30.00", order_ref="o-1")
+    assert list(info.value.errors) == ["order_ref"]
+    assert not shop.db.session().in_transaction()
+    assert gc.balance(card.code) == Decimal("50.00")
+    assert [m.kind for m in gc.movements(card.code)] == ["issue", "charge", "refund"]
+    assert gc.charge(card.code, "30.00", order_ref="o-1-retry") == Decimal("30.00")   # a new reference
+    assert gc.balance(card.code) == Decimal("20.00")
+
+
+def test_charge_on_an_empty_card_or_a_repeat_commits_like_every_write_call(shop):
+    gc, db = shop.loyalty.gift_cards, shop.db
+    card = gc.issue("10.00")
+    assert gc.charge(card.code, "10.00", order_ref="o-1") == Decimal("10.00")
+    db.session.add(shop.host_order(ref="host-1"))
+    assert gc.charge(card.code, "5.00", order_ref="o-2", commit=True) == Decimal("0")     # empty card
+    assert not db.session().in_transaction()
+    db.session.add(shop.host_order(ref="host-2"))
+    assert gc.charge(card.code, "10.00", order_ref="o-1", commit=True) == Decimal("10.00")   # a repeat
+    assert not db.session().in_transaction()
+    db.session.remove()                                        # end of the request
+    assert sorted(db.session.execute(select(shop.host_order.ref)).scalars()) == ["host-1", "host-2"]
+
+
+def test_refused_charge_with_commit_true_rolls_back_and_writes_nothing(shop):
+    gc, db = shop.loyalty.gift_cards, shop.db
+    code = gc.issue("10.00", currency="EUR").code
+    db.session.add(shop.host_order(ref="host-1"))
+    with pytest.raises(GiftCardError):
+        gc.charge(code, "5.00", order_ref="o-1", currency="USD")
+    assert not db.session().in_transaction()
+    db.session.remove()
+    assert db.session.execute(select(shop.host_order.ref)).scalars().all() == []
+    assert gc.balance(code) == Decimal("10.00") and len(gc.movements(code)) == 1
 
 
 def test_ledger_sums_to_balance_in_sql(shop):

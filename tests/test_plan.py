@@ -127,7 +127,9 @@ def test_first_purchase_schedules_thank_you_with_welcome_coupon(plan_shop):
     assert thanks.due_at == T0 and thanks.order_ref == "o1"
     code = thanks.payload["coupon_code"]
     assert thanks.payload["coupon_kind"] == "percent"
-    assert datetime.fromisoformat(thanks.payload["coupon_expires_at"]) == T0 + timedelta(days=60)
+    # valid 60 days: to the end of the shop's local day (Madrid, CET) 60 days after the order's day
+    expires = datetime(2027, 3, 5, 22, 59, 59, 999999, tzinfo=timezone.utc)
+    assert datetime.fromisoformat(thanks.payload["coupon_expires_at"]) == expires
     coupon = next(c for c in plan_shop.loyalty.coupons.for_customer("c1") if c.code == code)
     assert coupon is not None
     plan_shop.loyalty.record_purchase("o2", "c1", "20.00", placed_at=T0 + timedelta(days=1))
@@ -479,6 +481,10 @@ def test_birthday_once_a_year_in_shop_time_zone_with_coupon(plan_shop):
     [m] = by_kind(plan_shop, "birthday")
     assert m.due_at == datetime(2027, 3, 15, 8, 0, tzinfo=timezone.utc)  # 09:00 local
     assert m.payload["coupon_code"]
+    # valid 30 days from the birthday: the end of 14 April in Madrid (CEST)
+    expires = datetime(2027, 4, 14, 21, 59, 59, 999999, tzinfo=timezone.utc)
+    assert datetime.fromisoformat(m.payload["coupon_expires_at"]) == expires
+    assert plan_shop.loyalty.coupons.get(m.payload["coupon_code"]).expires_at == expires
     assert plan_shop.loyalty.plan(now=datetime(2028, 3, 15, 12, tzinfo=timezone.utc)) == 1
     assert len(by_kind(plan_shop, "birthday")) == 2
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import math
 import statistics
+import threading
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from statistics import NormalDist
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from flask_loyalty import InvalidInput
-from flask_loyalty.models import Customer, Purchase
+from flask_loyalty.models import Campaign, Coupon, Customer, Purchase
 from flask_loyalty.models.base import table_of
 from flask_loyalty.services.campaigns import newcombe_interval, split_holdout, welch_interval, wilson_interval
 
@@ -146,6 +147,25 @@ def test_report_fixture_uplift_and_intervals(shop):
                                                                                                           abs=1e-4)
 
 
+def test_revenue_uplift_is_exact_decimal_rounded_once(shop):
+    lo = shop.loyalty
+    t0 = datetime.now(UTC) - timedelta(days=1)
+    for ref in ("a", "b", "c"):
+        lo.upsert_customer(ref)
+    lo.campaigns.create("ab", offer={"kind": "percent", "value": "10"}, customer_refs=["a", "b", "c"],
+                        starts_at=t0, ends_at=t0 + timedelta(days=10), holdout_share=0.34)
+    lo.campaigns.launch("ab")
+    treatment = lo.campaigns.members("ab", "treatment")
+    holdout = lo.campaigns.members("ab", "holdout")
+    assert len(treatment) == 2 and len(holdout) == 1
+    lo.record_purchase("t1", treatment[0], "0.59", placed_at=t0 + timedelta(hours=1))
+    lo.record_purchase("h1", holdout[0], "1.00", placed_at=t0 + timedelta(hours=1))
+    report = lo.campaigns.report("ab")
+    # 0.59 / 2 - 1.00 / 1 = -0.705 exactly: half-even to -0.70 (through floats it became -0.71)
+    assert report.revenue_per_member_uplift == Decimal("-0.70")
+    assert report.incremental_revenue == Decimal("-1.41")          # -0.705 x 2 = -1.41 exactly
+
+
 def test_report_with_empty_holdout_has_no_interval(shop):
     s = shop
     s.loyalty.upsert_customer("a")
@@ -177,6 +197,7 @@ def test_segment_audience(shop):
     ({"segment": "nope"}, "segment"),
     ({"offer": {"kind": "gift_card", "value": "5"}}, "offer"),
     ({"offer": {"kind": "percent", "value": "150"}}, "offer"),
+    ({"offer": {"kind": "free_shipping", "value": "5"}}, "offer"),    # coupons.create would refuse it at launch
     ({"holdout_share": 1.0}, "holdout_share"),
     ({"holdout_share": -0.1}, "holdout_share"),
     ({"ends_at": START}, "ends_at"),
@@ -191,6 +212,28 @@ def test_bad_campaigns(shop, kwargs, field):
         shop.loyalty.campaigns.create(name, **args)
     assert field in info.value.errors
     assert shop.loyalty.campaigns.all() == []
+
+
+@pytest.mark.parametrize("commit", [True, False])
+def test_launch_of_an_offer_coupons_refuse_writes_nothing(shop, commit):
+    s = shop
+    for ref in ("c1", "c2"):
+        s.loyalty.upsert_customer(ref)
+    s.loyalty.campaigns.create("ship", offer={"kind": "free_shipping"}, customer_refs=["c1", "c2"],
+                               starts_at=START, ends_at=END, holdout_share=0)
+    # an offer stored before create checked it the way coupons.create does
+    s.db.session.execute(update(table_of(Campaign)).where(Campaign.name == "ship")
+                         .values(offer={"kind": "free_shipping", "value": "5", "valid_days": None,
+                                        "min_order_total": None}))
+    s.db.session.commit()
+    with pytest.raises(InvalidInput) as info:
+        s.loyalty.campaigns.launch("ship", now=START, commit=commit)
+    assert "offer" in info.value.errors
+    s.db.session.commit()           # the host goes on and commits its own work in the same session
+    s.db.session.expire_all()
+    status = s.db.session.execute(select(Campaign.status).where(Campaign.name == "ship")).scalar_one()
+    assert (status, s.loyalty.campaigns.members("ship")) == ("draft", [])
+    assert s.db.session.execute(select(Coupon.id).where(Coupon.campaign == "ship")).all() == []
 
 
 def test_launch_after_window_refused(shop):
@@ -218,3 +261,43 @@ def test_cli_campaign_and_points(make_shop):
     assert result.exit_code == 0 and "100 points expired" in result.output
     result = runner.invoke(args=["loyalty", "referrals", "process"])
     assert result.exit_code == 0 and "0 advocates rewarded" in result.output
+
+
+def _create_together(s, n, create):
+    """``create()`` on ``n`` threads started at one barrier, each with its own session; their outcomes."""
+    barrier = threading.Barrier(n)
+    outcomes: list[object] = [None] * n
+
+    def work(i: int) -> None:
+        with s.app.app_context():
+            try:
+                barrier.wait(30)
+                create()
+                outcomes[i] = "ok"
+            except BaseException as exc:  # reported to the test
+                outcomes[i] = exc
+            finally:
+                s.db.session.remove()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a create hung"
+    return outcomes
+
+
+@pytest.mark.slow
+def test_concurrent_creates_with_one_name_make_one_campaign_and_invalid_input(make_shop):
+    s = make_shop(SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 8, "max_overflow": 24, "pool_timeout": 120})
+    def create():
+        s.loyalty.campaigns.create("spring", offer={"kind": "fixed", "value": "5"}, customer_refs=["a"],
+                                   starts_at=START, ends_at=END)
+
+    outcomes = _create_together(s, 6, create)
+    assert outcomes.count("ok") == 1
+    refused = [o for o in outcomes if o != "ok"]
+    assert all(isinstance(o, InvalidInput) and "name" in o.errors for o in refused), outcomes
+    with s.app.app_context():
+        assert len(s.loyalty.campaigns.all()) == 1

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import func, select
 
 from flask_loyalty import InvalidInput, LoyaltyError
+from flask_loyalty.clock import end_of_local_day, local_date
 from flask_loyalty.models import Coupon, PointsEntry
 from flask_loyalty.services.points import NotEnoughPoints, expire_points
 from flask_loyalty.signals import points_changed
@@ -40,6 +42,20 @@ def test_redeem_makes_personal_fixed_coupon(shop):
     assert shop.loyalty.coupons.validate(coupon.code, customer_ref="c2", order_total="40").reason == "not_yours"
     entry = shop.loyalty.points.history("c1")[0]
     assert entry.reason == "redeem" and entry.delta == -300 and coupon.code in entry.note
+
+
+def test_points_coupon_is_valid_to_the_end_of_the_shops_local_day(make_shop):
+    s = make_shop(LOYALTY_TIMEZONE="Europe/Berlin", LOYALTY_POINTS_COUPON_VALID_DAYS=30)
+    berlin = ZoneInfo("Europe/Berlin")
+    with s.app.app_context():
+        s.loyalty.record_purchase("o1", "c1", "500")
+        before = datetime.now(timezone.utc)
+        coupon = s.loyalty.points.redeem("c1", 100)
+        after = datetime.now(timezone.utc)
+        # valid 30 days: until 23:59:59.999999 Berlin time, 30 days after today in Berlin
+        expected = {end_of_local_day(local_date(t, berlin) + timedelta(days=30), berlin) for t in (before, after)}
+        assert coupon.expires_at in expected
+        assert coupon.expires_at.astimezone(berlin).time() == time(23, 59, 59, 999999)
 
 
 def test_redeem_uses_configured_rate(make_shop):
@@ -91,6 +107,8 @@ def test_bad_redemption_config_fails_at_setup(make_shop):
         make_shop(LOYALTY_POINTS_REDEMPTION={"points": 0, "value": "5"})
     with pytest.raises(InvalidInput):
         make_shop(LOYALTY_POINTS_REDEMPTION={"points": 100, "value": 5.0})
+    with pytest.raises(InvalidInput):         # more than a points balance may hold
+        make_shop(LOYALTY_POINTS_REDEMPTION={"points": 3_000_000_000, "value": "5"})
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -130,6 +131,9 @@ def test_consent_and_segment_eligibility(shop):
     ({"prize": {"kind": "fixed"}}, "prize"),
     ({"prize": {"kind": "percent", "value": "120"}}, "prize"),
     ({"prize": {"kind": "lottery", "value": "1"}}, "prize"),
+    ({"prize": {"kind": "free_shipping", "value": "5"}}, "prize"),     # coupons.create refuses it
+    ({"prize": {"kind": "points", "value": "3000000000"}}, "prize"),   # beyond a 32-bit balance
+    ({"prize": {"kind": "points", "value": "1000000001"}}, "prize"),
 ])
 def test_bad_raffles(shop, kwargs, field):
     args = {"name": "r1", "title": "R", "prize": {"kind": "fixed", "value": "5"}, **kwargs}
@@ -138,6 +142,15 @@ def test_bad_raffles(shop, kwargs, field):
         shop.loyalty.raffles.create(name, **args)
     assert field in info.value.errors
     assert shop.loyalty.raffles.all() == []
+
+
+def test_points_prize_at_the_limit_is_drawn(make_shop):
+    s = make_shop()
+    with s.app.app_context():
+        s.loyalty.record_purchase("o1", "c1", "10", placed_at=datetime.now(timezone.utc) - timedelta(days=1))
+        s.loyalty.raffles.create("big", title="Big", prize={"kind": "points", "value": "1000000000"})
+        s.loyalty.raffles.draw("big")
+        assert s.loyalty.points.balance("c1") == 10 + 10**9
 
 
 def test_unknown_raffle(shop):
@@ -179,3 +192,42 @@ def test_export_and_erasure_keep_the_draw_verifiable(shop):
     s.loyalty.consent.erase("alice")
     assert s.loyalty.raffles.entry_of("gdpr", "alice").prize_code is None
     assert s.loyalty.raffles.verify("gdpr")
+
+
+def _create_together(s, n, create):
+    """``create()`` on ``n`` threads started at one barrier, each with its own session; their outcomes."""
+    barrier = threading.Barrier(n)
+    outcomes: list[object] = [None] * n
+
+    def work(i: int) -> None:
+        with s.app.app_context():
+            try:
+                barrier.wait(30)
+                create()
+                outcomes[i] = "ok"
+            except BaseException as exc:  # reported to the test
+                outcomes[i] = exc
+            finally:
+                s.db.session.remove()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a create hung"
+    return outcomes
+
+
+@pytest.mark.slow
+def test_concurrent_creates_with_one_name_make_one_raffle_and_invalid_input(make_shop):
+    s = make_shop(SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 8, "max_overflow": 24, "pool_timeout": 120})
+    def create():
+        s.loyalty.raffles.create("spring", title="Spring", prize={"kind": "points", "value": "10"})
+
+    outcomes = _create_together(s, 6, create)
+    assert outcomes.count("ok") == 1
+    refused = [o for o in outcomes if o != "ok"]
+    assert all(isinstance(o, InvalidInput) and "name" in o.errors for o in refused), outcomes
+    with s.app.app_context():
+        assert len(s.loyalty.raffles.all()) == 1

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import select
 
 from flask_loyalty import InvalidInput
+from flask_loyalty.clock import end_of_local_day, local_date
+from flask_loyalty.models import Coupon
 from flask_loyalty.services.referrals import ALPHABET
 
 UTC = timezone.utc
@@ -63,6 +68,23 @@ def test_friend_rewarded_then_advocate_after_window(ref_shop):
     assert referral.status == "rewarded" and referral.advocate_coupon == "+200 points"
     assert kinds(s, "adv", "referral_reward")[0].payload["role"] == "advocate"
     assert [r.status for r in s.loyalty.referrals.made_by("adv")] == ["rewarded"]
+
+
+def test_reward_coupon_is_valid_to_the_end_of_the_shops_local_day(make_shop):
+    s = make_shop(LOYALTY_TIMEZONE="Europe/Berlin",
+                  LOYALTY_REFERRAL_FRIEND_REWARD={"kind": "fixed", "value": "5.00", "valid_days": 90})
+    berlin = ZoneInfo("Europe/Berlin")
+    with s.app.app_context():
+        s.loyalty.record_purchase("a0", "adv", "10", placed_at=datetime.now(UTC) - timedelta(days=5))
+        code = s.loyalty.referrals.code_for("adv")
+        before = datetime.now(UTC)
+        s.loyalty.record_purchase("f1", "friend", "40", referral_code=code)
+        after = datetime.now(UTC)
+        referral = s.loyalty.referrals.of_order("f1")
+        assert referral.status == "pending"
+        coupon = s.loyalty.coupons.get(referral.friend_coupon)
+        expected = {end_of_local_day(local_date(t, berlin) + timedelta(days=90), berlin) for t in (before, after)}
+        assert coupon.expires_at in expected
 
 
 def test_full_refund_in_window_cancels_advocate_reward(ref_shop):
@@ -139,6 +161,54 @@ def test_fraud_too_many_from_one_ip(ref_shop):
         s.loyalty.record_purchase("later", "friend5", 30, placed_at=t0 + timedelta(days=8), referral_code=code)
     assert s.loyalty.referrals.of_order("later").status == "pending"
     assert s.loyalty.referrals.of_order("ip0").ip_hash not in (None, "203.0.113.7")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # validation only: one database is enough
+@pytest.mark.parametrize("setting,spec", [
+    ("LOYALTY_REFERRAL_FRIEND_REWARD", {"kind": "free_shipping", "value": "5"}),   # coupons.create refuses it
+    ("LOYALTY_REFERRAL_ADVOCATE_REWARD", {"kind": "fixed", "value": "5", "min_order_total": "abc"}),
+    ("LOYALTY_REFERRAL_ADVOCATE_REWARD", {"kind": "points", "value": 3_000_000_000}),
+])
+def test_reward_that_cannot_be_issued_is_refused_at_setup(make_shop, setting, spec):
+    with pytest.raises(InvalidInput) as info:
+        make_shop(**{setting: spec})
+    assert setting in info.value.errors
+
+
+@pytest.mark.slow
+def test_ip_limit_holds_under_concurrent_referred_checkouts(make_shop):
+    s = make_shop(LOYALTY_REFERRAL_MAX_PER_IP_PER_WEEK=1,
+                  SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 8, "max_overflow": 24, "pool_timeout": 120})
+    s.app.extensions["loyalty"].add_hook("client_ip", lambda state: "203.0.113.7")
+    with s.app.app_context():
+        s.loyalty.record_purchase("a0", "adv", "10", placed_at=datetime.now(UTC) - timedelta(days=5))
+        code = s.loyalty.referrals.code_for("adv")
+    n = 8
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        with s.app.app_context():
+            try:
+                barrier.wait(30)
+                s.loyalty.record_purchase(f"f{i}", f"friend{i}", "40", referral_code=code)
+            except BaseException as exc:  # reported to the test
+                errors.append(exc)
+            finally:
+                s.db.session.remove()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a checkout hung"
+    assert not errors, errors
+    with s.app.app_context():
+        statuses = sorted(s.loyalty.referrals.of_order(f"f{i}").status for i in range(n))
+        rewarded = s.db.session.execute(select(Coupon.id).where(Coupon.customer_ref.like("friend%"))).all()
+    # one friend reward from this IP this week, the other seven rejected (ip_limit)
+    assert statuses == ["pending"] + ["rejected"] * (n - 1) and len(rewarded) == 1
 
 
 def test_export_and_erase(ref_shop):

@@ -69,6 +69,17 @@ def test_discount_rounding_and_bad_input(tiered):
         s.loyalty.tiers.discount_for("c1", "-3")
 
 
+def test_discount_is_rounded_once_half_even_like_a_percent_coupon(make_shop):
+    s = make_shop(LOYALTY_TIERS=[{"name": "Silver", "min_spend": "10", "discount_percent": "1.5"}])
+    with s.app.app_context():
+        s.loyalty.record_purchase("o1", "c1", "100")
+        assert s.loyalty.tiers.of("c1").name == "Silver"
+        # 1.5 % of 1.67 = 0.02505 exactly: half-even to the cent is 0.03 (rounding to 0.0250 first gives 0.02)
+        coupon = s.loyalty.coupons.create(kind="percent", value="1.5")
+        assert s.loyalty.coupons.validate(coupon.code, order_total="1.67").discount == Decimal("0.03")
+        assert s.loyalty.tiers.discount_for("c1", "1.67") == Decimal("0.03")
+
+
 def test_points_multiplier_applies_to_later_orders(tiered):
     s = tiered
     first = s.loyalty.record_purchase("o1", "c1", 100)   # earns 100 and reaches Silver

@@ -124,6 +124,20 @@ def test_bad_configuration_fails_at_init_app(config, where):
 
 # --- answering and validation ------------------------------------------------------
 
+def test_reward_coupon_is_valid_to_the_end_of_the_shops_local_day(make_shop):
+    s = make_shop(LOYALTY_TIMEZONE="America/New_York",
+                  LOYALTY_SURVEY_REWARD={"kind": "percent", "value": "5", "valid_days": 60})
+    with s.app.app_context():
+        placed = datetime(2027, 1, 4, 12, 0, tzinfo=timezone.utc)
+        _order(s, placed_at=placed)
+        # 02:30 UTC on 10 January is still 9 January in New York: valid to the end of 10 March there (EST)
+        result = s.loyalty.surveys.answer("o1", FULL, now=datetime(2027, 1, 10, 2, 30, tzinfo=timezone.utc))
+        expires = datetime(2027, 3, 11, 4, 59, 59, 999999, tzinfo=timezone.utc)
+        assert result.coupon.expires_at == expires
+        [mail] = s.db.session.execute(select(Message).where(Message.kind == "survey_reward")).scalars().all()
+        assert datetime.fromisoformat(mail.payload["expires_at"]) == expires
+
+
 def test_complete_answer_is_stored_structurally(shop):
     _order(shop)
     result = shop.loyalty.surveys.answer("o1", FULL)

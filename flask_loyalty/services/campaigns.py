@@ -49,7 +49,7 @@ from ..money import from_storage
 from ..schemas import load
 from ..schemas.fields import AwareDateTime
 from ..state import LoyaltyState
-from ..transaction import begin_write, finish
+from ..transaction import begin_write, finish, insert_or_none
 from .base import Facade
 from .prizes import parse_prize
 
@@ -180,7 +180,13 @@ def split_holdout(customer_ids: Iterable[int], share: float, seed: str) -> set[i
 
 
 def _cents(value: float) -> Decimal:
+    """A statistic computed in floats (a confidence bound) as an amount in cents."""
     return Decimal(repr(value)).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
+
+
+def _money_cents(value: Decimal) -> Decimal:
+    """An exact money figure rounded once, half-even, to cents."""
+    return value.quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
 
 
 # --- service ---------------------------------------------------------------------------
@@ -235,25 +241,51 @@ class Campaigns(Facade):
             if not any(hook(state, name=data["segment"]) for hook in hooks):
                 raise InvalidInput.field("segment", "Unknown segment." if hooks else "Segments are not available.")
         begin_write(state)
-        if state.session.execute(select(Campaign.id).where(Campaign.name == data["name"])).first():
+        # ON CONFLICT DO NOTHING: a concurrent create of the same name is InvalidInput, never an IntegrityError
+        campaign_id = insert_or_none(state, table_of(Campaign), {
+            "name": data["name"], "segment": data["segment"], "offer": parsed,
+            "audience": sorted(set(data["customer_refs"])) if data["customer_refs"] is not None else None,
+            "message": {k: data[k] for k in ("subject", "headline", "body") if data[k]},
+            "starts_at": data["starts_at"], "ends_at": data["ends_at"], "holdout_share": float(share),
+            "seed": secrets.token_hex(16), "status": "draft", "created_at": utcnow()}, ["name"])
+        if campaign_id is None:
+            if commit:
+                state.session.rollback()
             raise InvalidInput.field("name", "A campaign with this name exists.")
-        campaign = Campaign(name=data["name"], segment=data["segment"], offer=parsed,
-                            audience=sorted(set(data["customer_refs"])) if data["customer_refs"] is not None else None,
-                            message={k: data[k] for k in ("subject", "headline", "body") if data[k]},
-                            starts_at=data["starts_at"], ends_at=data["ends_at"], holdout_share=float(share),
-                            seed=secrets.token_hex(16), status="draft", created_at=utcnow())
-        state.session.add(campaign)
+        campaign = state.session.get_one(Campaign, campaign_id)
         finish(state, commit=commit)
         return campaign
 
     def launch(self, name: str, *, now: datetime | None = None, commit: bool = True) -> Campaign:
-        """Split the audience, give the treatment group coupons and schedule their mails (once)."""
+        """Split the audience, give the treatment group coupons and schedule their mails (once).
+
+        Everything is checked before the first write: a campaign whose window
+        is over, that was launched already or whose stored offer cannot be
+        issued raises :class:`InvalidInput` and writes nothing (with
+        ``commit=True`` the session is rolled back).
+        """
         state = self._state
         moment = resolve_now(now)
         begin_write(state)
+        try:
+            campaign = self._launch(name, moment)
+        except BaseException:
+            if commit:
+                state.session.rollback()
+            raise
+        finish(state, commit=commit)
+        return campaign
+
+    def _launch(self, name: str, moment: datetime) -> Campaign:
+        """The body of :meth:`launch` after the write began (no commit)."""
+        state = self._state
         campaign = get_campaign(state, name)
         if campaign.ends_at <= moment:
             raise InvalidInput.field("name", "This campaign's window is over.")
+        # a campaign stored by an older version may hold an offer coupons.create refuses: check it first
+        offer = parse_prize(campaign.offer, field="offer")
+        if offer["kind"] not in COUPON_OFFER_KINDS:
+            raise InvalidInput.field("offer", "A campaign offers a coupon: fixed, percent or free_shipping.")
         table = table_of(Campaign)
         moved = state.session.execute(
             update(table).where(table.c.id == campaign.id, table.c.status == "draft")
@@ -271,7 +303,6 @@ class Campaigns(Facade):
         holdout = split_holdout((c.id for c in customers), campaign.holdout_share, campaign.seed)
         from . import outbox
 
-        offer = campaign.offer
         value = Decimal(offer["value"]) if offer.get("value") is not None else None
         min_total = Decimal(offer["min_order_total"]) if offer.get("min_order_total") is not None else None
         due = max(campaign.starts_at, moment)
@@ -298,7 +329,6 @@ class Campaigns(Facade):
                            dedupe_key=f"campaign:{campaign.id}:{customer.id}", reason=f"campaign {campaign.name}")
         if rows:
             state.session.execute(table_of(CampaignMember).insert(), rows)
-        finish(state, commit=commit)
         return campaign
 
     def members(self, name: str, group: str | None = None) -> list[str]:
@@ -361,9 +391,10 @@ class Campaigns(Facade):
                                           control.members, confidence)
             relative = uplift / control.conversion if control.conversion else None
             n1, n0 = len(values["treatment"]), len(values["holdout"])
-            mean_diff = float(totals["treatment"]) / n1 - float(totals["holdout"]) / n0
-            rev_uplift = _cents(mean_diff)
-            incr = _cents(mean_diff * n1)
+            # money in Decimal, rounded once; floats only for the confidence intervals below
+            mean_diff = totals["treatment"] / n1 - totals["holdout"] / n0
+            rev_uplift = _money_cents(mean_diff)
+            incr = _money_cents(mean_diff * n1)
             if n1 >= 2 and n0 >= 2:
                 _diff, low, high = welch_interval(values["treatment"], values["holdout"], confidence)
                 rev_ci = (_cents(low), _cents(high))

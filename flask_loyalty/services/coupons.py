@@ -472,6 +472,27 @@ def redeem_code(state: LoyaltyState, code: Any, *, customer_ref: Any, order_ref:
     if key is None:
         raise CouponError("not_found")
     begin_write(state)
+    try:
+        redemption, signals = _redeem_claimed(state, key, cref, oref, total, data.get("currency"), moment)
+    except BaseException:
+        # A refusal (or any failure) writes nothing and, with commit=True, ends the transaction:
+        # the claim's row lock (PostgreSQL) or the write lock (SQLite) is not kept for the session.
+        if commit:
+            session.rollback()
+        raise
+    finish(state, commit=commit, signals=signals)
+    return redemption
+
+
+def _redeem_claimed(state: LoyaltyState, key: str, cref: str, oref: str, total: Decimal, currency: str | None,
+                    moment: datetime) -> tuple[Redemption, list[PendingSignal]]:
+    """The body of :func:`redeem_code` after the write began: the redemption and the signals to send.
+
+    A repeat for the same order returns the stored redemption and no signal.
+    Refusals raise :class:`CouponError` after giving back the claimed use, so
+    with ``commit=False`` the host's transaction holds no net change either.
+    """
+    session = state.session
     # Claim one use first.  This conditional UPDATE takes the coupon's row lock (concurrent
     # redeemers of the same code queue here and re-check the condition against the committed
     # row) and succeeds only while uses < max_uses.  Every later refusal gives the use back.
@@ -483,8 +504,8 @@ def redeem_code(state: LoyaltyState, code: Any, *, customer_ref: Any, order_ref:
             raise CouponError("not_found")
         usage = _usage(state, coupon, cref, oref)
         if usage.same_order is not None:   # idempotent per (code, order_ref)
-            return _redemption(state, usage.same_order)
-        quote = evaluate(state, coupon, customer_ref=cref, order_total=total, currency=data.get("currency"),
+            return _redemption(state, usage.same_order), []
+        quote = evaluate(state, coupon, customer_ref=cref, order_total=total, currency=currency,
                          now=moment, order_ref=oref, usage=usage)
         raise CouponError(quote.reason or "exhausted")
     claimed = coupon
@@ -500,8 +521,8 @@ def redeem_code(state: LoyaltyState, code: Any, *, customer_ref: Any, order_ref:
     usage = _usage(state, coupon, cref, oref)
     if usage.same_order is not None:       # idempotent per (code, order_ref)
         give_back()
-        return _redemption(state, usage.same_order)
-    quote = evaluate(state, coupon, customer_ref=cref, order_total=total, currency=data.get("currency"),
+        return _redemption(state, usage.same_order), []
+    quote = evaluate(state, coupon, customer_ref=cref, order_total=total, currency=currency,
                      now=moment, order_ref=oref, usage=usage, claimed=True)
     if not quote.valid:
         raise refuse(quote.reason or "not_found")
@@ -520,8 +541,7 @@ def redeem_code(state: LoyaltyState, code: Any, *, customer_ref: Any, order_ref:
         raise refuse("already_used")
     redemption = _as_loaded(state, Redemption, {**values, "id": int(inserted[0])})
     redemption.__dict__["coupon"] = coupon
-    finish(state, commit=commit, signals=[(coupon_redeemed, {"redemption": redemption, "coupon": coupon})])
-    return redemption
+    return redemption, [(coupon_redeemed, {"redemption": redemption, "coupon": coupon})]
 
 
 def _as_loaded(state: LoyaltyState, model: type[ModelT], values: dict[str, Any]) -> ModelT:

@@ -128,11 +128,32 @@ def charge_card(state: LoyaltyState, code: Any, amount: Any, *, order_ref: Any, 
     data = load(_charge_schema, {k: v for k, v in raw.items() if v is not None})
     moment = resolve_now(now)
     begin_write(state)
+    try:
+        charged = _charge_locked(state, data, moment)
+    except BaseException:
+        # a refusal writes nothing and, with commit=True, does not keep the card locked
+        if commit:
+            state.session.rollback()
+        raise
+    finish(state, commit=commit)
+    return charged
+
+
+def _charge_locked(state: LoyaltyState, data: dict[str, Any], moment: datetime) -> Decimal:
+    """The body of :func:`charge_card` after the write began (no commit); what was charged."""
     card = _card_or_error(state, data["code"], lock=True)
+    oref = data["order_ref"]
     done = state.session.execute(
         select(GiftCardMovement.amount).where(GiftCardMovement.gift_card_id == card.id,
-                                              GiftCardMovement.charge_ref == data["order_ref"])).first()
-    if done is not None:                       # idempotent per (code, order_ref)
+                                              GiftCardMovement.charge_ref == oref)).first()
+    if done is not None:                       # idempotent per (code, order_ref) ...
+        refunded = state.session.execute(
+            select(GiftCardMovement.id).where(GiftCardMovement.gift_card_id == card.id,
+                                              GiftCardMovement.order_ref == oref,
+                                              GiftCardMovement.kind == "refund").limit(1)).first()
+        if refunded is not None:               # ... but never report a refunded charge as taken
+            raise InvalidInput.field("order_ref", "This order's charge on this gift card was refunded; "
+                                                  "charge it again under a new order reference.")
         return Decimal(-done[0])
     if card.expires_at is not None and moment > card.expires_at:
         raise GiftCardError("expired", "this gift card has expired")
@@ -141,10 +162,9 @@ def charge_card(state: LoyaltyState, code: Any, amount: Any, *, order_ref: Any, 
     charged: Decimal = min(data["amount"], card.balance)
     if charged <= 0:
         return _ZERO
-    movement = _move(state, card, -charged, kind="charge", order_ref=data["order_ref"], now=moment)
+    movement = _move(state, card, -charged, kind="charge", order_ref=oref, now=moment)
     if movement is None:  # pragma: no cover - the row lock makes this unreachable
         return _ZERO
-    finish(state, commit=commit)
     return charged
 
 
@@ -213,8 +233,11 @@ class GiftCards(Facade):
 
         Takes at most the balance (``0`` when empty), never below zero under
         concurrency, and is idempotent per ``(code, order_ref)``: a repeat
-        returns the first charge.  Raises :class:`~flask_loyalty.GiftCardError`
-        (``not_found``, ``expired``, ``currency``).
+        returns the first charge.  Once that charge was refunded, charging the
+        same ``(code, order_ref)`` again raises :class:`~flask_loyalty.InvalidInput`
+        on ``order_ref`` (use a new reference).  Raises
+        :class:`~flask_loyalty.GiftCardError` (``not_found``, ``expired``,
+        ``currency``).  A refusal writes nothing.
         """
         return charge_card(self._state, code, amount, order_ref=order_ref, currency=currency, now=now,
                            commit=commit)

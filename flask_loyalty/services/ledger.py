@@ -16,6 +16,10 @@ from ..signals import points_changed
 from ..state import LoyaltyState
 from ..transaction import PendingSignal
 
+#: The most points one reward, redemption or rate may name.  Balances and ledger
+#: deltas are 32-bit integer columns on PostgreSQL (at most 2,147,483,647).
+MAX_POINTS = 10**9
+
 
 @dataclass
 class PointsChange:

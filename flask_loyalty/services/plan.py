@@ -51,7 +51,7 @@ from jinja2 import TemplateNotFound
 from sqlalchemy import String, and_, delete, exists, extract, func, or_, select, update
 from sqlalchemy.orm import joinedload, selectinload
 
-from ..clock import local_date, resolve_now, shop_zone, start_of_local_day, utcnow
+from ..clock import local_date, resolve_now, shop_zone, start_of_local_day, utcnow, valid_days_deadline
 from ..errors import InvalidInput
 from ..models import Customer, Engagement, Message, Purchase, PurchaseItem
 from ..models.base import table_of
@@ -248,7 +248,8 @@ def _coupon(state: LoyaltyState, setting: str, customer: Customer, start: dateti
         return {}
     rule = dict(rule)
     valid_days = rule.pop("valid_days", None)
-    expires = start + timedelta(days=int(valid_days)) if valid_days else None
+    zone = shop_zone(state.config["LOYALTY_TIMEZONE"])
+    expires = valid_days_deadline(start, int(valid_days), zone) if valid_days else None
     try:
         coupon = state.extension.coupons.create(customer_ref=customer.ref, expires_at=expires, campaign=campaign,
                                 commit=False, **rule)

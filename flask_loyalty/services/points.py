@@ -27,7 +27,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, fields, validate
 from sqlalchemy import func, or_, select
 
-from ..clock import resolve_now
+from ..clock import resolve_now, shop_zone, valid_days_deadline
 from ..errors import InvalidInput, LoyaltyError
 from ..models import Customer, PointsEntry
 from ..money import parse_amount, round_money
@@ -36,7 +36,7 @@ from ..schemas.fields import Ref
 from ..state import LoyaltyState
 from ..transaction import PendingSignal, begin_write, dialect_name, finish
 from .base import Facade
-from .ledger import change_points
+from .ledger import MAX_POINTS, change_points
 from .purchases import get_customer
 
 #: Ledger reasons that count as the customer's own activity (besides purchases).
@@ -57,7 +57,7 @@ class _RedeemSchema(Schema):
         unknown = RAISE
 
     customer_ref = Ref(required=True)
-    points = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=10**9))
+    points = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=MAX_POINTS))
 
 
 _redeem_schema = _RedeemSchema()
@@ -70,8 +70,8 @@ def redemption_rate(config: Mapping[str, Any]) -> tuple[int, Decimal]:
     if not isinstance(raw, Mapping) or set(raw) != {"points", "value"}:
         raise InvalidInput.field(key, "Must be a dict with exactly 'points' and 'value'.")
     points = raw["points"]
-    if not isinstance(points, int) or isinstance(points, bool) or points < 1:
-        raise InvalidInput.field(key, "'points' must be a positive whole number.")
+    if not isinstance(points, int) or isinstance(points, bool) or not 1 <= points <= MAX_POINTS:
+        raise InvalidInput.field(key, f"'points' must be a whole number from 1 to {MAX_POINTS:,}.")
     if isinstance(raw["value"], float):
         raise InvalidInput.field(key, "'value' must be a Decimal, int or numeric string, not a float.")
     value = parse_amount(raw["value"], field=key, allow_zero=False)
@@ -155,7 +155,8 @@ def redeem(state: LoyaltyState, customer_ref: str, points: int, *, commit: bool 
     try:
         coupon = state.extension.coupons.create(
             kind="fixed", value=amount, currency=currency, customer_ref=customer.ref, max_uses=1,
-            expires_at=moment + timedelta(days=days) if days else None, commit=False)
+            expires_at=valid_days_deadline(moment, days, shop_zone(state.config["LOYALTY_TIMEZONE"])) if days else None,
+            commit=False)
     except BaseException:
         if commit:
             state.session.rollback()

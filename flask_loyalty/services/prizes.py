@@ -15,21 +15,26 @@ transaction.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from ..clock import shop_zone, valid_days_deadline
 from ..errors import InvalidInput, LoyaltyError
 from ..models import Customer
 from ..schemas import load
+from ..schemas.coupon import CouponRulesSchema
 from ..schemas.fields import Money
 from ..state import LoyaltyState
 from ..transaction import PendingSignal
-from .ledger import change_points
+from .ledger import MAX_POINTS, change_points
 
 PRIZE_KINDS = ("fixed", "percent", "free_shipping", "gift_card", "points")
+#: Prize kinds issued as a coupon (``coupons.create``).
+COUPON_PRIZE_KINDS = ("fixed", "percent", "free_shipping")
+_coupon_rules = CouponRulesSchema()
 
 
 class PrizeSchema(Schema):
@@ -47,14 +52,21 @@ class PrizeSchema(Schema):
     @validates_schema
     def _check_value(self, data: dict[str, Any], **_kwargs: Any) -> None:
         kind, value = data["kind"], data.get("value")
-        if kind == "free_shipping":
+        if kind in COUPON_PRIZE_KINDS:
+            # the rules coupons.create applies when the reward is issued, checked now
+            rules = {"kind": kind, "value": value, "min_order_total": data.get("min_order_total")}
+            try:
+                _coupon_rules.load({k: v for k, v in rules.items() if v is not None}, partial=("currency",))
+            except ValidationError as exc:
+                raise ValidationError(exc.messages) from None
             return
         if value is None or value <= 0:
             raise ValidationError("Must be greater than zero.", "value")
-        if kind == "percent" and value > 100:
-            raise ValidationError("A percentage is at most 100.", "value")
-        if kind == "points" and value != value.to_integral_value():
-            raise ValidationError("Points are whole numbers.", "value")
+        if kind == "points":
+            if value != value.to_integral_value():
+                raise ValidationError("Points are whole numbers.", "value")
+            if value > MAX_POINTS:
+                raise ValidationError(f"At most {MAX_POINTS:,} points.", "value")
 
 
 _schema = PrizeSchema()
@@ -71,6 +83,13 @@ def parse_prize(spec: object, *, field: str = "prize") -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in data.items()}
 
 
+def prize_deadline(state: LoyaltyState, spec: Mapping[str, Any], now: datetime) -> datetime | None:
+    """When a reward issued at ``now`` expires: the end of the shop's local day ``valid_days`` later."""
+    if not spec.get("valid_days"):
+        return None
+    return valid_days_deadline(now, int(spec["valid_days"]), shop_zone(state.config["LOYALTY_TIMEZONE"]))
+
+
 def issue_prize(state: LoyaltyState, spec: Mapping[str, Any], customer: Customer, *, now: datetime,
                 campaign: str | None = None, note: str = "prize",
                 signals: list[PendingSignal] | None = None) -> str:
@@ -81,7 +100,7 @@ def issue_prize(state: LoyaltyState, spec: Mapping[str, Any], customer: Customer
     ext = state.extension
     kind = spec["kind"]
     value = Decimal(spec["value"]) if spec.get("value") is not None else None
-    expires_at = now + timedelta(days=int(spec["valid_days"])) if spec.get("valid_days") else None
+    expires_at = prize_deadline(state, spec, now)
     if kind == "points":
         assert value is not None
         change = change_points(state, customer.id, int(value), reason="bonus", note=note[:200])
@@ -108,7 +127,8 @@ def prize_payload(state: LoyaltyState, spec: Mapping[str, Any], code: str, *, no
     ``gift_card_value``; points ``points``.  Everything is a string or an int.
     """
     kind = spec["kind"]
-    expires = (now + timedelta(days=int(spec["valid_days"]))).isoformat() if spec.get("valid_days") else None
+    deadline = prize_deadline(state, spec, now)
+    expires = deadline.isoformat() if deadline is not None else None
     if kind == "points":
         return {"points": int(Decimal(spec["value"]))}
     if kind == "gift_card":

@@ -44,7 +44,7 @@ from ..money import from_storage
 from ..schemas import load
 from ..schemas.fields import AwareDateTime, Money
 from ..state import LoyaltyState
-from ..transaction import PendingSignal, begin_write, finish
+from ..transaction import PendingSignal, begin_write, finish, insert_or_none
 from .base import Facade
 from .prizes import issue_prize, parse_prize
 
@@ -242,14 +242,18 @@ class Raffles(Facade):
         parsed_rule = parse_rule(state, data["rule"])
         parsed_prize = parse_prize(prize)
         begin_write(state)
-        if state.session.execute(select(Raffle.id).where(Raffle.name == data["name"])).first():
-            raise InvalidInput.field("name", "A raffle with this name exists.")
         seed = secrets.token_hex(32)
-        raffle = Raffle(name=data["name"], title=data["title"], rule=parsed_rule, entries_per=data["entries_per"],
-                        amount_per_entry=data["amount_per_entry"] if data["entries_per"] == "amount" else None,
-                        prize=parsed_prize, winners=data["winners"], seed=seed, seed_hash=seed_hash(seed),
-                        status="open", created_at=utcnow())
-        state.session.add(raffle)
+        # ON CONFLICT DO NOTHING: a concurrent create of the same name is InvalidInput, never an IntegrityError
+        raffle_id = insert_or_none(state, table_of(Raffle), {
+            "name": data["name"], "title": data["title"], "rule": parsed_rule, "entries_per": data["entries_per"],
+            "amount_per_entry": data["amount_per_entry"] if data["entries_per"] == "amount" else None,
+            "prize": parsed_prize, "winners": data["winners"], "seed": seed, "seed_hash": seed_hash(seed),
+            "status": "open", "created_at": utcnow()}, ["name"])
+        if raffle_id is None:
+            if commit:
+                state.session.rollback()
+            raise InvalidInput.field("name", "A raffle with this name exists.")
+        raffle = state.session.get_one(Raffle, raffle_id)
         finish(state, commit=commit)
         return raffle
 

@@ -47,7 +47,7 @@ from ..clock import resolve_now, utcnow
 from ..errors import InvalidInput
 from ..models import Customer, Purchase, Referral, ReferralCode
 from ..state import LoyaltyState
-from ..transaction import PendingSignal, begin_write, dialect_name, finish, insert_ignore
+from ..transaction import PendingSignal, advisory_lock, begin_write, dialect_name, finish, insert_ignore
 from .base import Facade
 from .prizes import issue_prize, parse_prize, prize_payload
 from .purchases import get_customer
@@ -150,6 +150,9 @@ def fraud_reasons(state: LoyaltyState, *, advocate: Customer | None, friend: Cus
         reasons.append("same_name")
     limit = int(state.config["LOYALTY_REFERRAL_MAX_PER_IP_PER_WEEK"])
     if ip_hash is not None:
+        # one referred order of this IP at a time counts and inserts (the referral row is written in the
+        # same transaction), so concurrent checkouts cannot all pass the weekly limit
+        advisory_lock(state, f"referral-ip:{ip_hash}")
         recent = state.session.execute(
             select(func.count(Referral.id)).where(
                 Referral.ip_hash == ip_hash, Referral.placed_at > placed_at - timedelta(days=7),

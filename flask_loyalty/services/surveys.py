@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import case, delete, func, insert, literal, select, update
 
-from ..clock import local_date, resolve_now, shop_zone, start_of_local_day, utcnow
+from ..clock import local_date, resolve_now, shop_zone, start_of_local_day, utcnow, valid_days_deadline
 from ..errors import InvalidInput, LoyaltyError, NotFound
 from ..i18n import translator
 from ..models import Customer, Purchase
@@ -253,7 +253,7 @@ def _issue_reward(state: LoyaltyState, config: SurveyConfig, response: SurveyRes
     rule.setdefault("campaign", "survey")
     rule.setdefault("max_uses", 1)
     if days is not None:
-        rule["expires_at"] = now + timedelta(days=int(days))
+        rule["expires_at"] = valid_days_deadline(now, int(days), shop_zone(state.config["LOYALTY_TIMEZONE"]))
     coupon = state.extension.coupons.create(customer_ref=response.customer_ref, commit=False, **rule)
     table = table_of(SurveyResponse)
     state.session.execute(update(table).where(table.c.id == response.id, table.c.reward_code.is_(None))

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from typing import Any
 
 from marshmallow import RAISE, Schema, fields, validate
@@ -40,6 +40,7 @@ from ..signals import tier_changed
 from ..state import LoyaltyState
 from ..transaction import PendingSignal, insert_ignore
 from .base import Facade
+from .coupons import percent_of
 from .purchases import get_customer
 
 
@@ -283,8 +284,7 @@ class Tiers(Facade):
         tier = self.of(customer_ref)
         if tier is None or not tier.discount_percent:
             return round_money(Decimal(0), currency)
-        discount = (total * tier.discount_percent / 100).quantize(Decimal("0.0001"), rounding=ROUND_HALF_EVEN)
-        return min(round_money(discount, currency), total)
+        return percent_of(total, tier.discount_percent, currency)   # rounded once, as a percent coupon
 
     def all(self) -> tuple[Tier, ...]:
         """The configured tiers, lowest first."""
