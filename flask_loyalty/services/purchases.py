@@ -211,6 +211,7 @@ def record_purchase(state: LoyaltyState, order_ref: str, customer_ref: str, tota
             connection.execute(delete(table_of(Customer)).where(table_of(Customer).c.id == customer.id))
         existing = get_purchase(state, data["order_ref"])
         assert existing is not None
+        finish(state, commit=commit)    # no signals: nothing changed, but commit= still ends the call
         return existing
     purchase_id, counters, entry_id = written
     if new_customer is not None:
@@ -380,7 +381,8 @@ def record_refund(state: LoyaltyState, order_ref: str, *, amount: Any = None,
     remaining = purchase.total - purchase.refunded_total
     wanted = data.get("amount")
     refund = remaining if wanted is None else min(wanted, remaining)
-    if refund <= 0:
+    if refund <= 0:     # nothing left to refund: no signals, but commit= still ends the call
+        finish(state, commit=commit)
         return purchase
     new_refunded = purchase.refunded_total + refund
     if purchase.total > 0:
@@ -395,6 +397,7 @@ def record_refund(state: LoyaltyState, order_ref: str, *, amount: Any = None,
     ).values(refunded_total=table.c.refunded_total + refund,
              points_reversed=table.c.points_reversed + reverse))
     if not result.rowcount:  # type: ignore[attr-defined]  # pragma: no cover - guarded by the lock
+        finish(state, commit=commit)
         return purchase
     ctable = table_of(Customer)
     session.execute(update(ctable).where(ctable.c.id == purchase.customer_id).values(
