@@ -272,3 +272,19 @@ def test_repeated_purchase_releases_the_sqlite_write_lock(make_shop):
                 conn.execute(text("UPDATE loyalty_customer SET locale = 'en' WHERE ref = 'c1'"))
         finally:
             engine.dispose()
+
+
+def test_points_beyond_32_bits_are_stored_and_reversed(shop):
+    """A valid total of 3,000,000,000 earns that many points: the points columns are 64-bit."""
+    p = shop.loyalty.record_purchase("o-big", "c1", "3000000000")
+    assert p.points_earned == 3_000_000_000
+    shop.loyalty.record_purchase("o-big-2", "c1", "3000000000")
+    assert shop.loyalty.customer("c1").points_balance == 6_000_000_000
+    shop.loyalty.record_refund("o-big")
+    shop.db.session.expire_all()
+    assert shop.loyalty.purchase("o-big").points_reversed == 3_000_000_000
+    assert shop.loyalty.customer("c1").points_balance == 3_000_000_000
+    entries = shop.db.session.execute(select(PointsEntry.delta, PointsEntry.balance_after)
+                                      .order_by(PointsEntry.id)).all()
+    assert [tuple(e) for e in entries] == [(3_000_000_000, 3_000_000_000), (3_000_000_000, 6_000_000_000),
+                                           (-3_000_000_000, 3_000_000_000)]
