@@ -686,7 +686,7 @@ def export(state: LoyaltyState, customer_ref: str, *, now: datetime | None = Non
              "sku", "name", "category", "quantity", "unit_price", "unit_cost", "replenish_after_days")}
              for i in p.items]}
         for p in purchases_]
-    # Same shape as the rewards area's "points" export (which may replace it through its hook).
+    # The whole points ledger, oldest first (the rewards area's export hook keeps it as it is).
     data["points"] = {"balance": customer.points_balance, "history": [
         {"at": _json(e.created_at), "delta": e.delta, "balance_after": e.balance_after, "reason": e.reason,
          "order_ref": refs.get(e.purchase_id) if e.purchase_id else None, "note": e.note}
