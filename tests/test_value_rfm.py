@@ -151,6 +151,19 @@ def test_pareto_by_hand(shop):
             shop.loyalty.analytics.pareto(top_share=bad)
 
 
+def test_pareto_takes_ceil_of_the_share_as_written(shop):
+    """``ceil(top_share * buyers)``: a tiny positive share takes the best buyer, and a share whose float
+    product is a hair off (0.6 * 5 = 3.0000000000000004 in floats) is taken as written."""
+    build_shop(shop)
+    shop.loyalty.analytics.recompute(now=NOW)
+    tiny = shop.loyalty.analytics.pareto(top_share=1e-10)
+    assert tiny.customers == 1 and tiny.revenue_share == pytest.approx(700 / 1580)
+    assert shop.loyalty.analytics.pareto(top_share=Decimal("1E-12")).customers == 1
+    assert shop.loyalty.analytics.pareto(top_share=0.6).customers == 3
+    assert shop.loyalty.analytics.pareto(top_share=0.61).customers == 4
+    assert shop.loyalty.analytics.pareto(top_share=0.7).customers == 4
+
+
 def test_pareto_of_an_empty_shop(shop):
     assert shop.loyalty.analytics.recompute(now=NOW) == 0
     report = shop.loyalty.analytics.pareto()

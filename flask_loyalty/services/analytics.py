@@ -839,7 +839,9 @@ def pareto(state: LoyaltyState, *, top_share: float = 0.3) -> ParetoReport:
     revenue = totals[1] if totals[1] is not None else Decimal(0)
     profit = totals[2] if totals[2] is not None else Decimal(0)
     order = (desc(profile.c.historical_clv), desc(profile.c.monetary), profile.c.customer_id)
-    top_count = min(buyers, math.ceil(round(share * buyers, 9)))
+    # ceil(top_share * buyers) on the share as written (0.3, not the float 0.299...98), so 0.3 of 10 buyers
+    # is 3 and a tiny positive share still takes one buyer
+    top_count = min(buyers, math.ceil(Decimal(repr(share)) * buyers))
     top = select(profile.c.monetary, profile.c.historical_clv).where(buyers_filter).order_by(*order) \
         .limit(top_count).subquery()
     top_totals = state.session.execute(select(func.sum(top.c.monetary), func.sum(top.c.historical_clv))).one()
