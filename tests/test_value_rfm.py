@@ -9,6 +9,7 @@ import pytest
 
 from flask_loyalty import InvalidInput
 from flask_loyalty.errors import NotFound
+from flask_loyalty.services import dashboard
 
 NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
@@ -162,6 +163,9 @@ def test_pareto_takes_ceil_of_the_share_as_written(shop):
     assert shop.loyalty.analytics.pareto(top_share=0.6).customers == 3
     assert shop.loyalty.analytics.pareto(top_share=0.61).customers == 4
     assert shop.loyalty.analytics.pareto(top_share=0.7).customers == 4
+    # the dashboard's Pareto page counts its top buyers the same way
+    profit, revenue = dashboard.top_profit_shares(shop.loyalty.state, Decimal("1E-10"))
+    assert (profit, revenue) == (Decimal(str(tiny.profit_share)), Decimal(str(tiny.revenue_share)))
 
 
 def test_pareto_of_an_empty_shop(shop):
