@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import create_engine, event, func, select, text
 
 from flask_loyalty import InvalidInput, LoyaltyError
 from flask_loyalty.models import Customer, PointsEntry, Purchase
@@ -217,3 +217,74 @@ def test_same_order_from_16_threads(make_shop):
         c = s.loyalty.customer("c1")
         assert c.orders_count == 1 and c.points_balance == 12
         assert s.db.session.execute(select(func.count(PointsEntry.id))).scalar_one() == 1
+
+
+def _committed_customer_refs(shop) -> set[str]:
+    """Customer refs another connection (another process) sees: only what was committed."""
+    engine = create_engine(shop.url)
+    try:
+        with engine.connect() as conn:
+            return {r[0] for r in conn.execute(text("SELECT ref FROM loyalty_customer"))}
+    finally:
+        engine.dispose()
+
+
+def test_repeated_purchase_still_commits_with_commit_true(shop):
+    """A retried checkout hook (same order_ref) changes nothing but still commits the session."""
+    shop.loyalty.record_purchase("o1", "c1", "10.00")
+    shop.loyalty.upsert_customer("c-host", email="host@example.com", commit=False)
+    shop.loyalty.record_purchase("o1", "c1", "10.00")
+    assert "c-host" in _committed_customer_refs(shop)
+
+
+def test_repeated_purchase_with_commit_false_leaves_the_host_transaction_open(shop):
+    shop.loyalty.record_purchase("o1", "c1", "10.00")
+    shop.loyalty.upsert_customer("c-host", email="host@example.com", commit=False)
+    shop.loyalty.record_purchase("o1", "c1", "10.00", commit=False)
+    assert "c-host" not in _committed_customer_refs(shop)
+    shop.db.session.rollback()
+    assert shop.loyalty.customer("c-host") is None
+
+
+def test_repeated_full_refund_still_commits_with_commit_true(shop):
+    """A refund with nothing left to refund changes nothing but still commits the session."""
+    shop.loyalty.record_purchase("o1", "c1", "10.00")
+    shop.loyalty.record_refund("o1")
+    shop.loyalty.upsert_customer("c-host", email="host@example.com", commit=False)
+    refunds = []
+    with purchase_refunded.connected_to(lambda app, **kw: refunds.append(kw["amount"]), shop.app):
+        p = shop.loyalty.record_refund("o1")
+    assert refunds == [] and p.refunded_total == p.total
+    assert "c-host" in _committed_customer_refs(shop)
+
+
+def test_repeated_purchase_releases_the_sqlite_write_lock(make_shop):
+    """On SQLite the repeat path ends its transaction, so another connection can write right after."""
+    shop = make_shop(LOYALTY_SQLITE_BUSY_TIMEOUT=0.2)
+    if shop.dialect != "sqlite":
+        pytest.skip("SQLite write lock")
+    with shop.app.app_context():
+        shop.loyalty.record_purchase("o1", "c1", "10.00")
+        shop.loyalty.record_purchase("o1", "c1", "10.00")
+        engine = create_engine(shop.url, connect_args={"timeout": 0.2})
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("UPDATE loyalty_customer SET locale = 'en' WHERE ref = 'c1'"))
+        finally:
+            engine.dispose()
+
+
+def test_points_beyond_32_bits_are_stored_and_reversed(shop):
+    """A valid total of 3,000,000,000 earns that many points: the points columns are 64-bit."""
+    p = shop.loyalty.record_purchase("o-big", "c1", "3000000000")
+    assert p.points_earned == 3_000_000_000
+    shop.loyalty.record_purchase("o-big-2", "c1", "3000000000")
+    assert shop.loyalty.customer("c1").points_balance == 6_000_000_000
+    shop.loyalty.record_refund("o-big")
+    shop.db.session.expire_all()
+    assert shop.loyalty.purchase("o-big").points_reversed == 3_000_000_000
+    assert shop.loyalty.customer("c1").points_balance == 3_000_000_000
+    entries = shop.db.session.execute(select(PointsEntry.delta, PointsEntry.balance_after)
+                                      .order_by(PointsEntry.id)).all()
+    assert [tuple(e) for e in entries] == [(3_000_000_000, 3_000_000_000), (3_000_000_000, 6_000_000_000),
+                                           (-3_000_000_000, 3_000_000_000)]

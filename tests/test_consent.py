@@ -178,6 +178,31 @@ def test_wording_versions(make_shop):
         assert s.db.session.execute(select(func.count(ConsentWording.id))).scalar_one() == 3
 
 
+def test_regrant_with_new_wording_or_locale_keeps_since_and_the_loyal_indicator(shop, customer):
+    """A shopper still subscribed who ticks a reworded (or translated) box again stays subscribed since
+    the first grant: a new event with the new wording is recorded, ``since`` stays, and "subscribed for
+    over six months and bought in that time" still holds."""
+    lo = shop.loyalty
+    lo.consent.grant("c1", "email_marketing", source="signup", double_opt_in=False, now=T0)
+    later = T0 + timedelta(days=365)
+    lo.record_purchase("o1", "c1", "20.00", placed_at=later - timedelta(days=30))
+    st = lo.consent.grant("c1", "email_marketing", source="checkout", method="checkbox",
+                          wording="Yes, send me offers (wording v2).", now=later - timedelta(days=2))
+    assert st.granted and st.since == T0 and st.wording_version == 2 and st.source == "checkout"
+    st = lo.consent.grant("c1", "email_marketing", source="checkout", locale="es", now=later - timedelta(days=1))
+    assert st.since == T0 and st.source == "checkout"
+    assert [(e.action, e.locale) for e in lo.consent.history("c1")] == [
+        ("granted", "en"), ("granted", "en"), ("granted", "es")]
+    assert lo.consent.state("c1", "email_marketing").since == T0
+    lo.analytics.recompute(now=later)
+    assert lo.analytics.profile("c1").loyal_indicator is True
+    # a grant after a withdrawal is a new subscription: since starts again
+    lo.consent.withdraw("c1", "email_marketing", source="prefs", now=later)
+    st = lo.consent.grant("c1", "email_marketing", source="prefs", method="preference_center",
+                          double_opt_in=False, now=later + timedelta(days=1))
+    assert st.since == later + timedelta(days=1)
+
+
 def test_wording_is_stored_in_the_shoppers_language(shop):
     shop.loyalty.upsert_customer("c2", email="b@example.com", locale="es")
     shop.loyalty.consent.grant("c2", "postal_mail", source="checkout")

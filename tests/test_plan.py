@@ -352,6 +352,31 @@ def test_erased_customer_gets_nothing_and_data_is_scrubbed(plan_shop, capture):
     assert report.reasons == {"erased": 1} and len(capture.mails) == 1
 
 
+def test_erasure_clears_transport_error_texts_in_the_message_history(make_shop):
+    """A failed send's error text can quote the address and name: erasure clears it in
+    ``last_error`` and in every history event's ``detail`` of that customer (others keep theirs)."""
+    def send(message):
+        raise RuntimeError(f"mailbox {message['To']} is unavailable")
+
+    shop = make_shop(LOYALTY_MAIL_TRANSPORT=send)
+    with shop.app.app_context():
+        lo = shop.loyalty
+        for ref, name in (("c1", "Alice"), ("c2", "Bob")):
+            lo.upsert_customer(ref, email=f"{name.lower()}@example.com", name=name)
+            lo.consent.grant(ref, "email_marketing", source="signup")   # double opt-in: a confirm mail
+        assert lo.dispatch(now=datetime.now(timezone.utc)).sent == 0
+        lo.consent.erase("c1")
+
+        def details(ref):
+            return [e.detail for m in lo.messages.for_customer(ref) for e in m.events if e.detail]
+
+        erased = lo.messages.for_customer("c1")
+        assert erased and all(m.last_error is None for m in erased)
+        assert all(m.events for m in erased)                     # the history itself stays
+        assert not [d for d in details("c1") if "alice@example.com" in d or "Alice" in d], details("c1")
+        assert [d for d in details("c2") if "bob@example.com" in d]
+
+
 def test_no_address_is_suppressed(plan_shop):
     plan_shop.loyalty.upsert_customer("c1")
     outbox.enqueue(plan_shop.loyalty.state, "consent_confirm", plan_shop.loyalty.customer("c1"), due_at=T0,

@@ -206,3 +206,18 @@ def test_the_plan_tick_expires_points(make_shop):
         s.loyalty.plan(now=datetime(2020, 3, 1, tzinfo=UTC))
         assert s.loyalty.points.balance("c1") == 0
         assert s.loyalty.points.history("c1")[0].reason == "expire"
+
+
+def test_export_keeps_the_whole_points_ledger_oldest_first(shop):
+    """consent.export's points history keeps order_ref and note, oldest first, with the rewards area on."""
+    lo = shop.loyalty
+    lo.record_purchase("o1", "c1", "250.00")
+    coupon = lo.points.redeem("c1", 100)
+    lo.record_purchase("o2", "c1", "30.00")
+    data = lo.consent.export("c1")
+    assert data["points"]["balance"] == 180
+    history = data["points"]["history"]
+    assert [(e["delta"], e["balance_after"], e["reason"], e["order_ref"]) for e in history] == [
+        (250, 250, "earn", "o1"), (-100, 150, "redeem", None), (30, 180, "earn", "o2")]
+    assert history[1]["note"] == f"coupon {coupon.code}" and history[0]["note"] is None
+    assert all(set(e) == {"at", "delta", "balance_after", "reason", "order_ref", "note"} for e in history)

@@ -9,6 +9,7 @@ import pytest
 
 from flask_loyalty import InvalidInput
 from flask_loyalty.errors import NotFound
+from flask_loyalty.services import dashboard
 
 NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
@@ -149,6 +150,22 @@ def test_pareto_by_hand(shop):
     for bad in (0, -0.1, 1.5, "0.3", True, float("nan")):
         with pytest.raises(InvalidInput):
             shop.loyalty.analytics.pareto(top_share=bad)
+
+
+def test_pareto_takes_ceil_of_the_share_as_written(shop):
+    """``ceil(top_share * buyers)``: a tiny positive share takes the best buyer, and a share whose float
+    product is a hair off (0.6 * 5 = 3.0000000000000004 in floats) is taken as written."""
+    build_shop(shop)
+    shop.loyalty.analytics.recompute(now=NOW)
+    tiny = shop.loyalty.analytics.pareto(top_share=1e-10)
+    assert tiny.customers == 1 and tiny.revenue_share == pytest.approx(700 / 1580)
+    assert shop.loyalty.analytics.pareto(top_share=Decimal("1E-12")).customers == 1
+    assert shop.loyalty.analytics.pareto(top_share=0.6).customers == 3
+    assert shop.loyalty.analytics.pareto(top_share=0.61).customers == 4
+    assert shop.loyalty.analytics.pareto(top_share=0.7).customers == 4
+    # the dashboard's Pareto page counts its top buyers the same way
+    profit, revenue = dashboard.top_profit_shares(shop.loyalty.state, Decimal("1E-10"))
+    assert (profit, revenue) == (Decimal(str(tiny.profit_share)), Decimal(str(tiny.revenue_share)))
 
 
 def test_pareto_of_an_empty_shop(shop):

@@ -82,6 +82,16 @@ BAD_RULES = [
     ({"monetary": {">": "12.345678"}}, "monetary"),                # more than 4 places
     ({"monetary": {">": "lots"}}, "monetary"),
     ({"p_alive": {">": float("nan")}}, "p_alive"),
+    ({"p_alive": {"<": 10 ** 400}}, "p_alive"),                    # beyond float range
+    ({"p_alive": {"<": Decimal("NaN")}}, "p_alive"),
+    ({"p_alive": {"<": Decimal("1E+400")}}, "p_alive"),
+    ({"frequency": {"<": 2 ** 70}}, "frequency"),                  # beyond the column's range
+    ({"frequency": {"<": 2 ** 31}}, "frequency"),
+    ({"frequency": {">": -(2 ** 31) - 1}}, "frequency"),
+    ({"frequency": {"in": [1, 2 ** 63]}}, "frequency"),
+    ({"r_score": {"<": 2 ** 15}}, "r_score"),                      # a SMALLINT column
+    ({"frequency": {"<": Decimal("1E+999999999")}}, "frequency"),
+    ({"frequency": {">=": Decimal("sNaN")}}, "frequency"),
     ({"frequency": {}}, "frequency"),
     ({"__class__": {"==": 1}}, "__class__"),
     ({"frequency": {">=": 1}, "1 = 1) OR (1": {"==": 1}}, "1 = 1) OR (1"),
@@ -95,6 +105,22 @@ def test_bad_rules_raise_invalid_input(shop):
         assert where in info.value.errors["rule"], rule
         with pytest.raises(NotFound):
             shop.loyalty.segments.members("bad")            # nothing was stored
+
+
+def test_number_operands_at_the_column_limits_and_decimals_are_stored_as_json_numbers(shop):
+    """Operands the columns hold work in SQL; a Decimal on a number field is stored as an int or float."""
+    seed(shop)
+    seg = shop.loyalty.segments.define("edges", {
+        "frequency": {">=": Decimal("3"), "<": 2 ** 31 - 1, ">": -(2 ** 31)}, "r_score": {"<=": 2 ** 15 - 1},
+        "p_alive": {"<": 10 ** 300, ">=": Decimal("-0.5")}, "avg_interval_days": {"!=": Decimal("1E+400") / 10 ** 400},
+        "recency_days": {"in": [Decimal("2"), Decimal("2.5"), 3]}})
+    assert seg.rule == {
+        "frequency": {">=": 3, "<": 2 ** 31 - 1, ">": -(2 ** 31)}, "r_score": {"<=": 2 ** 15 - 1},
+        "p_alive": {"<": 1e300, ">=": -0.5}, "avg_interval_days": {"!=": 1.0},
+        "recency_days": {"in": [2, 2.5, 3]}}
+    assert type(seg.rule["frequency"][">="]) is int
+    json.dumps(seg.rule)
+    assert shop.loyalty.segments.members("edges") == ["a"]
 
 
 def test_bad_names_and_rule_shapes(shop):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import CheckConstraint, Date, Integer, String
+from sqlalchemy import BigInteger, CheckConstraint, Date, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .base import Base, CreatedAt
@@ -37,7 +37,7 @@ class Customer(CreatedAt, Base):
     last_purchase_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
     orders_count: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     total_spent: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0), nullable=False)
-    points_balance: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    points_balance: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
     erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     def __repr__(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .base import Base, CreatedAt
@@ -38,8 +38,8 @@ class Purchase(CreatedAt, Base):
     currency: Mapped[str] = mapped_column(String(3), nullable=False)
     placed_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, index=True)
     channel: Mapped[str] = mapped_column(String(16), default="online", nullable=False)
-    points_earned: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
-    points_reversed: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    points_earned: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    points_reversed: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
     referral_code: Mapped[str | None] = mapped_column(String(64))
     #: When the plan scheduled this order's mails (``None``: not yet; see
     #: :func:`flask_loyalty.services.plan.expand_pending`).

@@ -839,7 +839,7 @@ def pareto(state: LoyaltyState, *, top_share: float = 0.3) -> ParetoReport:
     revenue = totals[1] if totals[1] is not None else Decimal(0)
     profit = totals[2] if totals[2] is not None else Decimal(0)
     order = (desc(profile.c.historical_clv), desc(profile.c.monetary), profile.c.customer_id)
-    top_count = min(buyers, math.ceil(round(share * buyers, 9)))
+    top_count = top_buyers(share, buyers)
     top = select(profile.c.monetary, profile.c.historical_clv).where(buyers_filter).order_by(*order) \
         .limit(top_count).subquery()
     top_totals = state.session.execute(select(func.sum(top.c.monetary), func.sum(top.c.historical_clv))).one()
@@ -850,6 +850,16 @@ def pareto(state: LoyaltyState, *, top_share: float = 0.3) -> ParetoReport:
                         revenue_share=_share(top_revenue, revenue), profit_share=_share(top_profit, profit),
                         buyers=buyers, revenue=revenue, profit=profit, top_revenue=top_revenue,
                         top_profit=top_profit, curve=curve)
+
+
+def top_buyers(top_share: float, buyers: int) -> int:
+    """How many buyers the top ``top_share`` of ``buyers`` is: ``ceil(top_share * buyers)``, at most ``buyers``.
+
+    Computed on the share as written (``repr`` of the float, so 0.6 of 5 buyers
+    is 3, not the 4 of the float product 3.0000000000000004); any positive
+    share of one or more buyers is at least one buyer.
+    """
+    return min(buyers, math.ceil(Decimal(repr(float(top_share))) * buyers))
 
 
 def _share(part: Decimal, whole: Decimal) -> float:

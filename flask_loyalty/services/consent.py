@@ -394,18 +394,19 @@ def _grant(state: LoyaltyState, data: dict[str, Any], now: datetime) -> tuple[Co
             _cancel_confirmations(state, customer, purpose.name, "consent granted without confirmation", now)
         event = _append(state, customer, purpose.name, "granted", source=data["source"], method=method,
                         now=now, wording_id=wording.id, locale=locale, ip_hash=ip_hash)
-        _settle(row, "granted", event, now)
+        # a re-grant with a new wording or locale: still subscribed, so the status keeps its start
+        _settle(row, "granted", event, row.since if current == "granted" and row.since is not None else now)
     state.session.flush()
     st = _to_state(state, customer.ref, purpose.name, row, now)
     signals.append(_signal(event, st))
     return st, signals
 
 
-def _settle(row: ConsentStatus, status: str, event: ConsentEvent, now: datetime) -> None:
-    """Point the current-state row at ``event``: a settled status with no pending confirmation."""
+def _settle(row: ConsentStatus, status: str, event: ConsentEvent, since: datetime) -> None:
+    """Point the current-state row at ``event``: a settled status begun at ``since``, nothing pending."""
     row.status = status
     row.event_id = event.id
-    row.since = now
+    row.since = since
     row.pending_event_id = None
     row.pending_expires_at = None
 
@@ -686,7 +687,7 @@ def export(state: LoyaltyState, customer_ref: str, *, now: datetime | None = Non
              "sku", "name", "category", "quantity", "unit_price", "unit_cost", "replenish_after_days")}
              for i in p.items]}
         for p in purchases_]
-    # Same shape as the rewards area's "points" export (which may replace it through its hook).
+    # The whole points ledger, oldest first (the rewards area's export hook keeps it as it is).
     data["points"] = {"balance": customer.points_balance, "history": [
         {"at": _json(e.created_at), "delta": e.delta, "balance_after": e.balance_after, "reason": e.reason,
          "order_ref": refs.get(e.purchase_id) if e.purchase_id else None, "note": e.note}

@@ -28,7 +28,6 @@ from __future__ import annotations
 import csv
 import importlib
 import io
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -73,6 +72,7 @@ from ..models.base import table_of
 from ..models.types import UTCDateTime
 from ..money import from_storage
 from ..state import LoyaltyState
+from .analytics import top_buyers
 
 # --------------------------------------------------------------------------- helpers
 
@@ -782,7 +782,7 @@ def top_profit_shares(state: LoyaltyState, mark: Decimal) -> tuple[Decimal, Deci
     buyers = pc.frequency > 0
     n, revenue, profit = state.session.execute(
         select(func.count(), func.sum(raw(pc.monetary)), func.sum(raw(pc.historical_clv))).where(buyers)).one()
-    count = min(int(n or 0), math.ceil(round(float(mark) * int(n or 0), 9)))
+    count = top_buyers(float(mark), int(n or 0))
     top = (select(raw(pc.monetary).label("revenue"), raw(pc.historical_clv).label("profit")).where(buyers)
            .order_by(pc.historical_clv.desc(), pc.monetary.desc(), pc.customer_id).limit(count).subquery())
     top_revenue, top_profit = state.session.execute(select(func.sum(top.c.revenue), func.sum(top.c.profit))).one()

@@ -53,7 +53,7 @@ from sqlalchemy.orm import joinedload, selectinload
 
 from ..clock import local_date, resolve_now, shop_zone, start_of_local_day, utcnow, valid_days_deadline
 from ..errors import InvalidInput
-from ..models import Customer, Engagement, Message, Purchase, PurchaseItem
+from ..models import Customer, Engagement, Message, MessageEvent, Purchase, PurchaseItem
 from ..models.base import table_of
 from ..state import LoyaltyState, get_state
 from ..transaction import begin_write, dialect_name, finish
@@ -407,7 +407,11 @@ def on_refund(state: LoyaltyState, *, purchase: Purchase, full: bool, **_: Any) 
 
 
 def on_erase(state: LoyaltyState, *, customer: Customer, **_: Any) -> None:
-    """Erasure: cancel pending mails, drop rendered mails, payloads and engagement of the customer."""
+    """Erasure: cancel pending mails, drop rendered mails, payloads, error texts and engagement of the customer.
+
+    A transport's error text (``Message.last_error`` and the ``detail`` of the
+    message history) can quote the address or name, so both are cleared.
+    """
     ptable = table_of(Purchase)
     state.session.execute(update(ptable).where(ptable.c.customer_id == customer.id,
                                                ptable.c.planned_at.is_(None)).values(planned_at=utcnow()))
@@ -416,6 +420,10 @@ def on_erase(state: LoyaltyState, *, customer: Customer, **_: Any) -> None:
     state.session.execute(update(table).where(table.c.customer_id == customer.id).values(
         payload={}, to_address=None, subject=None, body_text=None, body_html=None, links=None,
         last_error=None, opened_at=None, clicked_at=None))
+    events = table_of(MessageEvent)
+    state.session.execute(update(events).where(
+        events.c.message_id.in_(select(table.c.id).where(table.c.customer_id == customer.id)),
+        events.c.detail.is_not(None)).values(detail=None))
     state.session.execute(delete(table_of(Engagement)).where(table_of(Engagement).c.customer_id == customer.id))
 
 

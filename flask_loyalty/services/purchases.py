@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Integer, bindparam, case, delete, insert, select, text, update
+from sqlalchemy import BigInteger, Connection, Integer, bindparam, case, delete, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, make_transient_to_detached, scoped_session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -127,7 +127,7 @@ def _checkout_statements(dialect: str) -> _CheckoutStatements:
         count_purchase=update(customers).where(customers.c.id == bindparam("customer_id")).values(
             orders_count=customers.c.orders_count + 1,
             total_spent=customers.c.total_spent + bindparam("total", type_=customers.c.total_spent.type),
-            points_balance=customers.c.points_balance + bindparam("points", type_=Integer()),
+            points_balance=customers.c.points_balance + bindparam("points", type_=BigInteger()),
             first_purchase_at=case((customers.c.first_purchase_at.is_(None), placed),
                                    (customers.c.first_purchase_at > placed, placed),
                                    else_=customers.c.first_purchase_at),
@@ -211,6 +211,7 @@ def record_purchase(state: LoyaltyState, order_ref: str, customer_ref: str, tota
             connection.execute(delete(table_of(Customer)).where(table_of(Customer).c.id == customer.id))
         existing = get_purchase(state, data["order_ref"])
         assert existing is not None
+        finish(state, commit=commit)    # no signals: nothing changed, but commit= still ends the call
         return existing
     purchase_id, counters, entry_id = written
     if new_customer is not None:
@@ -341,7 +342,7 @@ FROM p, c
     bindparam("placed", type_=UTCDateTime()), bindparam("created_at", type_=UTCDateTime()),
     bindparam("planned_at", type_=UTCDateTime()), bindparam("known_margin", type_=Money()),
     bindparam("uncosted_total", type_=Money()),
-).columns(purchase_id=Integer(), orders_count=Integer(), total_spent=Money(), points_balance=Integer(),
+).columns(purchase_id=Integer(), orders_count=Integer(), total_spent=Money(), points_balance=BigInteger(),
           first_purchase_at=UTCDateTime(), last_purchase_at=UTCDateTime(), entry_id=Integer())
 
 
@@ -380,7 +381,8 @@ def record_refund(state: LoyaltyState, order_ref: str, *, amount: Any = None,
     remaining = purchase.total - purchase.refunded_total
     wanted = data.get("amount")
     refund = remaining if wanted is None else min(wanted, remaining)
-    if refund <= 0:
+    if refund <= 0:     # nothing left to refund: no signals, but commit= still ends the call
+        finish(state, commit=commit)
         return purchase
     new_refunded = purchase.refunded_total + refund
     if purchase.total > 0:
@@ -395,6 +397,7 @@ def record_refund(state: LoyaltyState, order_ref: str, *, amount: Any = None,
     ).values(refunded_total=table.c.refunded_total + refund,
              points_reversed=table.c.points_reversed + reverse))
     if not result.rowcount:  # type: ignore[attr-defined]  # pragma: no cover - guarded by the lock
+        finish(state, commit=commit)
         return purchase
     ctable = table_of(Customer)
     session.execute(update(ctable).where(ctable.c.id == purchase.customer_id).values(

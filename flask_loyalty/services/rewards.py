@@ -68,10 +68,12 @@ def wallet_rewards(customer: Customer | str, locale: str = "en") -> dict[str, An
 
 
 def _export(state: LoyaltyState, *, customer: Customer, data: dict[str, Any], **kwargs: Any) -> None:
+    """The rewards part of ``consent.export``: tier, referrals, raffles, campaigns.
+
+    ``data["points"]`` (balance and the whole ledger, oldest first, with
+    ``order_ref`` and ``note``) is already built by ``consent.export`` and kept as it is.
+    """
     ext = state.extension
-    data["points"] = {"balance": ext.points.balance(customer.ref),
-                      "history": [{"delta": e.delta, "balance_after": e.balance_after, "reason": e.reason,
-                                   "at": e.created_at.isoformat()} for e in ext.points.history(customer.ref)]}
     tier = ext.tiers.of(customer.ref)
     data["tier"] = tier.name if tier else None
     referrals.export(state, customer=customer, data=data)

@@ -30,7 +30,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from marshmallow import Schema, fields, validate
-from sqlalchemy import ColumnElement, and_, exists, select, true
+from sqlalchemy import BigInteger, ColumnElement, SmallInteger, and_, exists, select, true
 from sqlalchemy.sql.elements import ColumnElement as ColumnElementT
 
 from ..clock import utcnow
@@ -115,11 +115,35 @@ def _value(field: str, kind: str, value: Any) -> Any:
             return str(parse_amount(value, field=field, allow_negative=True))
         except InvalidInput:
             raise _bad(field, "Expected an amount.") from None
+    if isinstance(value, Decimal):  # not JSON-storable: a whole number on an int field becomes an int, else a float
+        if not value.is_finite():
+            raise _bad(field, "Expected a number.")
+        if kind == "int" and value == value.to_integral_value():
+            low, high = _int_range(field)
+            if not low <= value <= high:    # compared as Decimal: int() of a huge exponent is costly
+                raise _bad(field, f"Expected a whole number from {low} to {high}.")
+            return int(value)
+        value = float(value)
     if kind == "int" and isinstance(value, int):
+        low, high = _int_range(field)
+        if not low <= value <= high:
+            raise _bad(field, f"Expected a whole number from {low} to {high}.")
         return value
-    if isinstance(value, (int, float, Decimal)) and math.isfinite(float(value)):
-        return float(value) if kind == "float" else value
+    if isinstance(value, (int, float)):
+        try:
+            number = float(value)
+        except OverflowError:   # an int beyond float range
+            raise _bad(field, "Number out of range.") from None
+        if math.isfinite(number):
+            return number if kind == "float" else value
     raise _bad(field, "Expected a number.")
+
+
+def _int_range(field: str) -> tuple[int, int]:
+    """The values the profile column of an ``int`` field holds (a wider operand cannot be bound)."""
+    column_type = table_of(CustomerProfile).c[field].type
+    bits = 16 if isinstance(column_type, SmallInteger) else 64 if isinstance(column_type, BigInteger) else 32
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
 def normalise_rule(rule: Any) -> dict[str, dict[str, Any]]:
