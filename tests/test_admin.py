@@ -11,8 +11,11 @@ from decimal import Decimal
 from html.parser import HTMLParser
 
 import pytest
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import func, select
 
+from flask_loyalty import Loyalty
 from flask_loyalty.models import AdminAuditEntry, Customer
 from flask_loyalty.services import dashboard
 from flask_loyalty.services.dashboard import Period, area_model
@@ -449,6 +452,57 @@ def test_guard_from_config_import_string(make_shop):
     assert shop.client.get(PREFIX + "/charts").status_code == 200
     closed = make_shop(LOYALTY_ADMIN_GUARD=lambda: False)
     assert closed.client.get(PREFIX + "/charts").status_code == 403
+
+
+def deny():
+    return False
+
+
+def _app_on(tmp_path, name, loyalty, **config):
+    """A bare app set up with ``loyalty`` (one object serving several apps)."""
+    app = Flask(name)
+    app.config.update(SECRET_KEY="k-" + name, SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / name}.db",
+                      LOYALTY_BASE_URL="http://shop.test", **config)
+    db = SQLAlchemy()
+    db.init_app(app)
+    loyalty.init_app(app, db)
+    with app.app_context():
+        loyalty.create_all()
+    return app
+
+
+def test_guard_belongs_to_the_app_it_was_registered_for(tmp_path):
+    loyalty = Loyalty()                      # the module-level object of an app factory
+    closed = _app_on(tmp_path, "closed", loyalty, LOYALTY_ADMIN_GUARD=deny)
+    assert closed.test_client().get(PREFIX + "/").status_code == 403
+    staff = _app_on(tmp_path, "staff", loyalty)
+    with staff.app_context():
+        loyalty.admin_guard(allow)           # for the staff app only
+    assert staff.extensions["loyalty"].admin_guard is allow
+    assert staff.test_client().get(PREFIX + "/").status_code == 200
+    assert closed.test_client().get(PREFIX + "/").status_code == 403
+    bare = _app_on(tmp_path, "bare", loyalty)
+    assert bare.test_client().get(PREFIX + "/").status_code == 403    # a new app starts closed
+    loyalty.admin_guard(deny, app=staff)     # explicit app, outside any app context
+    assert staff.test_client().get(PREFIX + "/").status_code == 403
+
+
+def test_guard_outside_app_context_goes_to_the_app_just_set_up(tmp_path):
+    loyalty = Loyalty()
+    first = _app_on(tmp_path, "first", loyalty)
+    loyalty.admin_guard(allow)               # app factory: init_app, then admin_guard
+    second = _app_on(tmp_path, "second", loyalty)
+    assert first.test_client().get(PREFIX + "/").status_code == 200
+    assert second.test_client().get(PREFIX + "/").status_code == 403
+
+
+def test_guard_registered_before_init_app_is_a_default_an_app_config_overrides(tmp_path):
+    loyalty = Loyalty()
+    loyalty.admin_guard(allow)               # module level, before any app exists
+    plain = _app_on(tmp_path, "plain", loyalty)
+    own = _app_on(tmp_path, "own", loyalty, LOYALTY_ADMIN_GUARD=deny)
+    assert plain.test_client().get(PREFIX + "/").status_code == 200
+    assert own.test_client().get(PREFIX + "/").status_code == 403
 
 
 # ----------------------------------------------------------------------------- pages, CSV, CSRF, audit
