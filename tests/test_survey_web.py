@@ -196,6 +196,24 @@ def test_foreign_purpose_and_unknown_order_links(shop):
     assert _count(shop) == 0
 
 
+def test_survey_link_refuses_an_erased_customer(shop):
+    """After erasure the survey link stores nothing more, like the wallet (friendly 404 page, JSON 404)."""
+    _order(shop)
+    path = _path(shop)
+    shop.loyalty.consent.erase("c1")
+    wallet = shop.loyalty.links.wallet("c1").replace("http://shop.test", "")
+    assert shop.client.get(wallet).status_code == 404
+    for r in (shop.client.get(path), shop.client.get(path + "?recommend=10"),
+              shop.client.post(path, data=dict(FORM, comment="I am Ana, +34 600 000 000")),
+              shop.client.get(path + "/thanks")):
+        assert r.status_code == 404 and "Not found" in r.get_data(as_text=True)
+    r = shop.client.post(_api(path), json={"answers": {"recommend": 10, "comment": "I am Ana"}})
+    assert r.status_code == 404 and r.get_json() == {"error": "not_found"}
+    assert shop.client.get(_api(path)).status_code == 404
+    shop.db.session.expire_all()
+    assert _count(shop) == 0 and shop.loyalty.surveys.stats().responses == 0
+
+
 # --- JSON endpoint --------------------------------------------------------------------
 
 def test_api_describes_the_survey(shop):

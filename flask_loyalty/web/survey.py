@@ -9,7 +9,8 @@
   detractors are told the shop will be in touch, a reward coupon is shown.
 - ``GET|POST /api/surveys/<token>``: the same for headless shops (JSON).
 
-Expired or tampered links get the friendly pages of :mod:`.common`.
+Expired or tampered links, and links of a customer whose data was erased,
+get the friendly pages of :mod:`.common` (nothing is stored).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def _order_of(state: LoyaltyState, token: str) -> Purchase:
     purchase = state.session.execute(select(Purchase).where(Purchase.order_ref == order_ref)).scalar_one_or_none()
     if purchase is None:
         raise NotFound(f"no order {order_ref!r}")
+    if purchase.customer.erased_at is not None:
+        # like the wallet: after erasure the link collects nothing more about the customer
+        raise NotFound("this customer's data was erased")
     return purchase
 
 
