@@ -160,6 +160,24 @@ def test_one_click_with_a_bad_number(shop):
     assert _count(shop) == 0
 
 
+def test_scale_answer_with_thousands_of_digits_is_refused(shop):
+    """int() of a >4300-digit string raises ValueError: such answers are off the scale (400), not a 500."""
+    _order(shop)
+    path = _path(shop)
+    huge = "9" * 5000
+    r = shop.client.get(path + "?recommend=" + huge)
+    assert r.status_code == 400 and "Please choose one of the numbers shown." in r.get_data(as_text=True)
+    r = shop.client.post(path, data=dict(FORM, recommend=huge))
+    assert r.status_code == 400 and "Please choose one of the numbers shown." in r.get_data(as_text=True)
+    r = shop.client.post(_api(path), json={"answers": {"recommend": huge}})
+    assert r.status_code == 400 and r.get_json()["errors"] == {"recommend": ["Please choose one of the numbers shown."]}
+    r = shop.client.post(_api(path), data='{"answers": {"recommend": ' + huge + "}}", content_type="application/json")
+    assert r.status_code == 400
+    assert _count(shop) == 0
+    assert shop.client.get(path + "?recommend=" + "0" * 40 + "9").status_code == 200   # leading zeros: still 9
+    assert shop.loyalty.surveys.response("o1").values == {"recommend": 9}
+
+
 @pytest.mark.parametrize("mangle,status,text", [
     (lambda t: t[:-3] + ("AAA" if not t.endswith("AAA") else "BBB"), 404, "This link does not work"),
     (lambda t: "nonsense", 404, "This link does not work"),
