@@ -158,6 +158,17 @@ def test_validate_endpoint_bad_json(shop):
     assert r.status_code == 400
 
 
+@pytest.mark.parametrize("data", [b'{"code": "ABCD-EFGH", "order_total": NaN}',
+                                  b'{"code": "ABCD-EFGH", "order_total": Infinity}',
+                                  b'{"code": "ABCD-EFGH", "order_total": -Infinity}',
+                                  b"[" * 2000 + b"]" * 2000])
+def test_validate_endpoint_refuses_non_json_numbers_and_deep_nesting(shop, data):
+    """NaN/Infinity (floats, not JSON) and nesting too deep for the parser: 400, never a 500."""
+    r = shop.client.post("/loyalty/api/coupons/validate", data=data, content_type="application/json")
+    assert r.status_code == 400
+    assert r.json == {"error": "invalid_input", "errors": {"_schema": ["Send a JSON object."]}}
+
+
 def test_long_codes_rejected_without_a_query(shop):
     from sqlalchemy import event
 

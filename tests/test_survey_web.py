@@ -279,6 +279,19 @@ def test_api_answers_with_the_same_rules(shop):
 REWARD = {"kind": "percent", "value": "5", "valid_days": 30}
 
 
+@pytest.mark.parametrize("data", [b"[" * 3000 + b"]" * 3000,
+                                  b'{"answers": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+                                  b'{"answers": {"recommend": NaN}}',
+                                  b'{"answers": {"recommend": Infinity}}'])
+def test_api_refuses_deep_nesting_and_non_json_numbers(shop, data):
+    """A RecursionError or a NaN from the JSON parser is a 400 with the usual error body, never a 500."""
+    _order(shop)
+    r = shop.client.post(_api(_path(shop)), data=data, content_type="application/json")
+    assert r.status_code == 400
+    assert r.get_json() == {"error": "invalid_input", "errors": {"_schema": ["A JSON object is expected."]}}
+    assert _count(shop) == 0
+
+
 def _survey_coupons(shop):
     """Coupons issued for answering (other areas, e.g. the welcome coupon of the plan, make their own)."""
     return shop.db.session.execute(select(Coupon).where(Coupon.campaign == "survey")).scalars().all()

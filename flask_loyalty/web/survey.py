@@ -31,7 +31,7 @@ from ..services import surveys
 from ..services.surveys import AnswerResult, coupon_text, label_text, survey_config
 from ..state import LoyaltyState
 from . import register_blueprint
-from .common import no_store
+from .common import no_store, parse_json_object
 
 # The one-click query parameter of the invitation mail's 0–10 scale.
 ONE_CLICK = "recommend"
@@ -235,8 +235,8 @@ def setup(state: LoyaltyState) -> None:
                 order_ref=purchase.order_ref, locale=tr.locale, questions=questions,
                 completed=bool(response and response.completed),
                 answers=response.values if response is not None else {}))
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
+        body = parse_json_object(request.get_data(cache=False)) if request.is_json else None
+        if body is None:
             raise InvalidInput("A JSON object is expected.")
         data = load(ApiBodySchema(), body)
         result = surveys.answer(state, purchase.order_ref, data["answers"], partial=data["partial_"],
