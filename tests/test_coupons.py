@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from flask_loyalty import CouponError, InvalidInput, LoyaltyError
-from flask_loyalty.models import Coupon, Redemption
+from flask_loyalty.models import Coupon, GiftCard, Redemption
 from flask_loyalty.services import codes
 from flask_loyalty.signals import coupon_redeemed, coupon_released
 
@@ -304,6 +304,28 @@ def test_validate_bad_input(shop):
         shop.loyalty.coupons.validate("ABC", order_total="1", currency="nope")
     with pytest.raises(InvalidInput):
         shop.loyalty.coupons.validate("ABC", order_total="1", now=datetime(2026, 1, 1))
+
+
+@pytest.mark.parametrize("huge", ["1e30", "1" + "0" * 30, 10 ** 40, Decimal("-1e30"), "1e999999999", "9" * 5000])
+def test_huge_amounts_are_invalid_input_and_write_nothing(shop, huge):
+    """Amounts of 1e24 and more made quantize() raise decimal.InvalidOperation before the size check."""
+    c = shop.loyalty.coupons.create(kind="fixed", value=5)
+    calls = {
+        "order_total": [lambda: shop.loyalty.coupons.validate(c.code, order_total=huge),
+                        lambda: shop.loyalty.coupons.redeem(c.code, customer_ref="c1", order_ref="o1",
+                                                            order_total=huge)],
+        "value": [lambda: shop.loyalty.coupons.create(kind="fixed", value=huge)],
+        "min_order_total": [lambda: shop.loyalty.coupons.create(kind="fixed", value=5, min_order_total=huge)],
+        "amount": [lambda: shop.loyalty.gift_cards.issue(huge)],
+        "total": [lambda: shop.loyalty.record_purchase("o1", "c1", huge)],
+    }
+    for field, makers in calls.items():
+        for call in makers:
+            with pytest.raises(InvalidInput) as info:
+                call()
+            assert field in info.value.errors, (field, info.value.errors)
+    assert count(shop, Coupon) == 1 and count(shop, Redemption) == 0 and count(shop, GiftCard) == 0
+    assert shop.loyalty.purchase("o1") is None and shop.loyalty.customer("c1") is None
 
 
 # --- redeem / release ---------------------------------------------------------------

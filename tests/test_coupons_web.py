@@ -150,6 +150,12 @@ def test_validate_endpoint_field_errors(shop, body, field):
     assert r.status_code == 400 and r.json["error"] == "invalid_input" and field in r.json["errors"]
 
 
+@pytest.mark.parametrize("total", ["1" + "0" * 30, "1e30", 10 ** 40])
+def test_validate_endpoint_refuses_huge_order_totals(shop, total):
+    r = post(shop, {"code": "ABCD-EFGH", "order_total": total})
+    assert r.status_code == 400 and r.json["errors"] == {"order_total": ["Amount too large."]}
+
+
 def test_validate_endpoint_bad_json(shop):
     for data in (b"{not json", b"[1, 2]", b"", b'"x"'):
         r = shop.client.post("/loyalty/api/coupons/validate", data=data, content_type="application/json")
