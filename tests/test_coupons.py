@@ -148,6 +148,31 @@ def test_create_bad_input_writes_nothing(shop, kwargs, field):
     assert count(shop, Coupon) == 0
 
 
+@pytest.mark.parametrize("kwargs,field", [
+    ({"expires_at": date(9999, 12, 31)}, "expires_at"),
+    ({"starts_at": date(1, 1, 1)}, "starts_at"),
+    ({"expires_at": datetime(9999, 12, 31, 23, tzinfo=ZoneInfo("America/New_York"))}, "expires_at"),
+    ({"starts_at": datetime(1, 1, 1, 1, tzinfo=ZoneInfo("Asia/Tokyo"))}, "starts_at"),
+    ({"expires_at": "9999-12-31"}, "expires_at"),
+    ({"campaign": "spring\x00"}, "campaign"),
+    ({"campaign": "line\r\nbreak"}, "campaign"),
+    ({"segment": "vip\x00"}, "segment"),
+    ({"code": "AB\x00CD-EFGH-JK"}, "code"),
+    ({"kind": "gift", "value": None, "gift_name": "mug\x00"}, "gift_name"),
+])
+def test_dates_out_of_range_and_control_characters_are_invalid_input(shop, kwargs, field):
+    """end_of_local_day(9999-12-31) raised OverflowError and NUL bytes a PostgreSQL DataError; now InvalidInput."""
+    rules = {"kind": "fixed", "value": 5, **kwargs}
+    with pytest.raises(InvalidInput) as info:
+        shop.loyalty.coupons.create(**rules)
+    assert field in info.value.errors
+    with pytest.raises(InvalidInput):
+        shop.loyalty.coupons.create_batch(2, **rules)
+    assert count(shop, Coupon) == 0
+    ok = shop.loyalty.coupons.create(kind="fixed", value=5, starts_at=date(1900, 1, 1), expires_at=date(9998, 12, 31))
+    assert ok.expires_at.year == 9998
+
+
 def test_float_money_is_a_type_error(shop):
     with pytest.raises(TypeError):
         shop.loyalty.coupons.create(kind="fixed", value=5.0)
