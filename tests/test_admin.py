@@ -844,3 +844,21 @@ def test_erase_form_refuses_a_reference_with_control_characters(admin):
     assert client.post(PREFIX + "/consent/c1/erase", data={"csrf_token": token, "confirm": "c1\x00"}
                        ).status_code == 400
     assert shop.loyalty.customer("c1").erased_at is None
+
+
+@pytest.mark.parametrize("back", [PREFIX + "/coupons\r\nX-Injected: 1", PREFIX + "/coupons?q=a\nb",
+                                  PREFIX + "/coupons?q=\x00", PREFIX + "/coupons\x85"])
+def test_deactivate_falls_back_to_the_coupon_list_for_a_non_printable_next(admin, back):
+    """A CR/LF in ``next`` passed the prefix check and werkzeug refused the Location header (a 500)."""
+    shop, _period, _d = admin
+    client = shop.client
+    token = csrf_of(client.get(PREFIX + "/coupons").get_data(as_text=True))
+    coupon = shop.loyalty.coupons.create(kind="fixed", value="5")
+    r = client.post(f"{PREFIX}/coupons/{coupon.id}/deactivate", data={"csrf_token": token, "next": back})
+    assert r.status_code == 303 and r.headers["Location"].endswith(PREFIX + "/coupons")
+    assert "X-Injected" not in r.headers
+    shop.db.session.expire_all()
+    assert shop.loyalty.coupons.validate(coupon.code, order_total="10").reason is not None   # deactivated
+    kept = client.post(f"{PREFIX}/coupons/{coupon.id}/deactivate",
+                       data={"csrf_token": token, "next": PREFIX + "/coupons?status=revoked"})
+    assert kept.headers["Location"].endswith(PREFIX + "/coupons?status=revoked")

@@ -29,7 +29,7 @@ from ...schemas.admin import (
     PreviewQuery,
     SurveyQuery,
 )
-from ...schemas.fields import ID_MAX
+from ...schemas.fields import ID_MAX, is_printable
 from ...services import admin_lists, audit, dashboard, plan
 from ...state import get_state
 from . import audit_action
@@ -229,7 +229,9 @@ def register(bp: Blueprint) -> None:
         state.session.commit()
         back = request.form.get("next") or ""
         home = url_for(".coupons")
-        if not back.startswith(home) or "//" in back or "\\" in back:   # only back to the coupon list
+        # only back to the coupon list; a CR/LF (or any control character) would make werkzeug
+        # refuse the Location header (a 500), so anything not printable falls back to the list too
+        if not back.startswith(home) or "//" in back or "\\" in back or not is_printable(back):
             back = home
         return redirect(back, code=303)
 
