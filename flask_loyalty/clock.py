@@ -9,6 +9,25 @@ from .errors import InvalidInput
 
 UTC = timezone.utc
 
+#: The calendar range of the dates and datetimes the extension takes as input.  Far from
+#: ``date.min``/``date.max`` so that "the next day", a time zone or a previous period of
+#: ten years never overflows (``OverflowError``).
+DATE_MIN = date(1900, 1, 1)
+DATE_MAX = date(9998, 12, 31)
+DATE_RANGE_MESSAGE = "Dates from 1900-01-01 to 9998-12-31."
+
+
+def in_date_range(value: date) -> bool:
+    """Whether ``value`` (a date, or a datetime's own calendar date) lies in ``DATE_MIN..DATE_MAX``."""
+    day = value.date() if isinstance(value, datetime) else value
+    return DATE_MIN <= day <= DATE_MAX
+
+
+def check_date_range(value: date, *, field: str) -> None:
+    """Refuse (:class:`InvalidInput` on ``field``) a date or datetime outside ``DATE_MIN..DATE_MAX``."""
+    if not in_date_range(value):
+        raise InvalidInput.field(field, DATE_RANGE_MESSAGE)
+
 
 def utcnow() -> datetime:
     """The current time, aware, in UTC."""
@@ -23,11 +42,14 @@ def resolve_now(now: datetime | None, *, field: str = "now") -> datetime:
 
 
 def ensure_aware(value: object, *, field: str) -> datetime:
-    """Refuse naive datetimes (:class:`InvalidInput`) and convert aware ones to UTC."""
+    """Refuse naive datetimes and those outside the supported dates (:class:`InvalidInput`);
+    convert aware ones to UTC.
+    """
     if not isinstance(value, datetime):
         raise InvalidInput.field(field, "Not a valid datetime.")
     if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
         raise InvalidInput.field(field, "Datetime must be timezone-aware.")
+    check_date_range(value, field=field)
     return value.astimezone(UTC)
 
 
@@ -76,6 +98,7 @@ def as_deadline(value: object, zone: ZoneInfo, *, field: str) -> datetime | None
     if isinstance(value, datetime):
         return ensure_aware(value, field=field)
     if isinstance(value, date):
+        check_date_range(value, field=field)
         return end_of_local_day(value, zone)
     raise InvalidInput.field(field, "Not a valid date or datetime.")
 
@@ -87,5 +110,6 @@ def as_start(value: object, zone: ZoneInfo, *, field: str) -> datetime | None:
     if isinstance(value, datetime):
         return ensure_aware(value, field=field)
     if isinstance(value, date):
+        check_date_range(value, field=field)
         return start_of_local_day(value, zone)
     raise InvalidInput.field(field, "Not a valid date or datetime.")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import Flask
+from flask import Flask, current_app, has_app_context
 from sqlalchemy import select
 
 from flask_loyalty.models.base import table_of
@@ -72,7 +73,12 @@ class Loyalty:
     """
 
     def __init__(self, app: Flask | None = None, db: SQLAlchemy | None = None) -> None:
-        self._admin_guard: Callable[[], bool] | None = None
+        #: A guard registered before any ``init_app``: the default of every app set up
+        #: afterwards (copied into its state; its own ``LOYALTY_ADMIN_GUARD`` wins).
+        self._default_admin_guard: Callable[[], bool] | None = None
+        #: The app most recently set up with this object (where ``admin_guard`` goes
+        #: outside an app context: the app-factory pattern), held weakly.
+        self._last_app: weakref.ref[Flask] | None = None
         if app is not None:
             if db is None:
                 raise LoyaltyError("Loyalty(app, db): pass the host's flask_sqlalchemy.SQLAlchemy too")
@@ -88,8 +94,9 @@ class Loyalty:
         apply_defaults(app.config)
         shop_zone(app.config["LOYALTY_TIMEZONE"])
         check_currency(app.config["LOYALTY_CURRENCY"], field="LOYALTY_CURRENCY")
-        state = LoyaltyState(app=app, db=db, extension=self)
+        state = LoyaltyState(app=app, db=db, extension=self, default_admin_guard=self._default_admin_guard)
         app.extensions[EXTENSION_KEY] = state
+        self._last_app = weakref.ref(app)
         with app.app_context():
             for engine in db.engines.values():
                 configure_engine(engine, float(app.config["LOYALTY_SQLITE_BUSY_TIMEOUT"]))
@@ -111,15 +118,37 @@ class Loyalty:
             insert_ignore(state, table_of(WriteLock), {"id": 1, "counter": 0}, ["id"])
             state.session.commit()
 
-    def admin_guard(self, fn: GuardT) -> GuardT:
+    def admin_guard(self, fn: GuardT, *, app: Flask | None = None) -> GuardT:
         """Register ``fn()`` deciding whether the current request may see the dashboard.
 
         Usable as a decorator.  Until a guard is registered (here or with
         ``LOYALTY_ADMIN_GUARD``), every admin URL answers 403.
+
+        The guard belongs to one app (it is kept in ``app.extensions["loyalty"]``):
+        ``app`` if given, else the current app when called inside its app context,
+        else the app this object was most recently set up on (``init_app`` then
+        ``admin_guard`` in an app factory).  For that app it wins over
+        ``LOYALTY_ADMIN_GUARD``.  Registered before any ``init_app``, it becomes the
+        default of every app set up afterwards, used only where the app's own
+        ``LOYALTY_ADMIN_GUARD`` is not set.
         """
         if not callable(fn):
             raise TypeError("admin_guard needs a callable returning bool")
-        self._admin_guard = fn
+        target = app
+        if target is None and has_app_context():
+            current = current_app._get_current_object()  # type: ignore[attr-defined]
+            state = current.extensions.get(EXTENSION_KEY)
+            if isinstance(state, LoyaltyState) and state.extension is self:
+                target = current
+        if target is None and self._last_app is not None:
+            target = self._last_app()
+        if target is None:
+            self._default_admin_guard = fn
+            return fn
+        state = get_state(target)
+        if state.extension is not self:
+            raise LoyaltyError(f"app {target.name!r} is set up with another Loyalty object")
+        state.admin_guard = fn
         return fn
 
     # --- the checkout hook ---------------------------------------------------

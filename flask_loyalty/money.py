@@ -42,10 +42,12 @@ def parse_amount(value: object, *, field: str = "amount", allow_zero: bool = Tru
         raise InvalidInput.field(field, "Must not be negative.")
     if amount == 0 and not allow_zero:
         raise InvalidInput.field(field, "Must be greater than zero.")
+    # the size first, from the exponent (abs() and quantize() raise Overflow/InvalidOperation
+    # in the 28-digit context for 1e24 and more)
+    if amount and amount.adjusted() >= 14:
+        raise InvalidInput.field(field, "Amount too large.")
     if amount != amount.quantize(_QUANT_STORAGE, rounding=ROUND_HALF_EVEN):
         raise InvalidInput.field(field, f"At most {STORAGE_PLACES} decimal places.")
-    if abs(amount) >= Decimal(10) ** 14:
-        raise InvalidInput.field(field, "Amount too large.")
     return amount
 
 

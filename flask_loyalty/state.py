@@ -29,7 +29,12 @@ class LoyaltyState:
     app: Flask
     db: SQLAlchemy
     extension: Loyalty
+    #: The guard registered for this app with ``loyalty.admin_guard(fn)`` (wins over
+    #: ``LOYALTY_ADMIN_GUARD``).
     admin_guard: Callable[[], bool] | None = None
+    #: A guard registered on the ``Loyalty`` object before this app was set up: used
+    #: only when neither ``admin_guard`` nor ``LOYALTY_ADMIN_GUARD`` is set.
+    default_admin_guard: Callable[[], bool] | None = None
     #: In-transaction hooks by event name (``"purchase"``, ``"refund"``, ``"erase"`` ...).
     hooks: dict[str, list[Hook]] = field(default_factory=dict)
     #: Free-form per-app caches of the services (rate limiters, catalogs ...).

@@ -11,8 +11,11 @@ from decimal import Decimal
 from html.parser import HTMLParser
 
 import pytest
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import func, select
 
+from flask_loyalty import Loyalty
 from flask_loyalty.models import AdminAuditEntry, Customer
 from flask_loyalty.services import dashboard
 from flask_loyalty.services.dashboard import Period, area_model
@@ -451,6 +454,57 @@ def test_guard_from_config_import_string(make_shop):
     assert closed.client.get(PREFIX + "/charts").status_code == 403
 
 
+def deny():
+    return False
+
+
+def _app_on(tmp_path, name, loyalty, **config):
+    """A bare app set up with ``loyalty`` (one object serving several apps)."""
+    app = Flask(name)
+    app.config.update(SECRET_KEY="k-" + name, SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / name}.db",
+                      LOYALTY_BASE_URL="http://shop.test", **config)
+    db = SQLAlchemy()
+    db.init_app(app)
+    loyalty.init_app(app, db)
+    with app.app_context():
+        loyalty.create_all()
+    return app
+
+
+def test_guard_belongs_to_the_app_it_was_registered_for(tmp_path):
+    loyalty = Loyalty()                      # the module-level object of an app factory
+    closed = _app_on(tmp_path, "closed", loyalty, LOYALTY_ADMIN_GUARD=deny)
+    assert closed.test_client().get(PREFIX + "/").status_code == 403
+    staff = _app_on(tmp_path, "staff", loyalty)
+    with staff.app_context():
+        loyalty.admin_guard(allow)           # for the staff app only
+    assert staff.extensions["loyalty"].admin_guard is allow
+    assert staff.test_client().get(PREFIX + "/").status_code == 200
+    assert closed.test_client().get(PREFIX + "/").status_code == 403
+    bare = _app_on(tmp_path, "bare", loyalty)
+    assert bare.test_client().get(PREFIX + "/").status_code == 403    # a new app starts closed
+    loyalty.admin_guard(deny, app=staff)     # explicit app, outside any app context
+    assert staff.test_client().get(PREFIX + "/").status_code == 403
+
+
+def test_guard_outside_app_context_goes_to_the_app_just_set_up(tmp_path):
+    loyalty = Loyalty()
+    first = _app_on(tmp_path, "first", loyalty)
+    loyalty.admin_guard(allow)               # app factory: init_app, then admin_guard
+    second = _app_on(tmp_path, "second", loyalty)
+    assert first.test_client().get(PREFIX + "/").status_code == 200
+    assert second.test_client().get(PREFIX + "/").status_code == 403
+
+
+def test_guard_registered_before_init_app_is_a_default_an_app_config_overrides(tmp_path):
+    loyalty = Loyalty()
+    loyalty.admin_guard(allow)               # module level, before any app exists
+    plain = _app_on(tmp_path, "plain", loyalty)
+    own = _app_on(tmp_path, "own", loyalty, LOYALTY_ADMIN_GUARD=deny)
+    assert plain.test_client().get(PREFIX + "/").status_code == 200
+    assert own.test_client().get(PREFIX + "/").status_code == 403
+
+
 # ----------------------------------------------------------------------------- pages, CSV, CSRF, audit
 
 
@@ -661,3 +715,150 @@ def test_new_orders_are_planned_for_the_customer_view(admin):
     shop.db.session.expire_all()
     planned = shop.db.session.execute(select(Purchase.planned_at).where(Purchase.order_ref == "new-o1"))
     assert planned.scalar_one() is not None   # committed by the view: the welcome coupon keeps its code
+
+
+# ----------------------------------------------------------------------------- out-of-range and control input
+
+
+def _counts(shop):
+    from flask_loyalty.models import Coupon, GiftCard
+
+    session = shop.db.session
+    session.expire_all()
+    return tuple(session.execute(select(func.count(m.id))).scalar_one() for m in (Coupon, GiftCard, AdminAuditEntry))
+
+
+def test_huge_page_cursors_and_ids_are_refused_before_the_database(admin):
+    """Cursors and ids beyond the 32-bit row ids overflowed the driver (a 500); now 400 / 404."""
+    shop, _period, _d = admin
+    client = shop.client
+    huge = "9" * 25
+    for path in ("/audit", "/outbox", "/coupons", "/gift-cards", "/surveys"):
+        r = client.get(f"{PREFIX}{path}?before={huge}")
+        assert r.status_code == 400 and "Something is not right" in r.get_data(as_text=True), path
+        assert client.get(f"{PREFIX}{path}?before=2147483648").status_code == 400, path
+        assert client.get(f"{PREFIX}{path}?before=2147483647").status_code == 200, path
+    assert client.get(f"{PREFIX}/outbox/{huge}").status_code == 404
+    assert client.get(f"{PREFIX}/outbox/2147483648").status_code == 404
+    token = csrf_of(client.get(PREFIX + "/coupons").get_data(as_text=True))
+    before = _counts(shop)
+    for coupon_id in (huge, "2147483648"):
+        r = client.post(f"{PREFIX}/coupons/{coupon_id}/deactivate", data={"csrf_token": token})
+        assert r.status_code == 404
+    from flask_loyalty import NotFound
+    from flask_loyalty.services import admin_lists
+
+    with pytest.raises(NotFound):
+        admin_lists.deactivate_coupon(shop.loyalty.state, 10 ** 25)
+    assert _counts(shop) == before
+
+
+@pytest.mark.parametrize("query", ["start=0001-01-01&end=0001-01-02", "start=9999-12-30&end=9999-12-31",
+                                   "start=1899-12-31&end=1900-01-05", "end=9999-12-31"])
+def test_overview_refuses_dates_outside_the_supported_range(admin, query):
+    """Year 1 or 9999 made ``date + timedelta`` overflow (OverflowError, a 500)."""
+    shop, _period, _d = admin
+    r = shop.client.get(f"{PREFIX}/?{query}")
+    assert r.status_code == 400 and "Something is not right" in r.get_data(as_text=True)
+
+
+def test_overview_accepts_the_ends_of_the_supported_range(admin):
+    shop, _period, _d = admin
+    assert shop.client.get(f"{PREFIX}/?start=1900-01-01&end=1900-01-31").status_code == 200
+    assert shop.client.get(f"{PREFIX}/?start=9998-12-01&end=9998-12-31").status_code == 200
+
+
+def test_period_refuses_dates_outside_the_supported_range(shop):
+    from flask_loyalty import InvalidInput
+
+    state = shop.loyalty.state
+    for kwargs, field in (({"start": date(1, 1, 1), "end": date(1, 1, 2)}, "start"),
+                          ({"start": date(9999, 12, 30), "end": date(9999, 12, 31)}, "start"),
+                          ({"end": date(9999, 12, 31)}, "end")):
+        with pytest.raises(InvalidInput) as info:
+            dashboard.period_for(state, **kwargs)
+        assert field in info.value.errors
+
+
+@pytest.mark.parametrize("path,form,field", [
+    ("/gift-cards", {"amount": "5", "expires_at": "9999-12-31"}, "expires_at"),
+    ("/gift-cards", {"amount": "5", "expires_at": "0001-01-01"}, "expires_at"),
+    ("/gift-cards", {"amount": "1" + "0" * 30}, "amount"),
+    ("/coupons", {"kind": "fixed", "value": "5", "expires_at": "9999-12-31"}, "expires_at"),
+    ("/coupons", {"kind": "fixed", "value": "5", "starts_at": "0001-01-01"}, "starts_at"),
+    ("/coupons", {"kind": "fixed", "value": "1" + "0" * 30}, "value"),
+    ("/coupons", {"kind": "fixed", "value": "5", "min_order_total": "1" + "0" * 30}, "min_order_total"),
+    ("/coupons/batch", {"count": "2", "kind": "fixed", "value": "5", "expires_at": "9999-12-31"}, "batch_expires_at"),
+])
+def test_coupon_and_gift_card_forms_refuse_extreme_dates_and_amounts(admin, path, form, field):
+    """end_of_local_day(9999-12-31) overflowed, quantize() of 1e30 raised: both were 500s; now the form again."""
+    shop, _period, _d = admin
+    client = shop.client
+    token = csrf_of(client.get(PREFIX + "/coupons").get_data(as_text=True))
+    before = _counts(shop)
+    r = client.post(PREFIX + path, data=dict(form, csrf_token=token))
+    assert r.status_code == 400 and b"correct the marked fields" in r.data
+    assert f'aria-describedby="e-{field}"'.encode() in r.data or field.encode() in r.data
+    assert _counts(shop) == before
+
+
+@pytest.mark.parametrize("path,status", [
+    ("/customers?q=a%00b", 400), ("/customers/a%00b", 404), ("/coupons?q=a%00b", 400),
+    ("/coupons?campaign=a%0Ab", 400), ("/outbox?kind=a%00b", 400), ("/surveys?source=a%00b", 400),
+    ("/coupons/export.csv?campaign=a%00b", 400), ("/consent/a%00b/erase", 404), ("/consent?ref=a%00b", 400),
+    ("/outbox/{message}?locale=e%00s", 400),
+])
+def test_filters_and_references_with_control_characters_are_refused(admin, path, status):
+    """NUL bytes reached PostgreSQL (psycopg DataError, a 500); now a friendly 400/404 on both databases."""
+    shop, _period, _d = admin
+    message = add_message(shop, "c1", sent_at=datetime(2026, 1, 5, tzinfo=UTC)).id
+    shop.db.session.commit()
+    before = _counts(shop)
+    r = shop.client.get(PREFIX + path.format(message=message))
+    assert r.status_code == status and "<h1" in r.get_data(as_text=True)
+    assert _counts(shop) == before     # the CSV export writes no audit entry either
+
+
+@pytest.mark.parametrize("form,field", [
+    ({"kind": "fixed", "value": "5", "campaign": "a\x00b"}, "campaign"),
+    ({"kind": "gift", "value": "mug\x00"}, "value"),
+    ({"kind": "fixed", "value": "5", "segment": "vip\x00"}, "segment"),
+    ({"kind": "fixed", "value": "5", "code": "AB\x00CD-EFGH"}, "code"),
+])
+def test_coupon_form_refuses_control_characters(admin, form, field):
+    shop, _period, _d = admin
+    client = shop.client
+    token = csrf_of(client.get(PREFIX + "/coupons").get_data(as_text=True))
+    before = _counts(shop)
+    r = client.post(PREFIX + "/coupons", data=dict(form, csrf_token=token))
+    assert r.status_code == 400 and b"correct the marked fields" in r.data
+    assert _counts(shop) == before
+
+
+def test_erase_form_refuses_a_reference_with_control_characters(admin):
+    shop, _period, _d = admin
+    client = shop.client
+    token = csrf_of(client.get(PREFIX + "/coupons").get_data(as_text=True))
+    assert client.post(PREFIX + "/consent/a%00b/erase", data={"csrf_token": token, "confirm": "a\x00b"}
+                       ).status_code == 404
+    assert client.post(PREFIX + "/consent/c1/erase", data={"csrf_token": token, "confirm": "c1\x00"}
+                       ).status_code == 400
+    assert shop.loyalty.customer("c1").erased_at is None
+
+
+@pytest.mark.parametrize("back", [PREFIX + "/coupons\r\nX-Injected: 1", PREFIX + "/coupons?q=a\nb",
+                                  PREFIX + "/coupons?q=\x00", PREFIX + "/coupons\x85"])
+def test_deactivate_falls_back_to_the_coupon_list_for_a_non_printable_next(admin, back):
+    """A CR/LF in ``next`` passed the prefix check and werkzeug refused the Location header (a 500)."""
+    shop, _period, _d = admin
+    client = shop.client
+    token = csrf_of(client.get(PREFIX + "/coupons").get_data(as_text=True))
+    coupon = shop.loyalty.coupons.create(kind="fixed", value="5")
+    r = client.post(f"{PREFIX}/coupons/{coupon.id}/deactivate", data={"csrf_token": token, "next": back})
+    assert r.status_code == 303 and r.headers["Location"].endswith(PREFIX + "/coupons")
+    assert "X-Injected" not in r.headers
+    shop.db.session.expire_all()
+    assert shop.loyalty.coupons.validate(coupon.code, order_total="10").reason is not None   # deactivated
+    kept = client.post(f"{PREFIX}/coupons/{coupon.id}/deactivate",
+                       data={"csrf_token": token, "next": PREFIX + "/coupons?status=revoked"})
+    assert kept.headers["Location"].endswith(PREFIX + "/coupons?status=revoked")

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from flask_loyalty import CouponError, InvalidInput, LoyaltyError
-from flask_loyalty.models import Coupon, Redemption
+from flask_loyalty.models import Coupon, GiftCard, Redemption
 from flask_loyalty.services import codes
 from flask_loyalty.signals import coupon_redeemed, coupon_released
 
@@ -146,6 +146,31 @@ def test_create_bad_input_writes_nothing(shop, kwargs, field):
         shop.loyalty.coupons.create(**kwargs)
     assert field in info.value.errors
     assert count(shop, Coupon) == 0
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"expires_at": date(9999, 12, 31)}, "expires_at"),
+    ({"starts_at": date(1, 1, 1)}, "starts_at"),
+    ({"expires_at": datetime(9999, 12, 31, 23, tzinfo=ZoneInfo("America/New_York"))}, "expires_at"),
+    ({"starts_at": datetime(1, 1, 1, 1, tzinfo=ZoneInfo("Asia/Tokyo"))}, "starts_at"),
+    ({"expires_at": "9999-12-31"}, "expires_at"),
+    ({"campaign": "spring\x00"}, "campaign"),
+    ({"campaign": "line\r\nbreak"}, "campaign"),
+    ({"segment": "vip\x00"}, "segment"),
+    ({"code": "AB\x00CD-EFGH-JK"}, "code"),
+    ({"kind": "gift", "value": None, "gift_name": "mug\x00"}, "gift_name"),
+])
+def test_dates_out_of_range_and_control_characters_are_invalid_input(shop, kwargs, field):
+    """end_of_local_day(9999-12-31) raised OverflowError and NUL bytes a PostgreSQL DataError; now InvalidInput."""
+    rules = {"kind": "fixed", "value": 5, **kwargs}
+    with pytest.raises(InvalidInput) as info:
+        shop.loyalty.coupons.create(**rules)
+    assert field in info.value.errors
+    with pytest.raises(InvalidInput):
+        shop.loyalty.coupons.create_batch(2, **rules)
+    assert count(shop, Coupon) == 0
+    ok = shop.loyalty.coupons.create(kind="fixed", value=5, starts_at=date(1900, 1, 1), expires_at=date(9998, 12, 31))
+    assert ok.expires_at.year == 9998
 
 
 def test_float_money_is_a_type_error(shop):
@@ -304,6 +329,28 @@ def test_validate_bad_input(shop):
         shop.loyalty.coupons.validate("ABC", order_total="1", currency="nope")
     with pytest.raises(InvalidInput):
         shop.loyalty.coupons.validate("ABC", order_total="1", now=datetime(2026, 1, 1))
+
+
+@pytest.mark.parametrize("huge", ["1e30", "1" + "0" * 30, 10 ** 40, Decimal("-1e30"), "1e999999999", "9" * 5000])
+def test_huge_amounts_are_invalid_input_and_write_nothing(shop, huge):
+    """Amounts of 1e24 and more made quantize() raise decimal.InvalidOperation before the size check."""
+    c = shop.loyalty.coupons.create(kind="fixed", value=5)
+    calls = {
+        "order_total": [lambda: shop.loyalty.coupons.validate(c.code, order_total=huge),
+                        lambda: shop.loyalty.coupons.redeem(c.code, customer_ref="c1", order_ref="o1",
+                                                            order_total=huge)],
+        "value": [lambda: shop.loyalty.coupons.create(kind="fixed", value=huge)],
+        "min_order_total": [lambda: shop.loyalty.coupons.create(kind="fixed", value=5, min_order_total=huge)],
+        "amount": [lambda: shop.loyalty.gift_cards.issue(huge)],
+        "total": [lambda: shop.loyalty.record_purchase("o1", "c1", huge)],
+    }
+    for field, makers in calls.items():
+        for call in makers:
+            with pytest.raises(InvalidInput) as info:
+                call()
+            assert field in info.value.errors, (field, info.value.errors)
+    assert count(shop, Coupon) == 1 and count(shop, Redemption) == 0 and count(shop, GiftCard) == 0
+    assert shop.loyalty.purchase("o1") is None and shop.loyalty.customer("c1") is None
 
 
 # --- redeem / release ---------------------------------------------------------------

@@ -150,12 +150,29 @@ def test_validate_endpoint_field_errors(shop, body, field):
     assert r.status_code == 400 and r.json["error"] == "invalid_input" and field in r.json["errors"]
 
 
+@pytest.mark.parametrize("total", ["1" + "0" * 30, "1e30", 10 ** 40])
+def test_validate_endpoint_refuses_huge_order_totals(shop, total):
+    r = post(shop, {"code": "ABCD-EFGH", "order_total": total})
+    assert r.status_code == 400 and r.json["errors"] == {"order_total": ["Amount too large."]}
+
+
 def test_validate_endpoint_bad_json(shop):
     for data in (b"{not json", b"[1, 2]", b"", b'"x"'):
         r = shop.client.post("/loyalty/api/coupons/validate", data=data, content_type="application/json")
         assert r.status_code == 400 and "_schema" in r.json["errors"]
     r = shop.client.post("/loyalty/api/coupons/validate", data=b"x" * 5000, content_type="application/json")
     assert r.status_code == 400
+
+
+@pytest.mark.parametrize("data", [b'{"code": "ABCD-EFGH", "order_total": NaN}',
+                                  b'{"code": "ABCD-EFGH", "order_total": Infinity}',
+                                  b'{"code": "ABCD-EFGH", "order_total": -Infinity}',
+                                  b"[" * 2000 + b"]" * 2000])
+def test_validate_endpoint_refuses_non_json_numbers_and_deep_nesting(shop, data):
+    """NaN/Infinity (floats, not JSON) and nesting too deep for the parser: 400, never a 500."""
+    r = shop.client.post("/loyalty/api/coupons/validate", data=data, content_type="application/json")
+    assert r.status_code == 400
+    assert r.json == {"error": "invalid_input", "errors": {"_schema": ["Send a JSON object."]}}
 
 
 def test_long_codes_rejected_without_a_query(shop):

@@ -36,6 +36,10 @@ def test_issue_and_balance(shop):
     ({"amount": "5", "expires_at": datetime(2030, 1, 1)}, "expires_at"),
     ({"amount": "5", "expires_at": date(2000, 1, 1)}, "expires_at"),
     ({"amount": "5", "customer_ref": "x" * 65}, "customer_ref"),
+    ({"amount": "5", "expires_at": date(9999, 12, 31)}, "expires_at"),      # end of local day overflowed
+    ({"amount": "5", "expires_at": date(1, 1, 1)}, "expires_at"),
+    ({"amount": "5", "expires_at": datetime(9999, 12, 31, 22, tzinfo=timezone(timedelta(hours=-5)))}, "expires_at"),
+    ({"amount": "1e30"}, "amount"),                                        # quantize() raised InvalidOperation
 ])
 def test_issue_bad_input(shop, kwargs, field):
     kwargs = dict(kwargs)

@@ -158,6 +158,20 @@ def test_unknown_raffle(shop):
         shop.loyalty.raffles.draw("ghost")
 
 
+def test_raffle_names_no_raffle_can_have_are_not_found_without_a_query(shop):
+    """A NUL byte in the public record's URL reached PostgreSQL (DataError, a 500); now a 404 on both databases."""
+    shop.loyalty.raffles.create("spring", title="Spring", rule=RULE, prize={"kind": "gift_card", "value": "25.00"})
+    for name in ("no\x00pe", "spring\x00", "x" * 65, "Spring", "spring\n"):
+        with pytest.raises(NotFound):
+            shop.loyalty.raffles.public(name)
+        with pytest.raises(NotFound):
+            shop.loyalty.raffles.draw(name)
+    assert shop.client.get("/loyalty/raffles/no%00pe.json").status_code == 404
+    assert shop.client.get("/loyalty/raffles/spring%00.json",
+                           headers={"Accept": "application/json"}).get_json() == {"error": "not_found"}
+    assert shop.loyalty.raffles.public("spring")["status"] == "open"
+
+
 def test_cli_create_draw_show_verify(make_shop):
     s = make_shop()
     with s.app.app_context():

@@ -51,6 +51,18 @@ def test_wallet_shows_points_tier_referral_and_redeems(rshop):
     assert s.client.post("/loyalty/wallet/forged/points", data={"points": "100"}).status_code == 404
 
 
+def test_points_form_refuses_non_ascii_digits_and_huge_numbers(rshop):
+    s = rshop
+    s.loyalty.record_purchase("o1", "c1", 250)
+    path = s.loyalty.links.wallet("c1").removeprefix("http://shop.test")
+    for raw in ("²", "١٠٠", "9" * 5000, "9" * 11, "-100", "1e3", ""):
+        response = s.client.post(path + "/points", data={"points": raw})
+        assert response.status_code == 400, (raw[:5], response.status_code)
+        assert "Something is not right" in response.get_data(as_text=True)
+    assert s.loyalty.points.balance("c1") == 250
+    assert [e for e in s.loyalty.points.history("c1") if e.reason == "redeem"] == []
+
+
 def test_wallet_in_spanish(rshop):
     s = rshop
     s.loyalty.upsert_customer("c1", locale="es")

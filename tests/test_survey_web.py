@@ -160,6 +160,24 @@ def test_one_click_with_a_bad_number(shop):
     assert _count(shop) == 0
 
 
+def test_scale_answer_with_thousands_of_digits_is_refused(shop):
+    """int() of a >4300-digit string raises ValueError: such answers are off the scale (400), not a 500."""
+    _order(shop)
+    path = _path(shop)
+    huge = "9" * 5000
+    r = shop.client.get(path + "?recommend=" + huge)
+    assert r.status_code == 400 and "Please choose one of the numbers shown." in r.get_data(as_text=True)
+    r = shop.client.post(path, data=dict(FORM, recommend=huge))
+    assert r.status_code == 400 and "Please choose one of the numbers shown." in r.get_data(as_text=True)
+    r = shop.client.post(_api(path), json={"answers": {"recommend": huge}})
+    assert r.status_code == 400 and r.get_json()["errors"] == {"recommend": ["Please choose one of the numbers shown."]}
+    r = shop.client.post(_api(path), data='{"answers": {"recommend": ' + huge + "}}", content_type="application/json")
+    assert r.status_code == 400
+    assert _count(shop) == 0
+    assert shop.client.get(path + "?recommend=" + "0" * 40 + "9").status_code == 200   # leading zeros: still 9
+    assert shop.loyalty.surveys.response("o1").values == {"recommend": 9}
+
+
 @pytest.mark.parametrize("mangle,status,text", [
     (lambda t: t[:-3] + ("AAA" if not t.endswith("AAA") else "BBB"), 404, "This link does not work"),
     (lambda t: "nonsense", 404, "This link does not work"),
@@ -194,6 +212,24 @@ def test_foreign_purpose_and_unknown_order_links(shop):
     assert r.status_code == 404 and "Not found" in r.get_data(as_text=True)
     assert shop.client.get(f"/loyalty/survey/{tokens.make('survey', ['o1'])}").status_code == 404
     assert _count(shop) == 0
+
+
+def test_survey_link_refuses_an_erased_customer(shop):
+    """After erasure the survey link stores nothing more, like the wallet (friendly 404 page, JSON 404)."""
+    _order(shop)
+    path = _path(shop)
+    shop.loyalty.consent.erase("c1")
+    wallet = shop.loyalty.links.wallet("c1").replace("http://shop.test", "")
+    assert shop.client.get(wallet).status_code == 404
+    for r in (shop.client.get(path), shop.client.get(path + "?recommend=10"),
+              shop.client.post(path, data=dict(FORM, comment="I am Ana, +34 600 000 000")),
+              shop.client.get(path + "/thanks")):
+        assert r.status_code == 404 and "Not found" in r.get_data(as_text=True)
+    r = shop.client.post(_api(path), json={"answers": {"recommend": 10, "comment": "I am Ana"}})
+    assert r.status_code == 404 and r.get_json() == {"error": "not_found"}
+    assert shop.client.get(_api(path)).status_code == 404
+    shop.db.session.expire_all()
+    assert _count(shop) == 0 and shop.loyalty.surveys.stats().responses == 0
 
 
 # --- JSON endpoint --------------------------------------------------------------------
@@ -241,6 +277,19 @@ def test_api_answers_with_the_same_rules(shop):
 # --- reward -----------------------------------------------------------------------------
 
 REWARD = {"kind": "percent", "value": "5", "valid_days": 30}
+
+
+@pytest.mark.parametrize("data", [b"[" * 3000 + b"]" * 3000,
+                                  b'{"answers": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+                                  b'{"answers": {"recommend": NaN}}',
+                                  b'{"answers": {"recommend": Infinity}}'])
+def test_api_refuses_deep_nesting_and_non_json_numbers(shop, data):
+    """A RecursionError or a NaN from the JSON parser is a 400 with the usual error body, never a 500."""
+    _order(shop)
+    r = shop.client.post(_api(_path(shop)), data=data, content_type="application/json")
+    assert r.status_code == 400
+    assert r.get_json() == {"error": "invalid_input", "errors": {"_schema": ["A JSON object is expected."]}}
+    assert _count(shop) == 0
 
 
 def _survey_coupons(shop):

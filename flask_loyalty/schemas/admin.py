@@ -6,11 +6,15 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, fields, pre_load, validate
 
-from .fields import Currency, Money, PlainDate, Ref
+from .fields import ID_MAX, Currency, Money, PlainDate, Ref, Text
 
 
 class _Form(Schema):
-    """Form/query input: unknown fields (the CSRF token, buttons) ignored, empty strings mean "not given"."""
+    """Form/query input: unknown fields (the CSRF token, buttons) ignored, empty strings mean "not given".
+
+    Free strings are :class:`~.fields.Text` (control characters such as NUL
+    refused), ids and cursors stop at ``ID_MAX``, dates at the supported range.
+    """
 
     class Meta:
         unknown = EXCLUDE
@@ -32,13 +36,13 @@ class PeriodQuery(_Form):
 class PageQuery(_Form):
     """Paging by the last id seen (keyset; stays fast on large tables)."""
 
-    before = fields.Integer(validate=validate.Range(min=1))
+    before = fields.Integer(validate=validate.Range(min=1, max=ID_MAX))
 
 
 class OutboxQuery(PageQuery):
     """Outbox filters."""
 
-    kind = fields.String(validate=validate.Length(max=32))
+    kind = Text(validate=validate.Length(max=32))
     status = fields.String(validate=validate.OneOf(("scheduled", "sent", "failed", "cancelled", "suppressed")))
     customer = Ref()
 
@@ -46,14 +50,14 @@ class OutboxQuery(PageQuery):
 class PreviewQuery(_Form):
     """Which language to render a mail preview in."""
 
-    locale = fields.String(validate=validate.Length(min=2, max=16))
+    locale = Text(validate=validate.Length(min=2, max=16))
 
 
 class CouponQuery(PageQuery):
     """Coupon list filters (also the export's)."""
 
-    q = fields.String(validate=validate.Length(max=80))
-    campaign = fields.String(validate=validate.Length(max=64))
+    q = Text(validate=validate.Length(max=80))
+    campaign = Text(validate=validate.Length(max=64))
     customer = Ref()
     status = fields.String(validate=validate.OneOf(("active", "revoked", "used_up", "expired")))
 
@@ -62,8 +66,8 @@ class CouponForm(_Form):
     """Create one coupon (mirrors ``loyalty.coupons.create``)."""
 
     kind = fields.String(required=True, validate=validate.OneOf(("percent", "fixed", "free_shipping", "gift")))
-    value = fields.String(validate=validate.Length(max=200))
-    code = fields.String(validate=validate.Length(max=80))
+    value = Text(validate=validate.Length(max=200))
+    code = Text(validate=validate.Length(max=80))
     currency = Currency()
     max_uses = fields.Integer(validate=validate.Range(min=1))
     max_uses_per_customer = fields.Integer(validate=validate.Range(min=1))
@@ -71,16 +75,16 @@ class CouponForm(_Form):
     starts_at = PlainDate()
     expires_at = PlainDate()
     customer_ref = Ref()
-    segment = fields.String(validate=validate.Length(max=64))
+    segment = Text(validate=validate.Length(max=64))
     first_order_only = fields.Boolean()
-    campaign = fields.String(validate=validate.Length(max=64))
+    campaign = Text(validate=validate.Length(max=64))
 
 
 class BatchForm(CouponForm):
     """Create many coupons with the same rules."""
 
     count = fields.Integer(required=True, validate=validate.Range(min=1, max=10_000))
-    prefix = fields.String(validate=validate.Length(max=16))
+    prefix = Text(validate=validate.Length(max=16))
 
 
 class GiftCardForm(_Form):
@@ -95,7 +99,7 @@ class GiftCardForm(_Form):
 class CustomerQuery(_Form):
     """Find a customer by reference (or its beginning) or exact e-mail."""
 
-    q = fields.String(validate=validate.Length(max=254))
+    q = Text(validate=validate.Length(max=254))
 
 
 class SurveyQuery(PageQuery):
@@ -103,7 +107,7 @@ class SurveyQuery(PageQuery):
 
     group = fields.String(validate=validate.OneOf(("detractors", "passives", "promoters")))
     comments = fields.Boolean()
-    source = fields.String(validate=validate.Length(max=64))
+    source = Text(validate=validate.Length(max=64))
 
 
 class ConsentQuery(_Form):
@@ -115,4 +119,4 @@ class ConsentQuery(_Form):
 class EraseForm(_Form):
     """The erasure needs the reference typed again as confirmation."""
 
-    confirm = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    confirm = Text(required=True, validate=validate.Length(min=1, max=64))

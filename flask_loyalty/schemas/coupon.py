@@ -8,7 +8,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from ..models.coupon import COUPON_KINDS
-from .fields import Currency, DateOrDateTime, Money, Ref
+from .fields import Currency, DateOrDateTime, Money, Ref, Text
 
 #: Longest code accepted as input; longer ones are refused before any query.
 CODE_MAX = 64
@@ -24,8 +24,8 @@ class CouponRulesSchema(Schema):
 
     kind = fields.String(required=True, validate=validate.OneOf(COUPON_KINDS))
     value = Money(allow_none=True)
-    gift_name = fields.String(allow_none=True, validate=validate.Length(min=1, max=200))
-    code = fields.String(allow_none=True)
+    gift_name = Text(allow_none=True, validate=validate.Length(min=1, max=200))
+    code = Text(allow_none=True)
     currency = Currency(required=True)
     max_uses = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1, max=2**31 - 1))
     max_uses_per_customer = fields.Integer(allow_none=True, strict=True,
@@ -34,9 +34,9 @@ class CouponRulesSchema(Schema):
     starts_at = DateOrDateTime(allow_none=True)
     expires_at = DateOrDateTime(allow_none=True)
     customer_ref = Ref(allow_none=True)
-    segment = fields.String(allow_none=True, validate=_label)
+    segment = Text(allow_none=True, validate=_label)
     first_order_only = fields.Boolean(load_default=False, truthy={True}, falsy={False})
-    campaign = fields.String(allow_none=True, validate=_label)
+    campaign = Text(allow_none=True, validate=_label)
 
     @validates_schema
     def _check_value(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -66,7 +66,7 @@ class BatchSchema(Schema):
         unknown = RAISE
 
     count = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=1_000_000))
-    prefix = fields.String(load_default="", validate=validate.Length(max=16))
+    prefix = Text(load_default="", validate=validate.Length(max=16))
 
 
 class QuoteRequestSchema(Schema):

@@ -2,16 +2,57 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 from marshmallow import ValidationError, fields
 
+from ..clock import DATE_RANGE_MESSAGE, in_date_range
 from ..errors import InvalidInput
 from ..money import check_currency, parse_amount
 
 REF_MAX = 64
+#: The largest row id (the ``Integer`` primary keys: 32 bits on PostgreSQL); larger ids,
+#: cursors and route arguments are refused before they reach the database driver.
+ID_MAX = 2**31 - 1
+MSG_CONTROL = "Must not contain control characters."
+
+#: Control characters (C0 with NUL, CR, LF and tab; DEL; C1) and lone surrogates.
+_NOT_PRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def is_printable(text: str) -> bool:
+    """Whether ``text`` is one line of printable text: no control character, no lone surrogate.
+
+    PostgreSQL refuses a NUL byte in a text parameter, CR/LF in a header or a
+    redirect are refused by werkzeug, and a lone surrogate cannot be encoded:
+    none of them belongs in a name, a label, a search term or a URL.  (Less
+    strict than ``str.isprintable``: non-breaking spaces and joiners pass.)
+    """
+    return _NOT_PRINTABLE.search(text) is None
+
+
+def is_ref(value: object) -> bool:
+    """Whether ``value`` is a reference exactly as :class:`Ref` stores it (else it matches no row)."""
+    return (isinstance(value, str) and 0 < len(value) <= REF_MAX and value == value.strip()
+            and value.isprintable())
+
+
+class Text(fields.String):
+    """One line of printable text (a name, a label, a search term): see :func:`is_printable`.
+
+    Use it (with ``validate.Length``) for every free string of a form, query
+    string or service call that reaches a query, so bad bytes are an
+    :class:`InvalidInput` on the field, never a driver error.
+    """
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not is_printable(text):
+            raise ValidationError(MSG_CONTROL)
+        return text
 
 
 class Ref(fields.String):
@@ -26,7 +67,7 @@ class Ref(fields.String):
         if len(text) > REF_MAX:
             raise ValidationError(f"At most {REF_MAX} characters.")
         if not text.isprintable():
-            raise ValidationError("Must not contain control characters.")
+            raise ValidationError(MSG_CONTROL)
         return text
 
 
@@ -73,6 +114,8 @@ class AwareDateTime(fields.Field):  # type: ignore[type-arg]
             raise ValidationError("Not a valid datetime.")
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValidationError("Datetime must be timezone-aware.")
+        if not in_date_range(value):
+            raise ValidationError(DATE_RANGE_MESSAGE)
         from ..clock import UTC
 
         return value.astimezone(UTC)
@@ -91,29 +134,42 @@ class DateOrDateTime(fields.Field):  # type: ignore[type-arg]
                     value.replace("Z", "+00:00"))
             except ValueError:
                 raise ValidationError("Not a valid date or datetime.") from None
-        if isinstance(value, datetime):
-            if value.tzinfo is None or value.utcoffset() is None:
-                raise ValidationError("Datetime must be timezone-aware.")
-            return value
-        if isinstance(value, date):
-            return value
-        raise ValidationError("Not a valid date or datetime.")
+        if not isinstance(value, date):     # a datetime is a date too
+            raise ValidationError("Not a valid date or datetime.")
+        if isinstance(value, datetime) and (value.tzinfo is None or value.utcoffset() is None):
+            raise ValidationError("Datetime must be timezone-aware.")
+        if not in_date_range(value):
+            raise ValidationError(DATE_RANGE_MESSAGE)
+        return value
 
 
 class PlainDate(fields.Field):  # type: ignore[type-arg]
-    """A calendar date (object or ``YYYY-MM-DD``)."""
+    """A calendar date (object or ``YYYY-MM-DD``) in the supported range (1900–9998).
+
+    ``any_year=True`` lifts the range, for dates only their month and day
+    matter in (birthdays, where hosts may store placeholder years).
+    """
+
+    def __init__(self, *, any_year: bool = False, **kwargs: Any) -> None:
+        self.any_year = any_year
+        super().__init__(**kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> date:
+        day: date | None = None
         if isinstance(value, datetime):
             raise ValidationError("Not a valid date.")
         if isinstance(value, date):
-            return value
-        if isinstance(value, str):
+            day = value
+        elif isinstance(value, str):
             try:
-                return date.fromisoformat(value)
+                day = date.fromisoformat(value)
             except ValueError:
                 pass
-        raise ValidationError("Not a valid date.")
+        if day is None:
+            raise ValidationError("Not a valid date.")
+        if not self.any_year and not in_date_range(day):
+            raise ValidationError(DATE_RANGE_MESSAGE)
+        return day
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
         return None if value is None else value.isoformat()

@@ -22,7 +22,7 @@ class CustomerSchema(Schema):
     name = fields.String(allow_none=True, validate=validate.Length(max=200))
     locale = fields.String(allow_none=True, validate=validate.Regexp(
         r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})?$", error="Not a valid locale."))
-    birthday = PlainDate(allow_none=True)
+    birthday = PlainDate(allow_none=True, any_year=True)   # only month and day are used
 
 
 class ItemSchema(Schema):

@@ -283,6 +283,10 @@ def clean_text(value: str) -> str:
     return "".join(ch for ch in text if ch not in _CONTROL).strip()
 
 
+#: More digits than any scale answer needs (scales are within 0..10).
+_SCALE_DIGITS = 3
+
+
 class ScaleAnswer(fields.Field):  # type: ignore[type-arg]
     """An integer on the question's scale (an int, or a string of digits from a form)."""
 
@@ -295,7 +299,11 @@ class ScaleAnswer(fields.Field):  # type: ignore[type-arg]
         if _is_int(value):
             number = value
         elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-            number = int(value.strip())
+            # scales end at 10 at most: a longer number is off the scale (and int() of thousands
+            # of digits raises ValueError)
+            digits = value.strip().lstrip("0") or "0"
+            if len(digits) <= _SCALE_DIGITS:
+                number = int(digits)
         if number is None or not self.question.min <= number <= self.question.max:
             raise ValidationError(MSG_SCALE)
         return number

@@ -37,6 +37,7 @@ from ..models import (
     SurveyResponse,
 )
 from ..models.base import table_of
+from ..schemas.fields import ID_MAX, is_ref
 from ..state import LoyaltyState
 from ..transaction import begin_write, finish
 
@@ -84,7 +85,9 @@ def recent_customers(state: LoyaltyState, *, limit: int = 20) -> list[Customer]:
 
 
 def get_customer(state: LoyaltyState, ref: str) -> Customer:
-    """The customer ``ref`` (:class:`NotFound` otherwise)."""
+    """The customer ``ref`` (:class:`NotFound` otherwise, without a query for a ref no customer can have)."""
+    if not is_ref(ref):
+        raise NotFound(f"no customer {ref!r}")
     customer = state.session.execute(select(Customer).where(Customer.ref == ref)).scalar_one_or_none()
     if customer is None:
         raise NotFound(f"no customer {ref!r}")
@@ -457,6 +460,8 @@ def deactivate_coupon(state: LoyaltyState, coupon_id: int, *, now: datetime | No
     else sets ``revoked_at`` with a conditional update (idempotent).
     """
     coupon = Coupon
+    if not isinstance(coupon_id, int) or not 1 <= coupon_id <= ID_MAX:   # would overflow the driver
+        raise NotFound(f"no coupon {coupon_id}")
     row = state.session.get(coupon, coupon_id)
     if row is None:
         raise NotFound(f"no coupon {coupon_id}")

@@ -49,7 +49,7 @@ from sqlalchemy import (
     type_coerce,
 )
 
-from ..clock import local_date, resolve_now, shop_zone, start_of_local_day
+from ..clock import check_date_range, local_date, resolve_now, shop_zone, start_of_local_day
 from ..errors import InvalidInput
 from ..i18n import N_, gettext
 from ..models import (
@@ -205,6 +205,9 @@ def period_for(state: LoyaltyState, *, days: int | None = None, start: date | No
     zone = shop_zone(state.config["LOYALTY_TIMEZONE"])
     moment = resolve_now(now)
     if start is not None or end is not None:
+        for name, day in (("start", start), ("end", end)):
+            if day is not None:
+                check_date_range(day, field=name)
         last = end or local_date(moment, zone)
         first = start or last - timedelta(days=int(state.config["LOYALTY_ADMIN_PERIOD_DAYS"]) - 1)
         if first > last:

@@ -55,6 +55,7 @@ from ..clock import local_date, resolve_now, shop_zone, start_of_local_day, utcn
 from ..errors import InvalidInput
 from ..models import Customer, Engagement, Message, MessageEvent, Purchase, PurchaseItem
 from ..models.base import table_of
+from ..schemas.fields import is_ref
 from ..state import LoyaltyState, get_state
 from ..transaction import begin_write, dialect_name, finish
 from . import outbox
@@ -321,6 +322,8 @@ def unplanned_orders(state: LoyaltyState) -> int:
 
 def plan_customer(state: LoyaltyState, customer_ref: str) -> int:
     """Plan the orders of one customer not planned yet (caller's transaction, flushed); how many."""
+    if not is_ref(customer_ref):    # no such customer (and a NUL byte would reach PostgreSQL)
+        return 0
     customer_id = state.session.execute(
         select(Customer.id).where(Customer.ref == customer_ref)).scalar_one_or_none()
     return 0 if customer_id is None else expand_pending(state, customer_id=customer_id)

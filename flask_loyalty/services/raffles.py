@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
@@ -171,7 +172,13 @@ def verify_public(record: Mapping[str, Any]) -> bool:
 # --- service ------------------------------------------------------------------------
 
 def get_raffle(state: LoyaltyState, name: str) -> Raffle:
-    """The raffle called ``name`` or :class:`NotFound`."""
+    """The raffle called ``name`` or :class:`NotFound`.
+
+    A name no raffle can have (see ``NAME_PATTERN``: a NUL byte, which
+    PostgreSQL refuses in a query, or anything too long) is not looked up.
+    """
+    if not isinstance(name, str) or re.fullmatch(NAME_PATTERN, name) is None:
+        raise NotFound(f"no raffle named {name!r}")
     raffle = state.session.execute(select(Raffle).where(Raffle.name == name)).scalar_one_or_none()
     if raffle is None:
         raise NotFound(f"no raffle named {name!r}")

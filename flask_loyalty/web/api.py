@@ -16,7 +16,6 @@ behind a proxy, wrap the app in ``werkzeug.middleware.proxy_fix.ProxyFix``.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from decimal import Decimal
@@ -30,6 +29,7 @@ from ..schemas import load
 from ..schemas.coupon import QuoteRequestSchema
 from ..state import LoyaltyState, get_state
 from . import register_blueprint
+from .common import parse_json_object
 
 _quote_schema = QuoteRequestSchema()
 #: Reasons answered as ``not_found`` so a caller learns nothing about codes that are not theirs.
@@ -102,11 +102,8 @@ def _json_body() -> dict[str, Any]:
     raw = request.get_data(cache=False)
     if len(raw) > MAX_BODY:
         raise InvalidInput({"_schema": ["The request body is too large."]})
-    try:
-        body = json.loads(raw, parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput({"_schema": ["Send a JSON object."]}) from None
-    if not isinstance(body, dict):
+    body = parse_json_object(raw, parse_float=Decimal)
+    if body is None:
         raise InvalidInput({"_schema": ["Send a JSON object."]})
     return body
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -66,6 +68,27 @@ def install_error_handlers(blueprint: Blueprint) -> None:
 
         _ = translator().gettext
         return error_page(404, _("Not found"), _("We could not find what you were looking for."))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def parse_json_object(raw: bytes | str, *,
+                      parse_float: Callable[[str], Any] | None = None) -> dict[str, Any] | None:
+    """The JSON object in a request body, or ``None`` for anything else (never raises for bad input).
+
+    Stricter than ``json.loads``: ``NaN``, ``Infinity`` and ``-Infinity`` are
+    refused (they are not JSON and would become floats), and so are bodies
+    nested too deep for the parser (``RecursionError``), integers too long for
+    ``int()`` and bytes that are not UTF-8/16/32.  ``parse_float`` as in
+    ``json.loads`` (``Decimal`` keeps amounts exact).
+    """
+    try:
+        body = json.loads(raw, parse_float=parse_float, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def no_store(response: Response) -> Response:

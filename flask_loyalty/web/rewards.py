@@ -32,6 +32,8 @@ from ..state import Hook, LoyaltyState, get_state
 from . import register_blueprint
 
 COOKIE_DAYS = 30
+#: The most digits the wallet's points form accepts (points.redeem allows at most 10**9).
+POINTS_DIGITS = 10
 
 
 def request_ip(state: LoyaltyState) -> str | None:
@@ -66,8 +68,10 @@ def make_blueprint() -> Blueprint:
         ref = payload.get("c") if isinstance(payload, dict) else None
         if not isinstance(ref, str) or not ref:
             raise TokenError("invalid")
-        raw = request.form.get("points", "")
-        if not raw.isdigit():
+        raw = request.form.get("points", "").strip()
+        # ASCII digits only ('²'.isdigit() is True but int() refuses it) and short enough for
+        # int(): anything longer than POINTS_DIGITS is far above what points.redeem accepts
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > POINTS_DIGITS:
             raise InvalidInput.field("points", "Choose how many points to use.")
         back = url_for("loyalty_wallet.wallet_page", token=token)
         try:

@@ -9,7 +9,8 @@
   detractors are told the shop will be in touch, a reward coupon is shown.
 - ``GET|POST /api/surveys/<token>``: the same for headless shops (JSON).
 
-Expired or tampered links get the friendly pages of :mod:`.common`.
+Expired or tampered links, and links of a customer whose data was erased,
+get the friendly pages of :mod:`.common` (nothing is stored).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..services import surveys
 from ..services.surveys import AnswerResult, coupon_text, label_text, survey_config
 from ..state import LoyaltyState
 from . import register_blueprint
-from .common import no_store
+from .common import no_store, parse_json_object
 
 # The one-click query parameter of the invitation mail's 0–10 scale.
 ONE_CLICK = "recommend"
@@ -44,6 +45,9 @@ def _order_of(state: LoyaltyState, token: str) -> Purchase:
     purchase = state.session.execute(select(Purchase).where(Purchase.order_ref == order_ref)).scalar_one_or_none()
     if purchase is None:
         raise NotFound(f"no order {order_ref!r}")
+    if purchase.customer.erased_at is not None:
+        # like the wallet: after erasure the link collects nothing more about the customer
+        raise NotFound("this customer's data was erased")
     return purchase
 
 
@@ -231,8 +235,8 @@ def setup(state: LoyaltyState) -> None:
                 order_ref=purchase.order_ref, locale=tr.locale, questions=questions,
                 completed=bool(response and response.completed),
                 answers=response.values if response is not None else {}))
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
+        body = parse_json_object(request.get_data(cache=False)) if request.is_json else None
+        if body is None:
             raise InvalidInput("A JSON object is expected.")
         data = load(ApiBodySchema(), body)
         result = surveys.answer(state, purchase.order_ref, data["answers"], partial=data["partial_"],

@@ -45,11 +45,18 @@ def _resolve(value: Any, key: str) -> Callable[[], Any] | None:
 
 
 def guard_for(state: LoyaltyState) -> Callable[[], Any] | None:
-    """The guard in force: ``loyalty.admin_guard(fn)`` first, then ``LOYALTY_ADMIN_GUARD``."""
-    fn = getattr(state.extension, "_admin_guard", None) or state.admin_guard
-    if fn is not None:
-        return fn
-    return _resolve(state.config.get("LOYALTY_ADMIN_GUARD"), "LOYALTY_ADMIN_GUARD")
+    """The guard in force for this app.
+
+    ``loyalty.admin_guard(fn)`` registered for this app first, then its
+    ``LOYALTY_ADMIN_GUARD``, then a guard registered on the ``Loyalty`` object
+    before the app was set up.  Always this app's own state, never another app's.
+    """
+    if state.admin_guard is not None:
+        return state.admin_guard
+    configured = _resolve(state.config.get("LOYALTY_ADMIN_GUARD"), "LOYALTY_ADMIN_GUARD")
+    if configured is not None:
+        return configured
+    return state.default_admin_guard
 
 
 def allowed(state: LoyaltyState) -> bool:

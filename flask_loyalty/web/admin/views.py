@@ -29,10 +29,13 @@ from ...schemas.admin import (
     PreviewQuery,
     SurveyQuery,
 )
+from ...schemas.fields import ID_MAX, is_printable
 from ...services import admin_lists, audit, dashboard, plan
 from ...state import get_state
 from . import audit_action
 
+#: The URL converter of row ids: larger numbers match no route (404) instead of overflowing the driver.
+ID_ARG = f"int(max={ID_MAX})"
 #: The survey page's summary covers this many days.
 STATS_DAYS = 90
 _period_q, _page_q, _outbox_q, _preview_q = PeriodQuery(), PageQuery(), OutboxQuery(), PreviewQuery()
@@ -145,7 +148,7 @@ def register(bp: Blueprint) -> None:
         return page("outbox.html", result=result, args=args, kinds=admin_lists.message_kinds(state),
                     unplanned=plan.unplanned_orders(state))
 
-    @bp.get("/outbox/<int:message_id>")
+    @bp.get(f"/outbox/<{ID_ARG}:message_id>")
     def message(message_id: int) -> Any:
         state = get_state()
         msg = state.session.get(Message, message_id)
@@ -218,7 +221,7 @@ def register(bp: Blueprint) -> None:
                                  {f"batch_{k}": v for k, v in exc.errors.items()}, status=400)
         return _coupons_page({}, None, made=made)
 
-    @bp.post("/coupons/<int:coupon_id>/deactivate")
+    @bp.post(f"/coupons/<{ID_ARG}:coupon_id>/deactivate")
     def coupon_deactivate(coupon_id: int) -> BaseResponse:
         state = get_state()
         coupon = admin_lists.deactivate_coupon(state, coupon_id, commit=False)
@@ -226,7 +229,9 @@ def register(bp: Blueprint) -> None:
         state.session.commit()
         back = request.form.get("next") or ""
         home = url_for(".coupons")
-        if not back.startswith(home) or "//" in back or "\\" in back:   # only back to the coupon list
+        # only back to the coupon list; a CR/LF (or any control character) would make werkzeug
+        # refuse the Location header (a 500), so anything not printable falls back to the list too
+        if not back.startswith(home) or "//" in back or "\\" in back or not is_printable(back):
             back = home
         return redirect(back, code=303)
 
