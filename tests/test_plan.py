@@ -468,6 +468,30 @@ def test_concurrent_dispatchers_on_one_database_send_each_once(make_shop, captur
                                        .where(Message.status == "sent")).scalar_one() == 40
 
 
+def test_dispatch_claims_no_more_than_the_limit_and_the_batch_size(make_shop, capture):
+    """``dispatch(limit=n)`` leases and sends at most n mails, and one claim takes at most
+    ``LOYALTY_DISPATCH_BATCH`` rows (PostgreSQL: the ids are picked once, not per outer row)."""
+    from flask_loyalty.services.dispatch import claim
+
+    shop = make_shop(LOYALTY_DOUBLE_OPT_IN=False, LOYALTY_MAIL_TRANSPORT=capture, LOYALTY_DISPATCH_BATCH=2)
+    with shop.app.app_context():
+        state = shop.loyalty.state
+        for i in range(7):
+            c = customer(shop, f"c{i}")
+            outbox.enqueue(state, "win_back", c, due_at=T0, dedupe_key=f"limit-w{i}")
+        shop.db.session.commit()
+        report = shop.loyalty.dispatch(now=T0, limit=1)
+        assert (report.claimed, report.sent, len(capture.mails)) == (1, 1, 1)
+        leased = select(func.count()).select_from(Message).where(Message.lease_owner.is_not(None))
+        assert shop.db.session.execute(leased).scalar_one() == 0
+        report = shop.loyalty.dispatch(now=T0, limit=3)   # batches of 2, then 1
+        assert (report.claimed, report.sent, len(capture.mails)) == (3, 3, 4)
+        assert len(claim(state, "test-owner", 2, T0)) == 2
+        assert shop.db.session.execute(leased).scalar_one() == 2
+        assert shop.loyalty.dispatch(now=T0).claimed == 1   # the last one; the 2 stay leased
+        assert len(capture.mails) == 5
+
+
 # --------------------------------------------------------------------------- time-based steps
 def test_birthday_once_a_year_in_shop_time_zone_with_coupon(plan_shop):
     customer(plan_shop, birthday=date(1990, 3, 15))

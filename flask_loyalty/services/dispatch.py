@@ -4,8 +4,9 @@ Any number of dispatchers may run at once against one database:
 
 1. **Claim** (own short transaction): up to ``LOYALTY_DISPATCH_BATCH`` due
    rows get a lease (``lease_owner``/``lease_until = now +
-   LOYALTY_DISPATCH_LEASE``).  On PostgreSQL the rows are picked with
-   ``FOR UPDATE SKIP LOCKED`` so dispatchers never wait for each other; on
+   LOYALTY_DISPATCH_LEASE``).  On PostgreSQL the rows are picked once (a
+   ``MATERIALIZED`` CTE) with ``FOR UPDATE SKIP LOCKED`` so dispatchers never
+   wait for each other and never take more than asked; on
    SQLite one conditional ``UPDATE`` claims them under the write lock.  Rows
    whose lease expired (a crashed dispatcher) are claimable again.
 2. **Decide** (one transaction, the batch's customers locked): erased
@@ -109,8 +110,15 @@ def claim(state: LoyaltyState, owner: str, count: int, now: datetime) -> list[in
     pick = (select(table.c.id).where(claimable)
             .order_by(table.c.priority.desc(), table.c.due_at, table.c.id).limit(count))
     if dialect_name(state) == "postgresql":
-        pick = pick.with_for_update(skip_locked=True)
-    stmt = (update(table).where(table.c.id.in_(pick), claimable)
+        # The ids are picked once, in a MATERIALIZED CTE, and exactly those rows are leased.
+        # ``id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)`` may be planned as a nested
+        # loop that re-runs the subquery per outer row, leasing every due row whatever n is.
+        picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+        chosen: Any = table.c.id.in_(select(picked.c.id))
+    else:
+        # SQLite: one conditional UPDATE under the write lock; the subquery runs once
+        chosen = table.c.id.in_(pick)
+    stmt = (update(table).where(chosen, claimable)
             .values(lease_owner=owner, lease_until=now + lease).returning(table.c.id))
     session = state.session
     try:
