@@ -507,6 +507,19 @@ def test_birthday_once_a_year_in_shop_time_zone_with_coupon(plan_shop):
     assert len(by_kind(plan_shop, "birthday")) == 2
 
 
+def test_birthday_is_due_at_the_local_hour_on_a_dst_change_day(plan_shop):
+    """28 March 2027 is the spring-forward day in Madrid: 09:00 local is 07:00 UTC, not 08:00;
+    on 31 October (fall back) it is 08:00 UTC, not 09:00."""
+    customer(plan_shop, "spring", birthday=date(1990, 3, 28))
+    customer(plan_shop, "autumn", birthday=date(1990, 10, 31))
+    assert plan_shop.loyalty.plan(now=datetime(2027, 3, 28, 12, tzinfo=timezone.utc)) == 1
+    assert plan_shop.loyalty.plan(now=datetime(2027, 10, 31, 12, tzinfo=timezone.utc)) == 1
+    [spring] = by_kind(plan_shop, "birthday", "spring")
+    [autumn] = by_kind(plan_shop, "birthday", "autumn")
+    assert spring.due_at == datetime(2027, 3, 28, 7, 0, tzinfo=timezone.utc)
+    assert autumn.due_at == datetime(2027, 10, 31, 8, 0, tzinfo=timezone.utc)
+
+
 def test_birthday_catch_up_and_february_29(plan_shop):
     customer(plan_shop, birthday=date(2000, 2, 29))
     # 2027 is not a leap year: celebrated on 28 February; a missed tick is caught up

@@ -43,15 +43,16 @@ import html
 import logging
 import re
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from flask import Flask
 from jinja2 import TemplateNotFound
 from sqlalchemy import String, and_, delete, exists, extract, func, or_, select, update
 from sqlalchemy.orm import joinedload, selectinload
 
-from ..clock import local_date, resolve_now, shop_zone, start_of_local_day, utcnow
+from ..clock import local_date, resolve_now, shop_zone, utcnow
 from ..errors import InvalidInput
 from ..models import Customer, Engagement, Message, Purchase, PurchaseItem
 from ..models.base import table_of
@@ -486,12 +487,19 @@ def _is_leap(year: int) -> bool:
     return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
 
 
+def local_time_on(day: date, hour: float, zone: ZoneInfo) -> datetime:
+    """``hour`` o'clock shop time on ``day``, in UTC (right on DST days, unlike midnight + hours)."""
+    days, minutes = divmod(round(hour * 60), 24 * 60)
+    local = datetime.combine(day + timedelta(days=days), time(minutes // 60, minutes % 60), tzinfo=zone)
+    return local.astimezone(timezone.utc)
+
+
 def _birthdays(state: LoyaltyState, cfg: dict[str, Any], now: datetime) -> int:
     zone = shop_zone(state.config["LOYALTY_TIMEZONE"])
     today = local_date(now, zone)
     count = 0
     for day in _birthday_days(today, int(cfg.get("catch_up_days") or 0)):
-        due = start_of_local_day(day, zone) + timedelta(hours=float(cfg.get("hour") or 0))
+        due = local_time_on(day, float(cfg.get("hour") or 0), zone)
         if due > now and day != today:
             continue
         matches = [and_(extract("month", Customer.birthday) == day.month,
