@@ -219,6 +219,36 @@ def test_no_guide_means_no_usage_guide(plan_shop):
     assert by_kind(plan_shop, "usage_guide") == []
 
 
+def test_a_broken_host_guide_counts_as_no_guide_and_blocks_nothing(plan_shop, capture):
+    """A guide template with a syntax error, or a guide callback that raises, is logged and treated
+    as no guide for that item: every dispatch still plans the orders and sends the other mails."""
+    app = plan_shop.app
+    app.jinja_env.loader = ChoiceLoader([
+        DictLoader({"loyalty/guides/TEA-1.html": "<p>{% if %}broken</p>"}), app.jinja_env.loader])
+
+    @guides(app).sku("MUG-1")
+    def mug_guide(item, locale):
+        raise RuntimeError("guide service down")
+
+    customer(plan_shop, "c1")
+    customer(plan_shop, "c2")
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0, items=[TEA])
+    plan_shop.loyalty.record_purchase("o2", "c2", "20", placed_at=T0, items=[MUG])
+    plan_shop.loyalty.record_purchase("o3", "c3", "20", placed_at=T0, email="c3@example.com")
+    plan_shop.loyalty.consent.grant("c3", "email_marketing", source="test")
+    for _ in range(2):
+        plan_shop.loyalty.dispatch(now=T0)
+    sent = sorted(m["To"].addresses[0].addr_spec for m in capture.mails)
+    assert sent == ["c1@example.com", "c2@example.com", "c3@example.com"]   # the thank-yous
+    assert by_kind(plan_shop, "usage_guide", "c1") == []
+    # the callback's guide was planned (it is registered); at send time it cannot be rendered:
+    # only that mail fails
+    [guide] = by_kind(plan_shop, "usage_guide", "c2")
+    report = plan_shop.loyalty.dispatch(now=T0 + timedelta(days=7, hours=1))
+    plan_shop.db.session.expire_all()
+    assert (guide.status, guide.reason) == ("failed", "render_error") and report.failed == 1
+
+
 def test_plan_steps_can_be_switched_off(make_shop):
     shop = make_shop(LOYALTY_PLAN={"thank_you": False, "survey_invite": False, "replenish": False},
                      LOYALTY_DOUBLE_OPT_IN=False)

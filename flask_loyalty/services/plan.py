@@ -155,8 +155,20 @@ def _find_template(state: LoyaltyState, item: dict[str, Any]) -> str | None:
             state.app.jinja_env.get_template(name)
         except TemplateNotFound:
             continue
+        except Exception:  # a broken host template (syntax error ...): no guide, never a blocked plan
+            log.exception("usage guide template %s cannot be loaded; treated as no guide", name)
+            continue
         return name
     return None
+
+
+def _ask(fn: GuideFn, item: dict[str, Any], locale: str) -> Any:
+    """A host guide callback's answer; one that raises counts as "no guide" (logged)."""
+    try:
+        return fn(item, locale)
+    except Exception:
+        log.exception("usage guide callback %r failed for item %r; treated as no guide", fn, item.get("sku"))
+        return None
 
 
 def guide_for(state: LoyaltyState, item: dict[str, Any], locale: str) -> dict[str, str] | None:
@@ -169,7 +181,7 @@ def guide_for(state: LoyaltyState, item: dict[str, Any], locale: str) -> dict[st
         candidates.append(registry.by_category[item["category"]])
     candidates += registry.fallbacks
     for fn in candidates:
-        content = fn(item, locale)
+        content = _ask(fn, item, locale)
         if content:
             if isinstance(content, dict):
                 body = str(content.get("html") or "")
@@ -194,7 +206,7 @@ def has_guide(state: LoyaltyState, item: dict[str, Any]) -> bool:
     if _find_template(state, item) is not None:
         return True
     locale = str(state.config["LOYALTY_DEFAULT_LOCALE"])
-    return any(fn(item, locale) for fn in registry.fallbacks)
+    return any(_ask(fn, item, locale) for fn in registry.fallbacks)
 
 
 def _text_of(fragment: str) -> str:
@@ -206,6 +218,8 @@ def _text_of(fragment: str) -> str:
 def _guide_context(state: LoyaltyState, message: Message, customer: Customer, locale: str) -> dict[str, Any]:
     items = (message.payload or {}).get("items") or []
     found = [g for g in (guide_for(state, item, locale) for item in items) if g]
+    if not found:  # every guide broke since the send-time check: fail this mail (render_error)
+        raise LookupError("none of the message's usage guides can be rendered")
     return {"guides": found}
 
 
