@@ -276,13 +276,36 @@ def test_full_refund_cancels_pending_messages_of_the_order(plan_shop):
         == {"order_refunded"}
 
 
-def test_rebought_item_cancels_replenish(plan_shop):
+def test_rebought_item_cancels_replenish(plan_shop, capture):
     customer(plan_shop)
     plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0, items=[TEA])
     plan_shop.loyalty.record_purchase("o2", "c1", "20", placed_at=T0 + timedelta(days=20), items=[TEA])
     first, second = by_kind(plan_shop, "replenish")
-    assert (first.status, first.reason) == ("cancelled", "bought_again")
     assert second.status == "scheduled" and second.due_at == T0 + timedelta(days=47)
+    # the earlier reminder is cancelled when it comes due (the re-buy still stands)
+    plan_shop.loyalty.dispatch(now=T0 + timedelta(days=27))
+    plan_shop.db.session.expire_all()
+    assert (first.status, first.reason) == ("cancelled", "bought_again")
+    assert "replenish" not in [m["X-Loyalty-Kind"] for m in capture.mails]
+
+
+def test_a_fully_refunded_rebuy_does_not_cancel_the_earlier_replenish_reminder(plan_shop, capture):
+    """o2 re-buys the tea and is then fully refunded: the customer's only real tea purchase is o1,
+    so o1's reminder goes out when due (and o2's was cancelled with the refund)."""
+    customer(plan_shop)
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0, items=[TEA])
+    plan_shop.loyalty.dispatch(now=T0)
+    plan_shop.loyalty.record_purchase("o2", "c1", "20", placed_at=T0 + timedelta(days=20), items=[TEA])
+    plan_shop.loyalty.dispatch(now=T0 + timedelta(days=20))
+    plan_shop.loyalty.record_refund("o2")
+    for d in range(21, 60):
+        now = T0 + timedelta(days=d)
+        plan_shop.loyalty.plan(now=now)
+        plan_shop.loyalty.dispatch(now=now)
+    reminders = {m.order_ref: (m.status, m.reason) for m in by_kind(plan_shop, "replenish")}
+    assert reminders["o2"] == ("cancelled", "order_refunded")
+    assert reminders["o1"][0] == "sent"
+    assert [m["X-Loyalty-Kind"] for m in capture.mails].count("replenish") == 1
 
 
 def test_send_time_check_cancels_replenish_after_rebuy(plan_shop):

@@ -16,7 +16,8 @@ Steps (each configurable or switched off in ``LOYALTY_PLAN``):
     ``min_interval_days``).
 ``replenish``
     when an item's ``replenish_after_days`` comes due (``lead_days``
-    earlier), unless the customer bought it again meanwhile.
+    earlier), unless the customer bought it again meanwhile (decided at send
+    time, so a re-buy that is fully refunded does not count).
 ``birthday``
     on the customer's birthday in the shop's time zone (``hour`` local), with a
     coupon (``LOYALTY_BIRTHDAY_COUPON``), once a year.
@@ -377,8 +378,8 @@ def plan_order(state: LoyaltyState, *, purchase: Purchase, customer: Customer, f
                            dedupe_key=f"survey_invite:{purchase.order_ref}", reason="order_survey")
     cfg = step(state, "replenish")
     if cfg is not None:
-        if not first:  # a first order has no earlier reminders to cancel
-            _cancel_replenish(state, customer.id, {i.sku for i in purchase.items}, purchase.order_ref, placed)
+        # earlier reminders of the same items stay scheduled: the send-time check cancels them
+        # (bought_again) unless this order is fully refunded by then
         for item in purchase.items:
             if item.replenish_after_days:
                 _schedule_replenish(state, cfg, customer, purchase, item)
@@ -399,17 +400,6 @@ def _recent_invite(state: LoyaltyState, customer_id: int, due: datetime, days: i
         table.c.customer_id == customer_id, table.c.kind == "survey_invite",
         table.c.status.in_(("scheduled", "sent")),
         table.c.first_due_at > due - timedelta(days=days)).limit(1)).first() is not None
-
-
-def _cancel_replenish(state: LoyaltyState, customer_id: int, skus: set[str], order_ref: str,
-                      placed: datetime) -> None:
-    rows = state.session.execute(select(Message.id, Message.payload).where(
-        Message.customer_id == customer_id, Message.kind == "replenish", Message.status == "scheduled",
-        Message.order_ref != order_ref)).all()
-    for pk, payload in rows:
-        if (payload or {}).get("sku") in skus:
-            outbox.cancel_pending(state, reason="bought_again", customer_id=customer_id,
-                                  where=table_of(Message).c.id == pk, now=placed)
 
 
 def on_refund(state: LoyaltyState, *, purchase: Purchase, full: bool, **_: Any) -> None:
