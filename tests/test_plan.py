@@ -26,16 +26,25 @@ MUG = {"sku": "MUG-1", "name": "Mug", "quantity": 1, "unit_price": "8.00"}
 
 
 class Capture:
-    """A host transport callable that keeps the mails (or fails on demand)."""
+    """A host transport callable that keeps the mails (or fails on demand).
+
+    ``on_send(mail, n)``, when set, runs as the n-th mail is handed over (before it is kept).
+    """
 
     def __init__(self) -> None:
         self.mails: list[EmailMessage] = []
         self.fail = False
+        self.on_send = None
 
     def __call__(self, mail: EmailMessage) -> None:
+        if self.on_send is not None:
+            self.on_send(mail, len(self.mails))
         if self.fail:
             raise ConnectionError("mail relay is down")
         self.mails.append(mail)
+
+    def to(self) -> list[str]:
+        return [m["To"].addresses[0].addr_spec for m in self.mails]
 
 
 @pytest.fixture
@@ -503,6 +512,66 @@ def test_missing_template_fails_only_that_message(plan_shop, capture):
     assert (report.sent, report.failed) == (1, 1)
     [m] = by_kind(plan_shop, "plan_test_kind")
     assert (m.status, m.reason) == ("failed", "render_error")
+
+
+def test_an_address_that_cannot_be_sent_to_fails_only_its_own_mail(plan_shop, capture):
+    """A non-ASCII mailbox name (needs SMTPUTF8, not supported) is suppressed with a reason; an
+    internationalised domain goes out in IDNA form; the other mails of the batch go out."""
+    customer(plan_shop, "jorg", email="jörg@example.com")
+    customer(plan_shop, "idn", email="ana@exämple.com")
+    customer(plan_shop, "ok")
+    for ref in ("jorg", "idn", "ok"):
+        plan_shop.loyalty.record_purchase(f"o-{ref}", ref, "20", placed_at=T0)
+    report = plan_shop.loyalty.dispatch(now=T0)
+    assert sorted(capture.to()) == ["ana@xn--exmple-cua.com", "ok@example.com"]
+    assert (report.sent, report.suppressed, report.reasons) == (2, 1, {"unsupported_address": 1})
+    [m] = by_kind(plan_shop, "thank_you", "jorg")
+    assert (m.status, m.reason) == ("suppressed", "unsupported_address") and "SMTPUTF8" in m.last_error
+    assert plan_shop.loyalty.dispatch(now=T0 + timedelta(hours=1)).claimed == 0
+
+
+def test_a_long_display_name_is_not_stored_and_a_value_too_long_fails_only_its_mail(plan_shop, capture):
+    """The stored ``to_address`` is the bare address (the name goes only into the header), so a
+    200-character name fits; a rendered value too long for its column (here a long marketing
+    sender) fails that mail alone instead of the whole batch's update (PostgreSQL)."""
+    name = "A" * 200
+    customer(plan_shop, "long", name=name, email="someone.with.a.really.rather.long.mailbox.name@example.com")
+    customer(plan_shop, "c2")
+    plan_shop.loyalty.record_purchase("o1", "long", "20", placed_at=T0)
+    assert plan_shop.loyalty.dispatch(now=T0).sent == 1
+    [mail] = capture.mails
+    assert mail["To"].addresses[0].display_name == name
+    [m] = by_kind(plan_shop, "thank_you", "long")
+    assert m.to_address == "someone.with.a.really.rather.long.mailbox.name@example.com"
+
+    plan_shop.app.config["LOYALTY_MARKETING_SENDER"] = "N" * 250 + " <news@shop.test>"
+    state = plan_shop.loyalty.state
+    c2 = plan_shop.loyalty.customer("c2")
+    outbox.enqueue(state, "win_back", c2, due_at=T0, dedupe_key="long-sender")
+    outbox.enqueue(state, "consent_confirm", c2, due_at=T0, dedupe_key="short-sender", payload=CONFIRM)
+    plan_shop.db.session.commit()
+    report = plan_shop.loyalty.dispatch(now=T0)
+    assert (report.sent, report.failed) == (1, 1)
+    assert capture.mails[-1]["X-Loyalty-Kind"] == "consent_confirm"
+    [m] = by_kind(plan_shop, "win_back", "c2")
+    assert (m.status, m.reason) == ("failed", "render_error") and "from_address" in m.last_error
+
+
+def test_a_retry_goes_to_the_current_address_with_the_same_message_id(plan_shop, capture):
+    customer(plan_shop, "c1", email="old@example.com", name="Ana")
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0)
+    tried = []
+    capture.on_send = lambda mail, n: tried.append((mail["To"].addresses[0].addr_spec, mail["Message-ID"]))
+    capture.fail = True
+    assert plan_shop.loyalty.dispatch(now=T0).retried == 1
+    capture.fail = False
+    plan_shop.loyalty.upsert_customer("c1", email="new@example.com")
+    assert plan_shop.loyalty.dispatch(now=T0 + timedelta(hours=1)).sent == 1
+    assert [to for to, _ in tried] == ["old@example.com", "new@example.com"]
+    assert tried[0][1] == tried[1][1]
+    assert capture.mails[0]["To"].addresses[0].display_name == "Ana"
+    [m] = by_kind(plan_shop, "thank_you")
+    assert (m.status, m.to_address) == ("sent", "new@example.com")
 
 
 def test_concurrent_dispatchers_on_one_database_send_each_once(make_shop, capture):

@@ -48,7 +48,7 @@ from ..models.types import UTCDateTime
 from ..signals import message_failed, message_sent
 from ..state import LoyaltyState
 from ..transaction import begin_write, dialect_name
-from .mail import OutgoingMail, build_mail, render_message
+from .mail import OutgoingMail, UnsupportedAddress, build_mail, recipient, recipient_header, render_message
 from .outbox import CHECKS, KINDS, week_ago
 from .transports import (
     PermanentFailure,
@@ -178,6 +178,20 @@ class ConsentLookup:
             model.customer_id.in_(customer_ids), model.purpose == purpose, model.status == "granted")).scalars()}
 
 
+#: The rendered columns with a length limit: a longer value fails its message, not the batch.
+_LIMITED = ("locale", "to_address", "from_address", "subject")
+
+
+def _too_long(fields: dict[str, Any]) -> str | None:
+    """Why one of the rendered ``fields`` cannot be stored (too long for its column), or ``None``."""
+    columns = table_of(Message).c
+    for name in _LIMITED:
+        value, limit = fields.get(name), getattr(columns[name].type, "length", None)
+        if isinstance(value, str) and limit is not None and len(value) > limit:
+            return f"{name} is {len(value)} characters long; at most {limit} can be stored"
+    return None
+
+
 class _Batch:
     """One claimed batch of one dispatcher."""
 
@@ -251,7 +265,12 @@ class _Batch:
             if m.order_ref and m.order_ref in refunded:
                 self._close(m, "cancelled", "order_refunded")
                 continue
-            cancel = next((r for check in CHECKS.get(m.kind, ()) if (r := check(state, m, self.now))), None)
+            try:
+                cancel = next((r for check in CHECKS.get(m.kind, ()) if (r := check(state, m, self.now))), None)
+            except Exception as exc:  # a broken check must not block the queue: fail this one
+                log.exception("send-time check of message %s (%s) failed", m.id, m.kind)
+                self._close(m, "failed", "check_error", f"{type(exc).__name__}: {exc}")
+                continue
             if cancel:
                 self._close(m, "cancelled", cancel)
                 continue
@@ -276,7 +295,9 @@ class _Batch:
                 log.exception("cannot render message %s (%s)", m.id, m.kind)
                 self._close(m, "failed", "render_error", f"{type(exc).__name__}: {exc}")
                 continue
-            if m.body_text is None and rendered is None:
+            # a retry is not re-rendered (same content, same Message-ID) but goes to the current address
+            address = rendered.to_address if rendered is not None else recipient(state, m, customer)
+            if not address:
                 self._close(m, "suppressed", "no_address")
                 continue
             values: dict[str, Any] = {"id": m.id, "reason": why}
@@ -286,12 +307,27 @@ class _Batch:
                 values.update(locale=rendered.locale, to_address=rendered.to_address,
                               from_address=rendered.from_address, subject=rendered.subject,
                               body_text=rendered.body_text, body_html=rendered.body_html, links=rendered.links)
-            renders.append(values)
+            elif address != m.to_address:
+                values["to_address"] = address
             fields = {k: values.get(k, getattr(m, k)) for k in (
                 "locale", "to_address", "from_address", "subject", "body_text", "body_html")}
-            mail = build_mail(state, now=self.now, message_id=m.message_id, kind=m.kind, marketing=m.marketing,
-                               purpose=m.purpose, customer_ref=customer.ref,
-                               unsubscribe_url=rendered.unsubscribe_url if rendered else None, **fields)
+            too_long = _too_long(fields)
+            if too_long:  # would fail the batch's update (PostgreSQL): fail this one instead
+                self._close(m, "failed", "render_error", too_long)
+                continue
+            fields["to_address"] = recipient_header(state, m, customer, address)
+            try:
+                mail = build_mail(state, now=self.now, message_id=m.message_id, kind=m.kind, marketing=m.marketing,
+                                   purpose=m.purpose, customer_ref=customer.ref,
+                                   unsubscribe_url=rendered.unsubscribe_url if rendered else None, **fields)
+            except UnsupportedAddress as exc:
+                self._close(m, "suppressed", "unsupported_address", str(exc))
+                continue
+            except Exception as exc:  # a mail that cannot be built fails alone, never the batch
+                log.exception("cannot build the mail of message %s (%s)", m.id, m.kind)
+                self._close(m, "failed", "build_error", f"{type(exc).__name__}: {exc}")
+                continue
+            renders.append(values)
             ready.append(Outgoing(m.id, m.attempts, why, mail))
         if renders:
             session.execute(update(Message), renders)
