@@ -557,6 +557,69 @@ def test_a_long_display_name_is_not_stored_and_a_value_too_long_fails_only_its_m
     assert (m.status, m.reason) == ("failed", "render_error") and "from_address" in m.last_error
 
 
+def _meanwhile(shop, action):
+    """``on_send`` hook: as the first mail leaves, ``action(other)`` on the *other* customer of the
+    batch (c1/c2), in its own app context, as another request of the shop would."""
+    def on_send(mail, n):
+        if n == 0:
+            first = mail["To"].addresses[0].addr_spec.split("@")[0]
+            on_send.target = "c2" if first == "c1" else "c1"
+            with shop.app.app_context():
+                action(on_send.target)
+                shop.db.session.remove()
+    on_send.target = None
+    return on_send
+
+
+def test_no_marketing_mail_after_consent_withdrawn_while_its_batch_is_sent(plan_shop, capture):
+    customer(plan_shop, "c1")
+    customer(plan_shop, "c2")
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0)
+    plan_shop.loyalty.record_purchase("o2", "c2", "20", placed_at=T0)
+    capture.on_send = hook = _meanwhile(
+        plan_shop, lambda ref: plan_shop.loyalty.consent.withdraw(ref, "email_marketing", source="test"))
+    report = plan_shop.loyalty.dispatch(now=T0)
+    assert hook.target is not None and len(capture.mails) == 1
+    assert f"{hook.target}@example.com" not in capture.to()
+    assert (report.sent, report.suppressed, report.reasons) == (1, 1, {"no_consent:email_marketing": 1})
+    [m] = by_kind(plan_shop, "thank_you", hook.target)
+    assert (m.status, m.reason, m.lease_owner) == ("suppressed", "no_consent:email_marketing", None)
+
+
+def test_no_mail_to_a_customer_erased_while_its_batch_is_sent(plan_shop, capture):
+    customer(plan_shop, "c1")
+    customer(plan_shop, "c2")
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0)
+    plan_shop.loyalty.record_purchase("o2", "c2", "20", placed_at=T0)
+    capture.on_send = hook = _meanwhile(plan_shop, lambda ref: plan_shop.loyalty.consent.erase(ref))
+    report = plan_shop.loyalty.dispatch(now=T0)
+    assert hook.target is not None and len(capture.mails) == 1
+    assert f"{hook.target}@example.com" not in capture.to() and report.sent == 1
+    plan_shop.db.session.expire_all()
+    [m] = plan_shop.db.session.execute(select(Message).where(
+        Message.customer.has(ref=hook.target), Message.kind == "thank_you")).unique().scalars()
+    assert (m.status, m.reason, m.sent_at) == ("cancelled", "erased", None)   # as erasure left it
+
+
+def test_a_mail_cancelled_as_it_is_handed_over_is_recorded_as_sent(plan_shop, capture):
+    """A refund landing between the send-time re-check and the transport cannot stop the mail;
+    the row must then say what happened (sent), not "cancelled"."""
+    customer(plan_shop)
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0)
+
+    def refund(mail, n):
+        with plan_shop.app.app_context():
+            plan_shop.loyalty.record_refund("o1")
+            plan_shop.db.session.remove()
+
+    capture.on_send = refund
+    assert plan_shop.loyalty.dispatch(now=T0).sent == 1
+    plan_shop.db.session.expire_all()
+    [m] = by_kind(plan_shop, "thank_you")
+    assert (m.status, m.lease_owner) == ("sent", None) and m.sent_at == T0
+    assert [e.action for e in m.events] == ["scheduled", "cancelled", "sent"]
+
+
 def test_a_retry_goes_to_the_current_address_with_the_same_message_id(plan_shop, capture):
     customer(plan_shop, "c1", email="old@example.com", name="Ana")
     plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0)
