@@ -26,16 +26,25 @@ MUG = {"sku": "MUG-1", "name": "Mug", "quantity": 1, "unit_price": "8.00"}
 
 
 class Capture:
-    """A host transport callable that keeps the mails (or fails on demand)."""
+    """A host transport callable that keeps the mails (or fails on demand).
+
+    ``on_send(mail, n)``, when set, runs as the n-th mail is handed over (before it is kept).
+    """
 
     def __init__(self) -> None:
         self.mails: list[EmailMessage] = []
         self.fail = False
+        self.on_send = None
 
     def __call__(self, mail: EmailMessage) -> None:
+        if self.on_send is not None:
+            self.on_send(mail, len(self.mails))
         if self.fail:
             raise ConnectionError("mail relay is down")
         self.mails.append(mail)
+
+    def to(self) -> list[str]:
+        return [m["To"].addresses[0].addr_spec for m in self.mails]
 
 
 @pytest.fixture
@@ -221,6 +230,36 @@ def test_no_guide_means_no_usage_guide(plan_shop):
     assert by_kind(plan_shop, "usage_guide") == []
 
 
+def test_a_broken_host_guide_counts_as_no_guide_and_blocks_nothing(plan_shop, capture):
+    """A guide template with a syntax error, or a guide callback that raises, is logged and treated
+    as no guide for that item: every dispatch still plans the orders and sends the other mails."""
+    app = plan_shop.app
+    app.jinja_env.loader = ChoiceLoader([
+        DictLoader({"loyalty/guides/TEA-1.html": "<p>{% if %}broken</p>"}), app.jinja_env.loader])
+
+    @guides(app).sku("MUG-1")
+    def mug_guide(item, locale):
+        raise RuntimeError("guide service down")
+
+    customer(plan_shop, "c1")
+    customer(plan_shop, "c2")
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0, items=[TEA])
+    plan_shop.loyalty.record_purchase("o2", "c2", "20", placed_at=T0, items=[MUG])
+    plan_shop.loyalty.record_purchase("o3", "c3", "20", placed_at=T0, email="c3@example.com")
+    plan_shop.loyalty.consent.grant("c3", "email_marketing", source="test")
+    for _ in range(2):
+        plan_shop.loyalty.dispatch(now=T0)
+    sent = sorted(m["To"].addresses[0].addr_spec for m in capture.mails)
+    assert sent == ["c1@example.com", "c2@example.com", "c3@example.com"]   # the thank-yous
+    assert by_kind(plan_shop, "usage_guide", "c1") == []
+    # the callback's guide was planned (it is registered); at send time it cannot be rendered:
+    # only that mail fails
+    [guide] = by_kind(plan_shop, "usage_guide", "c2")
+    report = plan_shop.loyalty.dispatch(now=T0 + timedelta(days=7, hours=1))
+    plan_shop.db.session.expire_all()
+    assert (guide.status, guide.reason) == ("failed", "render_error") and report.failed == 1
+
+
 def test_plan_steps_can_be_switched_off(make_shop):
     shop = make_shop(LOYALTY_PLAN={"thank_you": False, "survey_invite": False, "replenish": False},
                      LOYALTY_DOUBLE_OPT_IN=False)
@@ -248,13 +287,36 @@ def test_full_refund_cancels_pending_messages_of_the_order(plan_shop):
         == {"order_refunded"}
 
 
-def test_rebought_item_cancels_replenish(plan_shop):
+def test_rebought_item_cancels_replenish(plan_shop, capture):
     customer(plan_shop)
     plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0, items=[TEA])
     plan_shop.loyalty.record_purchase("o2", "c1", "20", placed_at=T0 + timedelta(days=20), items=[TEA])
     first, second = by_kind(plan_shop, "replenish")
-    assert (first.status, first.reason) == ("cancelled", "bought_again")
     assert second.status == "scheduled" and second.due_at == T0 + timedelta(days=47)
+    # the earlier reminder is cancelled when it comes due (the re-buy still stands)
+    plan_shop.loyalty.dispatch(now=T0 + timedelta(days=27))
+    plan_shop.db.session.expire_all()
+    assert (first.status, first.reason) == ("cancelled", "bought_again")
+    assert "replenish" not in [m["X-Loyalty-Kind"] for m in capture.mails]
+
+
+def test_a_fully_refunded_rebuy_does_not_cancel_the_earlier_replenish_reminder(plan_shop, capture):
+    """o2 re-buys the tea and is then fully refunded: the customer's only real tea purchase is o1,
+    so o1's reminder goes out when due (and o2's was cancelled with the refund)."""
+    customer(plan_shop)
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0, items=[TEA])
+    plan_shop.loyalty.dispatch(now=T0)
+    plan_shop.loyalty.record_purchase("o2", "c1", "20", placed_at=T0 + timedelta(days=20), items=[TEA])
+    plan_shop.loyalty.dispatch(now=T0 + timedelta(days=20))
+    plan_shop.loyalty.record_refund("o2")
+    for d in range(21, 60):
+        now = T0 + timedelta(days=d)
+        plan_shop.loyalty.plan(now=now)
+        plan_shop.loyalty.dispatch(now=now)
+    reminders = {m.order_ref: (m.status, m.reason) for m in by_kind(plan_shop, "replenish")}
+    assert reminders["o2"] == ("cancelled", "order_refunded")
+    assert reminders["o1"][0] == "sent"
+    assert [m["X-Loyalty-Kind"] for m in capture.mails].count("replenish") == 1
 
 
 def test_send_time_check_cancels_replenish_after_rebuy(plan_shop):
@@ -479,6 +541,129 @@ def test_missing_template_fails_only_that_message(plan_shop, capture):
     assert (m.status, m.reason) == ("failed", "render_error")
 
 
+def test_an_address_that_cannot_be_sent_to_fails_only_its_own_mail(plan_shop, capture):
+    """A non-ASCII mailbox name (needs SMTPUTF8, not supported) is suppressed with a reason; an
+    internationalised domain goes out in IDNA form; the other mails of the batch go out."""
+    customer(plan_shop, "jorg", email="jörg@example.com")
+    customer(plan_shop, "idn", email="ana@exämple.com")
+    customer(plan_shop, "ok")
+    for ref in ("jorg", "idn", "ok"):
+        plan_shop.loyalty.record_purchase(f"o-{ref}", ref, "20", placed_at=T0)
+    report = plan_shop.loyalty.dispatch(now=T0)
+    assert sorted(capture.to()) == ["ana@xn--exmple-cua.com", "ok@example.com"]
+    assert (report.sent, report.suppressed, report.reasons) == (2, 1, {"unsupported_address": 1})
+    [m] = by_kind(plan_shop, "thank_you", "jorg")
+    assert (m.status, m.reason) == ("suppressed", "unsupported_address") and "SMTPUTF8" in m.last_error
+    assert plan_shop.loyalty.dispatch(now=T0 + timedelta(hours=1)).claimed == 0
+
+
+def test_a_long_display_name_is_not_stored_and_a_value_too_long_fails_only_its_mail(plan_shop, capture):
+    """The stored ``to_address`` is the bare address (the name goes only into the header), so a
+    200-character name fits; a rendered value too long for its column (here a long marketing
+    sender) fails that mail alone instead of the whole batch's update (PostgreSQL)."""
+    name = "A" * 200
+    customer(plan_shop, "long", name=name, email="someone.with.a.really.rather.long.mailbox.name@example.com")
+    customer(plan_shop, "c2")
+    plan_shop.loyalty.record_purchase("o1", "long", "20", placed_at=T0)
+    assert plan_shop.loyalty.dispatch(now=T0).sent == 1
+    [mail] = capture.mails
+    assert mail["To"].addresses[0].display_name == name
+    [m] = by_kind(plan_shop, "thank_you", "long")
+    assert m.to_address == "someone.with.a.really.rather.long.mailbox.name@example.com"
+
+    plan_shop.app.config["LOYALTY_MARKETING_SENDER"] = "N" * 250 + " <news@shop.test>"
+    state = plan_shop.loyalty.state
+    c2 = plan_shop.loyalty.customer("c2")
+    outbox.enqueue(state, "win_back", c2, due_at=T0, dedupe_key="long-sender")
+    outbox.enqueue(state, "consent_confirm", c2, due_at=T0, dedupe_key="short-sender", payload=CONFIRM)
+    plan_shop.db.session.commit()
+    report = plan_shop.loyalty.dispatch(now=T0)
+    assert (report.sent, report.failed) == (1, 1)
+    assert capture.mails[-1]["X-Loyalty-Kind"] == "consent_confirm"
+    [m] = by_kind(plan_shop, "win_back", "c2")
+    assert (m.status, m.reason) == ("failed", "render_error") and "from_address" in m.last_error
+
+
+def _meanwhile(shop, action):
+    """``on_send`` hook: as the first mail leaves, ``action(other)`` on the *other* customer of the
+    batch (c1/c2), in its own app context, as another request of the shop would."""
+    def on_send(mail, n):
+        if n == 0:
+            first = mail["To"].addresses[0].addr_spec.split("@")[0]
+            on_send.target = "c2" if first == "c1" else "c1"
+            with shop.app.app_context():
+                action(on_send.target)
+                shop.db.session.remove()
+    on_send.target = None
+    return on_send
+
+
+def test_no_marketing_mail_after_consent_withdrawn_while_its_batch_is_sent(plan_shop, capture):
+    customer(plan_shop, "c1")
+    customer(plan_shop, "c2")
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0)
+    plan_shop.loyalty.record_purchase("o2", "c2", "20", placed_at=T0)
+    capture.on_send = hook = _meanwhile(
+        plan_shop, lambda ref: plan_shop.loyalty.consent.withdraw(ref, "email_marketing", source="test"))
+    report = plan_shop.loyalty.dispatch(now=T0)
+    assert hook.target is not None and len(capture.mails) == 1
+    assert f"{hook.target}@example.com" not in capture.to()
+    assert (report.sent, report.suppressed, report.reasons) == (1, 1, {"no_consent:email_marketing": 1})
+    [m] = by_kind(plan_shop, "thank_you", hook.target)
+    assert (m.status, m.reason, m.lease_owner) == ("suppressed", "no_consent:email_marketing", None)
+
+
+def test_no_mail_to_a_customer_erased_while_its_batch_is_sent(plan_shop, capture):
+    customer(plan_shop, "c1")
+    customer(plan_shop, "c2")
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0)
+    plan_shop.loyalty.record_purchase("o2", "c2", "20", placed_at=T0)
+    capture.on_send = hook = _meanwhile(plan_shop, lambda ref: plan_shop.loyalty.consent.erase(ref))
+    report = plan_shop.loyalty.dispatch(now=T0)
+    assert hook.target is not None and len(capture.mails) == 1
+    assert f"{hook.target}@example.com" not in capture.to() and report.sent == 1
+    plan_shop.db.session.expire_all()
+    [m] = plan_shop.db.session.execute(select(Message).where(
+        Message.customer.has(ref=hook.target), Message.kind == "thank_you")).unique().scalars()
+    assert (m.status, m.reason, m.sent_at) == ("cancelled", "erased", None)   # as erasure left it
+
+
+def test_a_mail_cancelled_as_it_is_handed_over_is_recorded_as_sent(plan_shop, capture):
+    """A refund landing between the send-time re-check and the transport cannot stop the mail;
+    the row must then say what happened (sent), not "cancelled"."""
+    customer(plan_shop)
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0)
+
+    def refund(mail, n):
+        with plan_shop.app.app_context():
+            plan_shop.loyalty.record_refund("o1")
+            plan_shop.db.session.remove()
+
+    capture.on_send = refund
+    assert plan_shop.loyalty.dispatch(now=T0).sent == 1
+    plan_shop.db.session.expire_all()
+    [m] = by_kind(plan_shop, "thank_you")
+    assert (m.status, m.lease_owner) == ("sent", None) and m.sent_at == T0
+    assert [e.action for e in m.events] == ["scheduled", "cancelled", "sent"]
+
+
+def test_a_retry_goes_to_the_current_address_with_the_same_message_id(plan_shop, capture):
+    customer(plan_shop, "c1", email="old@example.com", name="Ana")
+    plan_shop.loyalty.record_purchase("o1", "c1", "20", placed_at=T0)
+    tried = []
+    capture.on_send = lambda mail, n: tried.append((mail["To"].addresses[0].addr_spec, mail["Message-ID"]))
+    capture.fail = True
+    assert plan_shop.loyalty.dispatch(now=T0).retried == 1
+    capture.fail = False
+    plan_shop.loyalty.upsert_customer("c1", email="new@example.com")
+    assert plan_shop.loyalty.dispatch(now=T0 + timedelta(hours=1)).sent == 1
+    assert [to for to, _ in tried] == ["old@example.com", "new@example.com"]
+    assert tried[0][1] == tried[1][1]
+    assert capture.mails[0]["To"].addresses[0].display_name == "Ana"
+    [m] = by_kind(plan_shop, "thank_you")
+    assert (m.status, m.to_address) == ("sent", "new@example.com")
+
+
 def test_concurrent_dispatchers_on_one_database_send_each_once(make_shop, capture):
     shop = make_shop(LOYALTY_DOUBLE_OPT_IN=False, LOYALTY_MAIL_TRANSPORT=capture, LOYALTY_DISPATCH_BATCH=7)
     with shop.app.app_context():
@@ -493,6 +678,30 @@ def test_concurrent_dispatchers_on_one_database_send_each_once(make_shop, captur
     with shop.app.app_context():
         assert shop.db.session.execute(select(func.count()).select_from(Message)
                                        .where(Message.status == "sent")).scalar_one() == 40
+
+
+def test_dispatch_claims_no_more_than_the_limit_and_the_batch_size(make_shop, capture):
+    """``dispatch(limit=n)`` leases and sends at most n mails, and one claim takes at most
+    ``LOYALTY_DISPATCH_BATCH`` rows (PostgreSQL: the ids are picked once, not per outer row)."""
+    from flask_loyalty.services.dispatch import claim
+
+    shop = make_shop(LOYALTY_DOUBLE_OPT_IN=False, LOYALTY_MAIL_TRANSPORT=capture, LOYALTY_DISPATCH_BATCH=2)
+    with shop.app.app_context():
+        state = shop.loyalty.state
+        for i in range(7):
+            c = customer(shop, f"c{i}")
+            outbox.enqueue(state, "win_back", c, due_at=T0, dedupe_key=f"limit-w{i}")
+        shop.db.session.commit()
+        report = shop.loyalty.dispatch(now=T0, limit=1)
+        assert (report.claimed, report.sent, len(capture.mails)) == (1, 1, 1)
+        leased = select(func.count()).select_from(Message).where(Message.lease_owner.is_not(None))
+        assert shop.db.session.execute(leased).scalar_one() == 0
+        report = shop.loyalty.dispatch(now=T0, limit=3)   # batches of 2, then 1
+        assert (report.claimed, report.sent, len(capture.mails)) == (3, 3, 4)
+        assert len(claim(state, "test-owner", 2, T0)) == 2
+        assert shop.db.session.execute(leased).scalar_one() == 2
+        assert shop.loyalty.dispatch(now=T0).claimed == 1   # the last one; the 2 stay leased
+        assert len(capture.mails) == 5
 
 
 # --------------------------------------------------------------------------- time-based steps
@@ -512,6 +721,19 @@ def test_birthday_once_a_year_in_shop_time_zone_with_coupon(plan_shop):
     assert plan_shop.loyalty.coupons.get(m.payload["coupon_code"]).expires_at == expires
     assert plan_shop.loyalty.plan(now=datetime(2028, 3, 15, 12, tzinfo=timezone.utc)) == 1
     assert len(by_kind(plan_shop, "birthday")) == 2
+
+
+def test_birthday_is_due_at_the_local_hour_on_a_dst_change_day(plan_shop):
+    """28 March 2027 is the spring-forward day in Madrid: 09:00 local is 07:00 UTC, not 08:00;
+    on 31 October (fall back) it is 08:00 UTC, not 09:00."""
+    customer(plan_shop, "spring", birthday=date(1990, 3, 28))
+    customer(plan_shop, "autumn", birthday=date(1990, 10, 31))
+    assert plan_shop.loyalty.plan(now=datetime(2027, 3, 28, 12, tzinfo=timezone.utc)) == 1
+    assert plan_shop.loyalty.plan(now=datetime(2027, 10, 31, 12, tzinfo=timezone.utc)) == 1
+    [spring] = by_kind(plan_shop, "birthday", "spring")
+    [autumn] = by_kind(plan_shop, "birthday", "autumn")
+    assert spring.due_at == datetime(2027, 3, 28, 7, 0, tzinfo=timezone.utc)
+    assert autumn.due_at == datetime(2027, 10, 31, 8, 0, tzinfo=timezone.utc)
 
 
 def test_birthday_catch_up_and_february_29(plan_shop):

@@ -4,8 +4,9 @@ Any number of dispatchers may run at once against one database:
 
 1. **Claim** (own short transaction): up to ``LOYALTY_DISPATCH_BATCH`` due
    rows get a lease (``lease_owner``/``lease_until = now +
-   LOYALTY_DISPATCH_LEASE``).  On PostgreSQL the rows are picked with
-   ``FOR UPDATE SKIP LOCKED`` so dispatchers never wait for each other; on
+   LOYALTY_DISPATCH_LEASE``).  On PostgreSQL the rows are picked once (a
+   ``MATERIALIZED`` CTE) with ``FOR UPDATE SKIP LOCKED`` so dispatchers never
+   wait for each other and never take more than asked; on
    SQLite one conditional ``UPDATE`` claims them under the write lock.  Rows
    whose lease expired (a crashed dispatcher) are claimable again.
 2. **Decide** (one transaction, the batch's customers locked): erased
@@ -14,7 +15,10 @@ Any number of dispatchers may run at once against one database:
    (``stale_after_days``) -> suppressed; no consent for the purpose now ->
    suppressed; weekly cap reached -> deferred to the next free slot.  The
    rest take their cap slot and are rendered (the rendered mail is stored).
-3. **Send** each mail and commit its outcome right away: ``sent`` (+
+3. **Send** each mail, right after re-checking that it is still leased and
+   scheduled, the customer not erased and the consent for its purpose given
+   (else ``suppressed``, or nothing when it was cancelled meanwhile), and
+   commit its outcome right away: ``sent`` (+
    ``message_sent``), a retry with exponential backoff, or ``failed`` after
    ``LOYALTY_MAX_ATTEMPTS`` (+ ``message_failed``).
 
@@ -26,6 +30,7 @@ recognised downstream.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -47,7 +52,7 @@ from ..models.types import UTCDateTime
 from ..signals import message_failed, message_sent
 from ..state import LoyaltyState
 from ..transaction import begin_write, dialect_name
-from .mail import OutgoingMail, build_mail, render_message
+from .mail import OutgoingMail, UnsupportedAddress, build_mail, recipient, recipient_header, render_message
 from .outbox import CHECKS, KINDS, week_ago
 from .transports import (
     PermanentFailure,
@@ -109,8 +114,15 @@ def claim(state: LoyaltyState, owner: str, count: int, now: datetime) -> list[in
     pick = (select(table.c.id).where(claimable)
             .order_by(table.c.priority.desc(), table.c.due_at, table.c.id).limit(count))
     if dialect_name(state) == "postgresql":
-        pick = pick.with_for_update(skip_locked=True)
-    stmt = (update(table).where(table.c.id.in_(pick), claimable)
+        # The ids are picked once, in a MATERIALIZED CTE, and exactly those rows are leased.
+        # ``id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)`` may be planned as a nested
+        # loop that re-runs the subquery per outer row, leasing every due row whatever n is.
+        picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+        chosen: Any = table.c.id.in_(select(picked.c.id))
+    else:
+        # SQLite: one conditional UPDATE under the write lock; the subquery runs once
+        chosen = table.c.id.in_(pick)
+    stmt = (update(table).where(chosen, claimable)
             .values(lease_owner=owner, lease_until=now + lease).returning(table.c.id))
     session = state.session
     try:
@@ -168,6 +180,20 @@ class ConsentLookup:
         model = ConsentStatus
         return {int(pk) for pk in self.state.session.execute(select(model.customer_id).where(
             model.customer_id.in_(customer_ids), model.purpose == purpose, model.status == "granted")).scalars()}
+
+
+#: The rendered columns with a length limit: a longer value fails its message, not the batch.
+_LIMITED = ("locale", "to_address", "from_address", "subject")
+
+
+def _too_long(fields: dict[str, Any]) -> str | None:
+    """Why one of the rendered ``fields`` cannot be stored (too long for its column), or ``None``."""
+    columns = table_of(Message).c
+    for name in _LIMITED:
+        value, limit = fields.get(name), getattr(columns[name].type, "length", None)
+        if isinstance(value, str) and limit is not None and len(value) > limit:
+            return f"{name} is {len(value)} characters long; at most {limit} can be stored"
+    return None
 
 
 class _Batch:
@@ -243,7 +269,12 @@ class _Batch:
             if m.order_ref and m.order_ref in refunded:
                 self._close(m, "cancelled", "order_refunded")
                 continue
-            cancel = next((r for check in CHECKS.get(m.kind, ()) if (r := check(state, m, self.now))), None)
+            try:
+                cancel = next((r for check in CHECKS.get(m.kind, ()) if (r := check(state, m, self.now))), None)
+            except Exception as exc:  # a broken check must not block the queue: fail this one
+                log.exception("send-time check of message %s (%s) failed", m.id, m.kind)
+                self._close(m, "failed", "check_error", f"{type(exc).__name__}: {exc}")
+                continue
             if cancel:
                 self._close(m, "cancelled", cancel)
                 continue
@@ -268,7 +299,9 @@ class _Batch:
                 log.exception("cannot render message %s (%s)", m.id, m.kind)
                 self._close(m, "failed", "render_error", f"{type(exc).__name__}: {exc}")
                 continue
-            if m.body_text is None and rendered is None:
+            # a retry is not re-rendered (same content, same Message-ID) but goes to the current address
+            address = rendered.to_address if rendered is not None else recipient(state, m, customer)
+            if not address:
                 self._close(m, "suppressed", "no_address")
                 continue
             values: dict[str, Any] = {"id": m.id, "reason": why}
@@ -278,12 +311,27 @@ class _Batch:
                 values.update(locale=rendered.locale, to_address=rendered.to_address,
                               from_address=rendered.from_address, subject=rendered.subject,
                               body_text=rendered.body_text, body_html=rendered.body_html, links=rendered.links)
-            renders.append(values)
+            elif address != m.to_address:
+                values["to_address"] = address
             fields = {k: values.get(k, getattr(m, k)) for k in (
                 "locale", "to_address", "from_address", "subject", "body_text", "body_html")}
-            mail = build_mail(state, now=self.now, message_id=m.message_id, kind=m.kind, marketing=m.marketing,
-                               purpose=m.purpose, customer_ref=customer.ref,
-                               unsubscribe_url=rendered.unsubscribe_url if rendered else None, **fields)
+            too_long = _too_long(fields)
+            if too_long:  # would fail the batch's update (PostgreSQL): fail this one instead
+                self._close(m, "failed", "render_error", too_long)
+                continue
+            fields["to_address"] = recipient_header(state, m, customer, address)
+            try:
+                mail = build_mail(state, now=self.now, message_id=m.message_id, kind=m.kind, marketing=m.marketing,
+                                   purpose=m.purpose, customer_ref=customer.ref,
+                                   unsubscribe_url=rendered.unsubscribe_url if rendered else None, **fields)
+            except UnsupportedAddress as exc:
+                self._close(m, "suppressed", "unsupported_address", str(exc))
+                continue
+            except Exception as exc:  # a mail that cannot be built fails alone, never the batch
+                log.exception("cannot build the mail of message %s (%s)", m.id, m.kind)
+                self._close(m, "failed", "build_error", f"{type(exc).__name__}: {exc}")
+                continue
+            renders.append(values)
             ready.append(Outgoing(m.id, m.attempts, why, mail))
         if renders:
             session.execute(update(Message), renders)
@@ -326,12 +374,24 @@ class _Batch:
 
 
 
+@functools.cache
+def _recheck_statement() -> Any:
+    """The send-time re-check of one message: status, lease, erasure, consent for its purpose."""
+    mtable, ctable, stable = table_of(Message), table_of(Customer), table_of(ConsentStatus)
+    consent = (select(stable.c.status).where(stable.c.customer_id == mtable.c.customer_id,
+                                             stable.c.purpose == mtable.c.purpose)
+               .scalar_subquery().label("consent"))
+    return (select(mtable.c.status, mtable.c.lease_owner, mtable.c.purpose, ctable.c.erased_at, consent)
+            .select_from(mtable.join(ctable, ctable.c.id == mtable.c.customer_id))
+            .where(mtable.c.id == bindparam("pk")))
+
+
 @dataclass
 class _Outcome:
     """What happened to one claimed message in the send phase (written by the recorder)."""
 
     pk: int
-    action: str                      # "sent", "retry", "failed" or "release"
+    action: str                      # "sent", "retry", "failed", "suppressed" or "release"
     reason: str | None
     values: dict[str, Any] = field(default_factory=dict)
     detail: str | None = None
@@ -414,21 +474,51 @@ class _Pipeline:
 
     # --- sender thread -----------------------------------------------------------
     def _send_loop(self, transport: Transport) -> None:
+        conn = None
         try:
+            conn = self.engine.connect()
+            if self.engine.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             with self.state.app.app_context():  # host transport callables may need it
                 while True:
                     item = self.send_q.get()
                     if item is None:
                         break
-                    self._send_one(transport, *item)
+                    self._send_one(transport, conn, *item)
         except BaseException as exc:  # pragma: no cover - unexpected; surfaced by finish()
             self.errors.append(exc)
             while self.send_q.get() is not None:
                 pass
         finally:
-            transport.close()
+            try:
+                transport.close()
+            finally:
+                if conn is not None:
+                    conn.close()
 
-    def _send_one(self, transport: Transport, m: Outgoing, started: float) -> None:
+    def _recheck(self, conn: Any, m: Outgoing) -> _Outcome | None:
+        """The outcome to record instead of sending ``m``, or ``None`` when it may go out now.
+
+        Right before the transport: the message must still be leased to us and scheduled, the
+        customer not erased, the consent for its purpose given (one indexed query: the batch was
+        decided a while ago, and consent counts at the moment of sending).
+        """
+        try:
+            row = conn.execute(_recheck_statement(), {"pk": m.pk}).first()
+        finally:
+            conn.rollback()  # no snapshot or lock kept between two mails
+        if row is None or row.status != "scheduled" or row.lease_owner != self.owner:
+            # cancelled meanwhile (refund, erasure ...) or no longer leased to us: not ours to send
+            return _Outcome(m.pk, "release", None)
+        if row.erased_at is not None:
+            return _Outcome(m.pk, "suppressed", "erased", {"status": "suppressed", "reason": "erased"})
+        if row.purpose and row.consent != "granted":
+            reason = f"no_consent:{row.purpose}"
+            return _Outcome(m.pk, "suppressed", reason, {"status": "suppressed", "reason": reason},
+                            "consent withdrawn after the batch was decided")
+        return None
+
+    def _send_one(self, transport: Transport, conn: Any, m: Outgoing, started: float) -> None:
         # every path below hands exactly one outcome to the recorder, which releases the window
         while not self.window.acquire(timeout=0.5):
             if not self.recorder.is_alive():  # pragma: no cover - the recorder died
@@ -441,6 +531,10 @@ class _Pipeline:
             return
         if time.monotonic() - started > self.lease * 0.8:
             self.record_q.put(_Outcome(m.pk, "release", None))
+            return
+        verdict = self._recheck(conn, m)
+        if verdict is not None:
+            self.record_q.put(verdict)
             return
         try:
             transport.send(m.mail)
@@ -515,13 +609,20 @@ class _Pipeline:
     SENT_SQL = (
         "WITH changed AS (UPDATE loyalty_message SET status = 'sent', sent_at = %(now)s, "
         "attempts = attempts + 1, reason = %(reason)s, last_error = NULL, lease_owner = NULL, "
-        "lease_until = NULL WHERE id = %(pk)s AND lease_owner = %(owner)s RETURNING id) "
+        "lease_until = NULL WHERE id = %(pk)s AND (lease_owner = %(owner)s OR (lease_owner IS NULL "
+        "AND status IN ('cancelled', 'suppressed'))) RETURNING id) "
         "INSERT INTO loyalty_message_event (message_id, at, action, reason) "
         "SELECT id, %(now)s, 'sent', %(reason)s FROM changed")
 
     def _write(self, conn: Any, items: list[_Outcome]) -> None:
         table, events = table_of(Message), table_of(MessageEvent)
         mine = and_(table.c.id == bindparam("o_pk"), table.c.lease_owner == self.owner)
+        # a mail handed to the transport is recorded as sent even if the row was cancelled (refund,
+        # erasure) in the instant between the re-check and the send: the row must say what happened
+        delivered = and_(table.c.id == bindparam("o_pk"), or_(
+            table.c.lease_owner == self.owner,
+            and_(table.c.lease_owner.is_(None),
+                 or_(table.c.status == "cancelled", table.c.status == "suppressed"))))  # executemany: no IN
         sent = [i for i in items if i.action == "sent"]
         others = [i for i in items if i.action != "sent"]
         if self.engine.dialect.name == "postgresql":
@@ -545,7 +646,7 @@ class _Pipeline:
         else:
             with conn.begin():
                 if sent:
-                    conn.execute(update(table).where(mine).values(
+                    conn.execute(update(table).where(delivered).values(
                         status="sent", sent_at=self.now, attempts=table.c.attempts + 1,
                         reason=bindparam("o_reason"), last_error=None, lease_owner=None, lease_until=None),
                         [{"o_pk": i.pk, "o_reason": i.reason} for i in sent])
@@ -567,6 +668,9 @@ class _Pipeline:
                 elif i.action == "failed":
                     self.report.failed += 1
                     self.failed.append((i.pk, i.detail or str(i.reason)))
+                elif i.action == "suppressed":
+                    self.report.suppressed += 1
+                    self.report._count(str(i.reason))
 
 
 def dispatch(state: LoyaltyState, limit: int | None = None, now: datetime | None = None) -> DispatchReport:

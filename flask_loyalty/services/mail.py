@@ -53,6 +53,12 @@ class Rendered:
     body_html: str
     links: list[str]
     unsubscribe_url: str | None = None
+    #: The ``To:`` header (``Name <address>``); ``to_address`` is the bare address that is stored.
+    to_header: str | None = None
+
+
+class UnsupportedAddress(ValueError):
+    """An address the mail cannot be sent to: its mailbox name is not ASCII (SMTPUTF8)."""
 
 
 def template_names(kind: str) -> tuple[str, str, str]:
@@ -68,6 +74,33 @@ def recipient(state: LoyaltyState, message: Message, customer: Customer) -> str 
         value = state.config.get(spec.to_config)
         return str(value) if value else None
     return customer.email or None
+
+
+def recipient_header(state: LoyaltyState, message: Message, customer: Customer, address: str) -> str:
+    """The ``To:`` header of ``address``: with the customer's name as display name when there is one."""
+    spec = KINDS.get(message.kind)
+    if (spec is not None and spec.to_config) or not customer.name:
+        return address
+    try:
+        return str(Address(display_name=customer.name, addr_spec=address))
+    except (ValueError, IndexError):  # an address the header registry cannot parse: keep it bare
+        return address
+
+
+def wire_address(address: str) -> str:
+    """``address`` as it goes on the wire: ASCII as is, an internationalised domain in IDNA
+    (``xn--``) form; :class:`UnsupportedAddress` for a non-ASCII mailbox name, which needs SMTPUTF8
+    (RFC 6531), not supported.
+    """
+    if address.isascii():
+        return address
+    local, at, domain = address.rpartition("@")
+    if not at or not local.isascii():
+        raise UnsupportedAddress("the address's mailbox name is not ASCII (SMTPUTF8 is not supported)")
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError as exc:
+        raise UnsupportedAddress("the address's domain is not a valid internationalised domain name") from exc
 
 
 def sender(state: LoyaltyState, message: Message) -> str:
@@ -164,20 +197,19 @@ def render_message(state: LoyaltyState, message: Message, customer: Customer) ->
     if tracking_on(state, message):
         untracked = {u for u in (unsubscribe_url, preferences_url) if u}
         body_html, targets = _rewrite_links(state, message.id, body_html, untracked)
-    if not to_config and customer.name:
-        try:
-            to = str(Address(display_name=customer.name, addr_spec=to))
-        except (ValueError, IndexError):  # an address the header registry cannot parse: keep it bare
-            pass
     return Rendered(locale=locale, to_address=to, from_address=sender(state, message), subject=subject,
-                    body_text=text, body_html=body_html, links=targets, unsubscribe_url=unsubscribe_url)
+                    body_text=text, body_html=body_html, links=targets, unsubscribe_url=unsubscribe_url,
+                    to_header=recipient_header(state, message, customer, to))
 
 
 def _header_address(value: str) -> tuple[str, str]:
-    """``(header value, bare address)`` of ``"Name <addr>"``; non-ASCII names RFC 2047-encoded."""
+    """``(header value, bare address)`` of ``"Name <addr>"``; non-ASCII names RFC 2047-encoded,
+    internationalised domains in IDNA form (:func:`wire_address`).
+    """
     name, addr = parseaddr(value)
     if not addr:
         addr = value.strip()
+    addr = wire_address(addr)
     return formataddr((name, addr), charset="utf-8"), addr
 
 
@@ -228,7 +260,8 @@ def build_mail(state: LoyaltyState, *, now: datetime, message_id: str, kind: str
     Marketing mails get ``List-Unsubscribe`` (https, plus ``mailto:`` when
     ``LOYALTY_UNSUBSCRIBE_MAILTO`` is set) and ``List-Unsubscribe-Post:
     List-Unsubscribe=One-Click``; transactional ones ``Auto-Submitted``.
-    The wire format is written directly (headers encoded per RFC 2047,
+    Raises :class:`UnsupportedAddress` for an address with a non-ASCII
+    mailbox name.  The wire format is written directly (headers encoded per RFC 2047,
     bodies quoted-printable UTF-8): several times faster than the ``email``
     package's generator, which matters for a dispatcher's throughput.
     """

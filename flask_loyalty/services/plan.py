@@ -16,7 +16,8 @@ Steps (each configurable or switched off in ``LOYALTY_PLAN``):
     ``min_interval_days``).
 ``replenish``
     when an item's ``replenish_after_days`` comes due (``lead_days``
-    earlier), unless the customer bought it again meanwhile.
+    earlier), unless the customer bought it again meanwhile (decided at send
+    time, so a re-buy that is fully refunded does not count).
 ``birthday``
     on the customer's birthday in the shop's time zone (``hour`` local), with a
     coupon (``LOYALTY_BIRTHDAY_COUPON``), once a year.
@@ -43,15 +44,16 @@ import html
 import logging
 import re
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from flask import Flask
 from jinja2 import TemplateNotFound
 from sqlalchemy import String, and_, delete, exists, extract, func, or_, select, update
 from sqlalchemy.orm import joinedload, selectinload
 
-from ..clock import local_date, resolve_now, shop_zone, start_of_local_day, utcnow, valid_days_deadline
+from ..clock import local_date, resolve_now, shop_zone, utcnow, valid_days_deadline
 from ..errors import InvalidInput
 from ..models import Customer, Engagement, Message, MessageEvent, Purchase, PurchaseItem
 from ..models.base import table_of
@@ -155,8 +157,20 @@ def _find_template(state: LoyaltyState, item: dict[str, Any]) -> str | None:
             state.app.jinja_env.get_template(name)
         except TemplateNotFound:
             continue
+        except Exception:  # a broken host template (syntax error ...): no guide, never a blocked plan
+            log.exception("usage guide template %s cannot be loaded; treated as no guide", name)
+            continue
         return name
     return None
+
+
+def _ask(fn: GuideFn, item: dict[str, Any], locale: str) -> Any:
+    """A host guide callback's answer; one that raises counts as "no guide" (logged)."""
+    try:
+        return fn(item, locale)
+    except Exception:
+        log.exception("usage guide callback %r failed for item %r; treated as no guide", fn, item.get("sku"))
+        return None
 
 
 def guide_for(state: LoyaltyState, item: dict[str, Any], locale: str) -> dict[str, str] | None:
@@ -169,7 +183,7 @@ def guide_for(state: LoyaltyState, item: dict[str, Any], locale: str) -> dict[st
         candidates.append(registry.by_category[item["category"]])
     candidates += registry.fallbacks
     for fn in candidates:
-        content = fn(item, locale)
+        content = _ask(fn, item, locale)
         if content:
             if isinstance(content, dict):
                 body = str(content.get("html") or "")
@@ -194,7 +208,7 @@ def has_guide(state: LoyaltyState, item: dict[str, Any]) -> bool:
     if _find_template(state, item) is not None:
         return True
     locale = str(state.config["LOYALTY_DEFAULT_LOCALE"])
-    return any(fn(item, locale) for fn in registry.fallbacks)
+    return any(_ask(fn, item, locale) for fn in registry.fallbacks)
 
 
 def _text_of(fragment: str) -> str:
@@ -206,6 +220,8 @@ def _text_of(fragment: str) -> str:
 def _guide_context(state: LoyaltyState, message: Message, customer: Customer, locale: str) -> dict[str, Any]:
     items = (message.payload or {}).get("items") or []
     found = [g for g in (guide_for(state, item, locale) for item in items) if g]
+    if not found:  # every guide broke since the send-time check: fail this mail (render_error)
+        raise LookupError("none of the message's usage guides can be rendered")
     return {"guides": found}
 
 
@@ -366,8 +382,8 @@ def plan_order(state: LoyaltyState, *, purchase: Purchase, customer: Customer, f
                            dedupe_key=f"survey_invite:{purchase.order_ref}", reason="order_survey")
     cfg = step(state, "replenish")
     if cfg is not None:
-        if not first:  # a first order has no earlier reminders to cancel
-            _cancel_replenish(state, customer.id, {i.sku for i in purchase.items}, purchase.order_ref, placed)
+        # earlier reminders of the same items stay scheduled: the send-time check cancels them
+        # (bought_again) unless this order is fully refunded by then
         for item in purchase.items:
             if item.replenish_after_days:
                 _schedule_replenish(state, cfg, customer, purchase, item)
@@ -388,17 +404,6 @@ def _recent_invite(state: LoyaltyState, customer_id: int, due: datetime, days: i
         table.c.customer_id == customer_id, table.c.kind == "survey_invite",
         table.c.status.in_(("scheduled", "sent")),
         table.c.first_due_at > due - timedelta(days=days)).limit(1)).first() is not None
-
-
-def _cancel_replenish(state: LoyaltyState, customer_id: int, skus: set[str], order_ref: str,
-                      placed: datetime) -> None:
-    rows = state.session.execute(select(Message.id, Message.payload).where(
-        Message.customer_id == customer_id, Message.kind == "replenish", Message.status == "scheduled",
-        Message.order_ref != order_ref)).all()
-    for pk, payload in rows:
-        if (payload or {}).get("sku") in skus:
-            outbox.cancel_pending(state, reason="bought_again", customer_id=customer_id,
-                                  where=table_of(Message).c.id == pk, now=placed)
 
 
 def on_refund(state: LoyaltyState, *, purchase: Purchase, full: bool, **_: Any) -> None:
@@ -498,12 +503,19 @@ def _is_leap(year: int) -> bool:
     return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
 
 
+def local_time_on(day: date, hour: float, zone: ZoneInfo) -> datetime:
+    """``hour`` o'clock shop time on ``day``, in UTC (right on DST days, unlike midnight + hours)."""
+    days, minutes = divmod(round(hour * 60), 24 * 60)
+    local = datetime.combine(day + timedelta(days=days), time(minutes // 60, minutes % 60), tzinfo=zone)
+    return local.astimezone(timezone.utc)
+
+
 def _birthdays(state: LoyaltyState, cfg: dict[str, Any], now: datetime) -> int:
     zone = shop_zone(state.config["LOYALTY_TIMEZONE"])
     today = local_date(now, zone)
     count = 0
     for day in _birthday_days(today, int(cfg.get("catch_up_days") or 0)):
-        due = start_of_local_day(day, zone) + timedelta(hours=float(cfg.get("hour") or 0))
+        due = local_time_on(day, float(cfg.get("hour") or 0), zone)
         if due > now and day != today:
             continue
         matches = [and_(extract("month", Customer.birthday) == day.month,
