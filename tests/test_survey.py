@@ -383,6 +383,18 @@ def test_erase_removes_free_text_and_export_lists_answers(shop):
     assert [c.text for c in shop.loyalty.surveys.comments()] == ["keep me"]
 
 
+def test_answer_refuses_an_erased_customer_and_writes_nothing(shop):
+    """Erasure is final: a later answer about one of their orders (any channel) stores no new personal data."""
+    _order(shop)
+    shop.loyalty.surveys.answer("o1", {"recommend": 9}, partial=True)
+    shop.loyalty.consent.erase("c1")
+    before = shop.db.session.scalar(select(func.count()).select_from(SurveyAnswer))
+    with pytest.raises(NotFound):
+        shop.loyalty.surveys.answer("o1", {**FULL, "comment": "my phone is 555-0100"})
+    shop.db.session.rollback()
+    assert shop.db.session.scalar(select(func.count()).select_from(SurveyAnswer)) == before
+
+
 # --- statistics -----------------------------------------------------------------------
 
 KNOWN = [  # (order, recommend, experience, ease, source, comment, days after T0)

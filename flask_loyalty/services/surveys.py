@@ -281,6 +281,8 @@ def answer(state: LoyaltyState, order_ref: str, answers: Mapping[str, Any], *, p
     earlier partial answer).  ``partial=True`` stores what is given and
     leaves the survey open (the one-click link).  A completed survey is never
     changed again: the result's ``status`` is then ``"already_answered"``.
+    An unknown order, or an order of a customer whose data was erased,
+    raises :class:`NotFound` and writes nothing.
     """
     if not isinstance(answers, Mapping):
         raise InvalidInput.field("answers", "Must be a mapping of question id to answer.")
@@ -291,6 +293,8 @@ def answer(state: LoyaltyState, order_ref: str, answers: Mapping[str, Any], *, p
     purchase = session.execute(select(Purchase).where(Purchase.order_ref == call["order_ref"])).scalar_one_or_none()
     if purchase is None:
         raise NotFound(f"no order {call['order_ref']!r}")
+    if purchase.customer.erased_at is not None:   # erasure is final: no new personal data about them
+        raise NotFound("this customer's data was erased")
     existing = _get_response(state, purchase.id)
     if existing is not None and existing.completed_at is not None:
         return AnswerResult("already_answered", existing)
