@@ -704,6 +704,21 @@ def test_dispatch_claims_no_more_than_the_limit_and_the_batch_size(make_shop, ca
         assert len(capture.mails) == 5
 
 
+def test_expand_pending_claims_no_more_than_its_batch(make_shop):
+    """Each planning round claims at most ``batch`` orders (PostgreSQL: the ids are picked once).
+
+    A round stamps the orders it claimed with one ``planned_at``, so the rounds can be counted.
+    """
+    shop = make_shop(LOYALTY_DOUBLE_OPT_IN=False)
+    with shop.app.app_context():
+        for i in range(5):
+            shop.loyalty.record_purchase(f"b-o{i}", f"b-c{i}", "12.00")
+        assert expand_pending(shop.loyalty.state, batch=2) == 5
+        rounds = shop.db.session.execute(
+            select(func.count()).select_from(Purchase).group_by(Purchase.planned_at)).scalars().all()
+        assert sorted(rounds) == [1, 2, 2], rounds
+
+
 # --------------------------------------------------------------------------- time-based steps
 def test_birthday_once_a_year_in_shop_time_zone_with_coupon(plan_shop):
     customer(plan_shop, birthday=date(1990, 3, 15))

@@ -301,14 +301,19 @@ def expand_pending(state: LoyaltyState, *, customer_id: int | None = None, order
         if order_ref is not None:
             pick = pick.where(ptable.c.order_ref == order_ref)
         pick = pick.order_by(ptable.c.id).limit(batch)
+        chosen: Any
         if dialect_name(state) == "postgresql":
-            pick = pick.with_for_update(skip_locked=True)
+            # picked once (MATERIALIZED): ``IN (SELECT ... LIMIT n SKIP LOCKED)`` may be re-run per row
+            # and claim more than a batch (see dispatch.claim)
+            picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+            chosen = ptable.c.id.in_(select(picked.c.id))
         else:
             if state.session.execute(pick.limit(1)).first() is None:
                 return done  # nothing to do: no write lock taken on SQLite
             begin_write(state)
+            chosen = ptable.c.id.in_(pick.scalar_subquery())
         claimed = sorted(state.session.execute(
-            update(ptable).where(ptable.c.id.in_(pick.scalar_subquery()), ptable.c.planned_at.is_(None))
+            update(ptable).where(chosen, ptable.c.planned_at.is_(None))
             .values(planned_at=utcnow()).returning(ptable.c.id)).scalars().all())
         if not claimed:
             return done
