@@ -274,6 +274,23 @@ def test_repeated_purchase_releases_the_sqlite_write_lock(make_shop):
             engine.dispose()
 
 
+def test_refused_refund_releases_the_sqlite_write_lock(make_shop):
+    """A refund of an unknown order writes nothing and, with commit=True, keeps no write lock (SQLite)."""
+    shop = make_shop(LOYALTY_SQLITE_BUSY_TIMEOUT=0.2)
+    if shop.dialect != "sqlite":
+        pytest.skip("SQLite write lock")
+    with shop.app.app_context():
+        shop.loyalty.record_purchase("o1", "c1", "10.00")
+        with pytest.raises(InvalidInput):
+            shop.loyalty.record_refund("nope")
+        engine = create_engine(shop.url, connect_args={"timeout": 0.2})
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("UPDATE loyalty_customer SET locale = 'en' WHERE ref = 'c1'"))
+        finally:
+            engine.dispose()
+
+
 def test_points_beyond_32_bits_are_stored_and_reversed(shop):
     """A valid total of 3,000,000,000 earns that many points: the points columns are 64-bit."""
     p = shop.loyalty.record_purchase("o-big", "c1", "3000000000")

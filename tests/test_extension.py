@@ -99,3 +99,38 @@ def test_links_are_absolute_and_signed(shop):
     shop.app.config["LOYALTY_BASE_URL"] = None
     with shop.app.test_request_context(base_url="https://store.example"):
         assert shop.loyalty.links.wallet("c1").startswith("https://store.example/loyalty/wallet/")
+
+
+BAD_REFS = ["a\x00b", "", " padded ", "x" * 500, "tab\there"]
+
+
+@pytest.mark.parametrize("ref", BAD_REFS)
+def test_no_contract_call_fails_on_a_reference_no_row_can_have(shop, ref):
+    """A NUL (refused by PostgreSQL in any query), padding, an empty or huge value: unknown or InvalidInput.
+
+    Never a database error: the read calls answer as for an unknown customer or
+    order, the write calls refuse with one of the library's documented errors
+    (:class:`InvalidInput`, ``NotFound``, ``CouponError``, ``NotEnoughPoints``).
+    """
+    L = shop.loyalty  # noqa: N806
+    L.record_purchase("o-known", "c-known", "10.00")
+    calls = [
+        lambda: L.coupons.for_customer(ref), lambda: L.points.balance(ref), lambda: L.tiers.of(ref),
+        lambda: L.tiers.discount_for(ref, "10.00"), lambda: L.messages.for_customer(ref),
+        lambda: L.consent.has(ref, "email_marketing"), lambda: L.consent.history(ref),
+        lambda: L.consent.export(ref), lambda: L.analytics.profile(ref),
+        lambda: L.coupons.validate("NOSUCHCODE", customer_ref=ref, order_total="10.00"),
+        lambda: L.coupons.release(ref), lambda: L.gift_cards.refund(ref), lambda: L.record_refund(ref),
+        lambda: L.consent.erase(ref), lambda: L.points.redeem(ref, 100),
+        lambda: L.consent.withdraw(ref, "email_marketing", source="test"),
+        lambda: L.upsert_customer(ref), lambda: L.record_purchase(ref, "c-known", "10.00"),
+        lambda: L.record_purchase("o-new", ref, "10.00"),
+        lambda: L.links.survey(ref), lambda: L.links.wallet(ref), lambda: L.links.preferences(ref),
+    ]
+    for call in calls:
+        try:
+            call()
+        except LoyaltyError:          # InvalidInput, NotFound, CouponError, NotEnoughPoints ...
+            shop.db.session.rollback()
+    assert L.points.balance(ref) == 0 and L.coupons.for_customer(ref) == []
+    assert L.points.balance("c-known") >= 0          # the session is still usable

@@ -20,7 +20,7 @@ from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, Str
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .base import Base, CreatedAt
-from .types import Money, UTCDateTime
+from .types import Money, Reference, UTCDateTime
 
 #: The kinds of coupon: a percentage off, a fixed amount off, free shipping, a named free item.
 COUPON_KINDS = ("percent", "fixed", "free_shipping", "gift")
@@ -61,7 +61,7 @@ class Coupon(CreatedAt, Base):
     min_order_total: Mapped[Decimal | None] = mapped_column(Money())
     starts_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
-    customer_ref: Mapped[str | None] = mapped_column(String(64))
+    customer_ref: Mapped[str | None] = mapped_column(Reference(64))
     segment: Mapped[str | None] = mapped_column(String(64))
     first_order_only: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
     campaign: Mapped[str | None] = mapped_column(String(64))
@@ -95,8 +95,8 @@ class Redemption(CreatedAt, Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     coupon_id: Mapped[int] = mapped_column(ForeignKey("loyalty_coupon.id", ondelete="CASCADE"), nullable=False)
-    order_ref: Mapped[str] = mapped_column(String(64), nullable=False)
-    customer_ref: Mapped[str] = mapped_column(String(64), nullable=False)
+    order_ref: Mapped[str] = mapped_column(Reference(64), nullable=False)
+    customer_ref: Mapped[str] = mapped_column(Reference(64), nullable=False)
     order_total: Mapped[Decimal] = mapped_column(Money(), nullable=False)
     discount: Mapped[Decimal] = mapped_column(Money(), nullable=False)
     currency: Mapped[str] = mapped_column(String(3), nullable=False)

@@ -9,7 +9,7 @@ from sqlalchemy import BigInteger, CheckConstraint, Date, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .base import Base, CreatedAt
-from .types import Money, UTCDateTime
+from .types import Money, Reference, UTCDateTime
 
 
 class Customer(CreatedAt, Base):
@@ -28,7 +28,7 @@ class Customer(CreatedAt, Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    ref: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    ref: Mapped[str] = mapped_column(Reference(64), unique=True, nullable=False)
     email: Mapped[str | None] = mapped_column(String(254), index=True)
     name: Mapped[str | None] = mapped_column(String(200))
     locale: Mapped[str | None] = mapped_column(String(16))

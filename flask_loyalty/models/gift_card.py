@@ -14,7 +14,7 @@ from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Uniq
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .base import Base, CreatedAt
-from .types import Money, UTCDateTime
+from .types import Money, Reference, UTCDateTime
 
 #: Kinds of ledger movement: the issue, a charge on an order, a refund of an order's charges.
 MOVEMENT_KINDS = ("issue", "charge", "refund")
@@ -36,7 +36,7 @@ class GiftCard(CreatedAt, Base):
     currency: Mapped[str] = mapped_column(String(3), nullable=False)
     initial_amount: Mapped[Decimal] = mapped_column(Money(), nullable=False)
     balance: Mapped[Decimal] = mapped_column(Money(), nullable=False)
-    customer_ref: Mapped[str | None] = mapped_column(String(64))
+    customer_ref: Mapped[str | None] = mapped_column(Reference(64))
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     movements: Mapped[list[GiftCardMovement]] = relationship(
@@ -67,8 +67,8 @@ class GiftCardMovement(CreatedAt, Base):
     kind: Mapped[str] = mapped_column(String(8), nullable=False)
     amount: Mapped[Decimal] = mapped_column(Money(), nullable=False)
     balance_after: Mapped[Decimal] = mapped_column(Money(), nullable=False)
-    order_ref: Mapped[str | None] = mapped_column(String(64))
+    order_ref: Mapped[str | None] = mapped_column(Reference(64))
     #: ``order_ref`` on ``charge`` rows only (``NULL`` otherwise): the idempotency key.
-    charge_ref: Mapped[str | None] = mapped_column(String(64))
+    charge_ref: Mapped[str | None] = mapped_column(Reference(64))
 
     gift_card: Mapped[GiftCard] = relationship(back_populates="movements")

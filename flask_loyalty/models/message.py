@@ -10,7 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .base import Base, CreatedAt
 from .customer import Customer
-from .types import UTCDateTime
+from .types import Reference, UTCDateTime
 
 #: Statuses a message can have (the contract's set).  A message being sent
 #: keeps ``scheduled`` while it holds a lease (``lease_owner``/``lease_until``).
@@ -43,7 +43,7 @@ class Message(CreatedAt, Base):
     marketing: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     #: Higher goes first when the weekly cap leaves room for one message.
     priority: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    order_ref: Mapped[str | None] = mapped_column(String(64), index=True)
+    order_ref: Mapped[str | None] = mapped_column(Reference(64), index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
     dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="scheduled")

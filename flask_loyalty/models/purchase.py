@@ -10,7 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .base import Base, CreatedAt
 from .customer import Customer
-from .types import Money, UTCDateTime
+from .types import Money, Reference, UTCDateTime
 
 CHANNELS = ("online", "store", "catalog", "phone")
 
@@ -31,7 +31,7 @@ class Purchase(CreatedAt, Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    order_ref: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    order_ref: Mapped[str] = mapped_column(Reference(64), unique=True, nullable=False)
     customer_id: Mapped[int] = mapped_column(ForeignKey("loyalty_customer.id"), nullable=False)
     total: Mapped[Decimal] = mapped_column(Money(), nullable=False)
     refunded_total: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0), nullable=False)

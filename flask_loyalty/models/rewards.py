@@ -10,7 +10,7 @@ from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .base import Base, CreatedAt
-from .types import Money, UTCDateTime
+from .types import Money, Reference, UTCDateTime
 
 REFERRAL_STATUSES = ("pending", "rewarded", "rejected", "cancelled")
 RAFFLE_STATUSES = ("open", "drawn")
@@ -77,7 +77,7 @@ class Raffle(CreatedAt, Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    name: Mapped[str] = mapped_column(Reference(64), unique=True, nullable=False)
     title: Mapped[str] = mapped_column(String(200), nullable=False)
     rule: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     entries_per: Mapped[str] = mapped_column(String(16), nullable=False)  # "order" | "amount"
@@ -121,7 +121,7 @@ class Campaign(CreatedAt, Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    name: Mapped[str] = mapped_column(Reference(64), unique=True, nullable=False)
     segment: Mapped[str | None] = mapped_column(String(64))
     #: An explicit audience (customer refs) when no segment is used.
     audience: Mapped[list[str] | None] = mapped_column(JSON)

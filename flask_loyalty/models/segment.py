@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Integer, String
+from sqlalchemy import JSON, Integer
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..clock import utcnow
 from .base import Base, CreatedAt
-from .types import UTCDateTime
+from .types import Reference, UTCDateTime
 
 
 class Segment(CreatedAt, Base):
@@ -19,7 +19,7 @@ class Segment(CreatedAt, Base):
     __tablename__ = "loyalty_segment"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    name: Mapped[str] = mapped_column(Reference(64), unique=True, nullable=False)
     rule: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
 

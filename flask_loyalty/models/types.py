@@ -1,4 +1,4 @@
-"""Column types: exact money and aware UTC datetimes on every database."""
+"""Column types: exact money, aware UTC datetimes and references that any value can be compared with."""
 
 from __future__ import annotations
 
@@ -6,11 +6,33 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime
+from sqlalchemy import BigInteger, DateTime, String
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 from ..money import from_storage, to_storage
+
+
+class Reference(TypeDecorator[str]):
+    """A host's reference or a name (``VARCHAR``), safe to compare with any string.
+
+    Stored values are validated as printable text before they are written
+    (:class:`~flask_loyalty.schemas.fields.Ref`), but look-ups compare the
+    column with whatever a caller passed, and PostgreSQL refuses a NUL
+    character anywhere in a query's text parameters (``DataError``).  A NUL
+    in a bound value is sent as U+0001 instead: no stored value contains that
+    control character either, so the look-up finds nothing, as it would for
+    any other unknown reference, on every database.
+    """
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        """Replace NUL characters (never stored) by U+0001 (never stored either)."""
+        if isinstance(value, str) and "\x00" in value:
+            return value.replace("\x00", "\x01")
+        return value
 
 
 class Money(TypeDecorator[Decimal]):

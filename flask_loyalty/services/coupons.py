@@ -49,11 +49,13 @@ from ..schemas.coupon import (
     QuoteRequestSchema,
     RedeemSchema,
 )
+from ..schemas.fields import is_ref
 from ..signals import coupon_redeemed, coupon_released
 from ..state import LoyaltyState
 from ..transaction import PendingSignal, begin_write, dialect_name, finish, session_of
 from . import codes
 from .base import Facade
+from .purchases import get_customer
 
 if TYPE_CHECKING:
     from ..i18n import Translator
@@ -232,9 +234,7 @@ def _segment_member(state: LoyaltyState, name: str, customer: Customer | None) -
 
 
 def _customer(state: LoyaltyState, customer_ref: str | None) -> Customer | None:
-    if customer_ref is None:
-        return None
-    return state.session.execute(select(Customer).where(Customer.ref == customer_ref)).scalar_one_or_none()
+    return None if customer_ref is None else get_customer(state, customer_ref)
 
 
 def evaluate(state: LoyaltyState, coupon: Coupon | None, *, customer_ref: str | None,
@@ -600,6 +600,8 @@ def release_order(state: LoyaltyState, order_ref: str, *, now: datetime | None =
 
 def usable_for(state: LoyaltyState, customer_ref: str, *, now: datetime | None = None) -> list[Coupon]:
     """See :meth:`Coupons.for_customer`."""
+    if not is_ref(customer_ref):
+        return []                           # no customer has such a reference
     moment = resolve_now(now)
     live = and_(Coupon.revoked_at.is_(None),
                 or_(Coupon.starts_at.is_(None), Coupon.starts_at <= moment),

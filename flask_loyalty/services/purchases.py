@@ -22,6 +22,7 @@ from ..models import Customer, PointsEntry, Purchase, PurchaseItem
 from ..models.types import Money, UTCDateTime
 from ..money import to_storage
 from ..schemas import load
+from ..schemas.fields import is_ref
 from ..schemas.purchase import CustomerSchema, PurchaseSchema, RefundSchema
 from ..signals import purchase_recorded, purchase_refunded
 from ..state import LoyaltyState
@@ -40,12 +41,21 @@ def _drop_none(**kwargs: Any) -> dict[str, Any]:
 
 
 def get_customer(state: LoyaltyState, customer_ref: str) -> Customer | None:
-    """The customer with the host's reference ``customer_ref``, or ``None``."""
+    """The customer with the host's reference ``customer_ref``, or ``None``.
+
+    A value no reference can be (not a string, empty, too long, padded, a
+    control character such as NUL, which PostgreSQL refuses in a query) is
+    simply unknown.
+    """
+    if not is_ref(customer_ref):
+        return None
     return state.session.execute(select(Customer).where(Customer.ref == customer_ref)).scalar_one_or_none()
 
 
 def get_purchase(state: LoyaltyState, order_ref: str) -> Purchase | None:
-    """The purchase with ``order_ref``, or ``None``."""
+    """The purchase with ``order_ref``, or ``None`` (also for a value no reference can be)."""
+    if not is_ref(order_ref):
+        return None
     return state.session.execute(select(Purchase).where(Purchase.order_ref == order_ref)).scalar_one_or_none()
 
 
@@ -376,6 +386,8 @@ def record_refund(state: LoyaltyState, order_ref: str, *, amount: Any = None,
         query = query.with_for_update(of=table_of(Purchase))
     purchase = session.execute(query).unique().scalar_one_or_none()
     if purchase is None:
+        if commit:                  # refused: nothing written, and no write lock kept (SQLite) for the session
+            session.rollback()
         raise InvalidInput.field("order_ref", "Unknown order.")
     session.refresh(purchase)
     remaining = purchase.total - purchase.refunded_total
