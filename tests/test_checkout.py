@@ -258,37 +258,37 @@ def test_repeated_full_refund_still_commits_with_commit_true(shop):
     assert "c-host" in _committed_customer_refs(shop)
 
 
-def test_repeated_purchase_releases_the_sqlite_write_lock(make_shop):
+def _another_connection_can_write(shop) -> None:
+    """Fails with "database is locked" (after 0.2 s) if this session still holds SQLite's write lock."""
+    engine = create_engine(shop.url, connect_args={"timeout": 0.2})
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE loyalty_customer SET locale = 'en' WHERE ref = 'c1'"))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def sqlite_shop(make_shop):
+    shop = make_shop(LOYALTY_SQLITE_BUSY_TIMEOUT=0.2)
+    if shop.dialect != "sqlite":
+        pytest.skip("SQLite write lock")
+    with shop.app.app_context():
+        shop.loyalty.record_purchase("o1", "c1", "10.00")
+        yield shop
+
+
+def test_repeated_purchase_releases_the_sqlite_write_lock(sqlite_shop):
     """On SQLite the repeat path ends its transaction, so another connection can write right after."""
-    shop = make_shop(LOYALTY_SQLITE_BUSY_TIMEOUT=0.2)
-    if shop.dialect != "sqlite":
-        pytest.skip("SQLite write lock")
-    with shop.app.app_context():
-        shop.loyalty.record_purchase("o1", "c1", "10.00")
-        shop.loyalty.record_purchase("o1", "c1", "10.00")
-        engine = create_engine(shop.url, connect_args={"timeout": 0.2})
-        try:
-            with engine.begin() as conn:
-                conn.execute(text("UPDATE loyalty_customer SET locale = 'en' WHERE ref = 'c1'"))
-        finally:
-            engine.dispose()
+    sqlite_shop.loyalty.record_purchase("o1", "c1", "10.00")
+    _another_connection_can_write(sqlite_shop)
 
 
-def test_refused_refund_releases_the_sqlite_write_lock(make_shop):
+def test_refused_refund_releases_the_sqlite_write_lock(sqlite_shop):
     """A refund of an unknown order writes nothing and, with commit=True, keeps no write lock (SQLite)."""
-    shop = make_shop(LOYALTY_SQLITE_BUSY_TIMEOUT=0.2)
-    if shop.dialect != "sqlite":
-        pytest.skip("SQLite write lock")
-    with shop.app.app_context():
-        shop.loyalty.record_purchase("o1", "c1", "10.00")
-        with pytest.raises(InvalidInput):
-            shop.loyalty.record_refund("nope")
-        engine = create_engine(shop.url, connect_args={"timeout": 0.2})
-        try:
-            with engine.begin() as conn:
-                conn.execute(text("UPDATE loyalty_customer SET locale = 'en' WHERE ref = 'c1'"))
-        finally:
-            engine.dispose()
+    with pytest.raises(InvalidInput):
+        sqlite_shop.loyalty.record_refund("nope")
+    _another_connection_can_write(sqlite_shop)
 
 
 def test_points_beyond_32_bits_are_stored_and_reversed(shop):
