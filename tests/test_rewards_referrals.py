@@ -219,9 +219,12 @@ def test_export_and_erase(ref_shop):
     data = s.loyalty.consent.export("adv")
     assert data["referrals"]["code"] == code
     assert data["referrals"]["referrals"][0]["role"] == "advocate"
+    assert "ip_hash" not in data["referrals"]["referrals"][0]          # the friend's, not the advocate's
     assert data["points"]["balance"] == s.loyalty.points.balance("adv") and data["tier"] is None
     friend = s.loyalty.consent.export("friend")
     assert friend["referrals"]["referrals"][0]["role"] == "friend"
+    held = s.loyalty.referrals.of_order("f1").ip_hash
+    assert held and friend["referrals"]["referrals"][0]["ip_hash"] == held   # export lists what is held
     s.loyalty.consent.erase("friend")
     s.loyalty.consent.erase("adv")
     assert s.loyalty.referrals.of_order("f1").ip_hash is None

@@ -153,10 +153,13 @@ def fraud_reasons(state: LoyaltyState, *, advocate: Customer | None, friend: Cus
         # one referred order of this IP at a time counts and inserts (the referral row is written in the
         # same transaction), so concurrent checkouts cannot all pass the weekly limit
         advisory_lock(state, f"referral-ip:{ip_hash}")
+        # within a week either side: concurrent checkouts take the lock in any order of their placed_at,
+        # so an upper bound of placed_at would let a later lock holder with an earlier time pass too
+        week = timedelta(days=7)
         recent = state.session.execute(
             select(func.count(Referral.id)).where(
-                Referral.ip_hash == ip_hash, Referral.placed_at > placed_at - timedelta(days=7),
-                Referral.placed_at <= placed_at)).scalar_one()
+                Referral.ip_hash == ip_hash, Referral.placed_at > placed_at - week,
+                Referral.placed_at < placed_at + week)).scalar_one()
         if recent >= limit:
             reasons.append("ip_limit")
     return reasons
@@ -264,13 +267,16 @@ def export(state: LoyaltyState, *, customer: Customer, data: dict[str, Any], **_
         select(ReferralCode.code).where(ReferralCode.customer_id == customer.id)).scalar_one_or_none()
     rows = state.session.execute(select(Referral).where(
         (Referral.advocate_id == customer.id) | (Referral.friend_id == customer.id)).order_by(Referral.id)).scalars()
-    data["referrals"] = {
-        "code": code,
-        "referrals": [{"role": "advocate" if r.advocate_id == customer.id else "friend",
-                       "status": r.status, "reasons": list(r.reasons), "placed_at": r.placed_at.isoformat(),
-                       "reward": r.advocate_coupon if r.advocate_id == customer.id else r.friend_coupon}
-                      for r in rows],
-    }
+    entries = []
+    for r in rows:
+        mine = r.advocate_id == customer.id
+        entry = {"role": "advocate" if mine else "friend", "status": r.status, "reasons": list(r.reasons),
+                 "placed_at": r.placed_at.isoformat(), "reward": r.advocate_coupon if mine else r.friend_coupon}
+        if not mine:
+            # the hashed IP of the friend's own order is data held on the friend (never shown to the advocate)
+            entry["ip_hash"] = r.ip_hash
+        entries.append(entry)
+    data["referrals"] = {"code": code, "referrals": entries}
 
 
 class Referrals(Facade):
