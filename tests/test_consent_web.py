@@ -44,7 +44,7 @@ def test_unsubscribe_get_changes_nothing_and_post_withdraws(shop, subscribed):
     url = _path(shop.loyalty.links.unsubscribe("c1"))
     page = shop.client.get(url)
     assert page.status_code == 200 and b"Yes, unsubscribe me" in page.data
-    assert page.headers["Cache-Control"] == "no-store"
+    assert page.headers["Cache-Control"] == "no-store" and page.headers["Referrer-Policy"] == "no-referrer"
     assert shop.loyalty.consent.has("c1", "email_marketing") and _withdrawals(shop) == 0
     done = shop.client.post(url)
     assert done.status_code == 200 and b"You are unsubscribed" in done.data

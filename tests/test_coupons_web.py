@@ -35,6 +35,7 @@ def test_wallet_shows_usable_coupons_in_customer_locale(make_shop):
         s.loyalty.coupons.redeem(used.code, customer_ref="ana", order_ref="o2", order_total="50")
         r = s.client.get(wallet_path(s, "ana"))
         assert r.status_code == 200 and r.headers["Cache-Control"] == "no-store"
+        assert r.headers["Referrer-Policy"] == "no-referrer"   # the URL is a signed token
         html = r.get_data(as_text=True)
         assert pct.code in html and fixed.code in html
         assert other.code not in html and used.code not in html

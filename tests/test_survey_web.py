@@ -36,6 +36,7 @@ def test_form_is_accessible_and_in_the_customers_language(shop):
     _order(shop, locale="ro")
     r = shop.client.get(_path(shop), headers={"Accept-Language": "en"})
     assert r.status_code == 200 and r.headers["Cache-Control"] == "no-store"
+    assert r.headers["Referrer-Policy"] == "no-referrer"
     html = r.get_data(as_text=True)
     assert '<html lang="ro"' in html
     assert "Cum ne-ați găsit?" in html and "Trimite răspunsurile" in html

@@ -92,6 +92,7 @@ def parse_json_object(raw: bytes | str, *,
 
 
 def no_store(response: Response) -> Response:
-    """Mark a personal page as not cacheable."""
+    """Mark a personal page as not cacheable, and keep its URL (a signed token) out of ``Referer`` headers."""
     response.headers["Cache-Control"] = "no-store"
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
     return response
