@@ -154,10 +154,15 @@ class Loyalty:
     # --- the checkout hook ---------------------------------------------------
     def upsert_customer(self, customer_ref: str, *, email: str | None = None,
                         name: str | None = None, locale: str | None = None,
-                        birthday: Any = None, commit: bool = True) -> Customer:
-        """Create or update a customer (``None`` leaves a field as it is)."""
+                        birthday: Any = None, clear: Iterable[str] = (), commit: bool = True) -> Customer:
+        """Create or update a customer (``None`` leaves a field as it is).
+
+        ``clear`` names fields to remove, since ``None`` cannot: ``clear=("birthday",)``
+        forgets the birthday (the only clearable field), e.g. when the customer empties
+        it in their profile.
+        """
         return purchases.upsert_customer(get_state(), customer_ref, email=email, name=name,
-                                         locale=locale, birthday=birthday, commit=commit)
+                                         locale=locale, birthday=birthday, clear=clear, commit=commit)
 
     def record_purchase(self, order_ref: str, customer_ref: str, total: Any, *,
                         currency: str | None = None, email: str | None = None,

@@ -140,6 +140,25 @@ def test_upsert_customer(shop):
     assert shop.loyalty.customer("c2") is None
 
 
+def test_upsert_customer_clears_a_birthday_only_when_asked(shop):
+    shop.loyalty.upsert_customer("c1", email="x@example.com", birthday="1990-05-04")
+    seen = []
+    shop.loyalty.state.hooks.setdefault("customer_changed", []).append(
+        lambda state, *, customer, changes: seen.append(changes))
+    assert shop.loyalty.upsert_customer("c1", birthday=None).birthday.isoformat() == "1990-05-04"  # None: unchanged
+    c = shop.loyalty.upsert_customer("c1", name="Ana", clear=("birthday",))
+    assert c.birthday is None and c.name == "Ana" and shop.loyalty.customer("c1").birthday is None
+    assert {"birthday": None} in seen
+    assert shop.loyalty.upsert_customer("c1", clear="birthday").birthday is None   # idempotent; a str is one name
+    for clear in (("email",), ("birthday", "name")):
+        with pytest.raises(InvalidInput) as exc:
+            shop.loyalty.upsert_customer("c1", clear=clear)
+        assert "clear" in exc.value.errors
+    with pytest.raises(InvalidInput):
+        shop.loyalty.upsert_customer("c1", birthday="1990-05-04", clear=("birthday",))
+    assert shop.loyalty.customer("c1").birthday is None
+
+
 def test_placed_at_orders_first_and_last(shop):
     t0 = datetime(2026, 1, 10, 12, tzinfo=timezone.utc)
     shop.loyalty.record_purchase("o2", "c1", 5, placed_at=t0 + timedelta(days=5))

@@ -85,16 +85,38 @@ def ensure_customer(state: LoyaltyState, customer_ref: str, **fields: Any) -> Cu
     return customer
 
 
+#: Fields ``upsert_customer(..., clear=...)`` can remove (``None`` means "leave as it is").
+CLEARABLE = ("birthday",)
+
+
 def upsert_customer(state: LoyaltyState, customer_ref: str, *, email: str | None = None,
                     name: str | None = None, locale: str | None = None, birthday: Any = None,
-                    commit: bool = True) -> Customer:
-    """Create or update a customer; ``None`` fields are left as they are."""
+                    clear: Iterable[str] = (), commit: bool = True) -> Customer:
+    """Create or update a customer; ``None`` fields are left as they are, those named in ``clear`` removed."""
+    cleared = _cleared_fields(clear, birthday=birthday)
     data = load(_customer_schema, _drop_none(customer_ref=customer_ref, email=email, name=name,
                                              locale=locale, birthday=birthday))
     begin_write(state)
     customer = ensure_customer(state, data.pop("customer_ref"), **data)
+    removed = {key: None for key in cleared if getattr(customer, key) is not None}
+    if removed:
+        for key in removed:
+            setattr(customer, key, None)
+        state.run_hooks("customer_changed", customer=customer, changes=removed)
     finish(state, commit=commit)
     return customer
+
+
+def _cleared_fields(clear: Iterable[str], **given: Any) -> tuple[str, ...]:
+    """The field names in ``clear``: each one of :data:`CLEARABLE` and not also given a value."""
+    names = (clear,) if isinstance(clear, str) else tuple(clear)
+    unknown = [n for n in names if n not in CLEARABLE]
+    if unknown:
+        raise InvalidInput.field("clear", f"Only {', '.join(CLEARABLE)} can be cleared, not {unknown[0]!r}.")
+    both = [n for n in names if given.get(n) is not None]
+    if both:
+        raise InvalidInput.field("clear", f"{both[0]} is both given and cleared.")
+    return names
 
 
 def points_for(state: LoyaltyState, total: Decimal, customer: Customer) -> int:
