@@ -12,7 +12,7 @@ so that services building dashboard labels can call :func:`gettext`.
 from __future__ import annotations
 
 import gettext as _gettext
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from functools import lru_cache
@@ -28,6 +28,7 @@ from babel.support import NullTranslations, Translations
 from flask import g, has_app_context, has_request_context, render_template, request
 
 from .clock import shop_zone
+from .errors import InvalidInput
 from .money import format_money as _format_money
 from .state import LoyaltyState, get_state
 
@@ -77,6 +78,16 @@ def supported_locales(state: LoyaltyState | None = None) -> tuple[str, ...]:
     return tuple(state.config["LOYALTY_LOCALES"])
 
 
+def check_locales(config: Mapping[str, Any]) -> None:
+    """Refuse, at ``init_app``, a ``LOYALTY_DEFAULT_LOCALE`` that ``LOYALTY_LOCALES`` does not offer."""
+    offered = tuple(config["LOYALTY_LOCALES"])
+    default = normalize_locale(config["LOYALTY_DEFAULT_LOCALE"])
+    if default is None or default not in offered:
+        raise InvalidInput.field("LOYALTY_DEFAULT_LOCALE", (
+            f"{config['LOYALTY_DEFAULT_LOCALE']!r} is not among LOYALTY_LOCALES {offered!r}: "
+            "add it there or choose one of those."))
+
+
 def choose_locale(customer_locale: str | None = None, *, state: LoyaltyState | None = None) -> str:
     """Customer's locale, else the request's Accept-Language, else the default."""
     state = state or get_state()
@@ -85,10 +96,11 @@ def choose_locale(customer_locale: str | None = None, *, state: LoyaltyState | N
     if mine in offered:
         return mine
     if has_request_context():
-        best = request.accept_languages.best_match(offered)
-        if best:
-            return str(best)
-        for lang, _q in request.accept_languages:
+        # Highest quality first (werkzeug keeps that order), matched by language: "en-US,es;q=0.9"
+        # is English, not the lower-quality exact "es".  q=0 means "not acceptable".
+        for lang, quality in request.accept_languages:
+            if quality <= 0:
+                continue
             short = normalize_locale(lang)
             if short in offered:
                 return short

@@ -6,6 +6,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
+from flask_loyalty import InvalidInput
 from flask_loyalty.i18n import choose_locale, translator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +55,31 @@ def test_locale_choice(shop):
         assert choose_locale("de") == "ru"
     shop.app.config["LOYALTY_DEFAULT_LOCALE"] = "es"
     assert choose_locale("de") == "es"
+
+
+def test_accept_language_is_walked_in_quality_order_matching_by_language(shop):
+    # An American browser: English first, Spanish as a fallback (the shop offers en, es, ro, ru).
+    with shop.app.test_request_context(headers={"Accept-Language": "en-US,es;q=0.9"}):
+        assert choose_locale(None) == "en"
+    with shop.app.test_request_context(headers={"Accept-Language": "de-DE,ro-RO;q=0.8,es;q=0.9"}):
+        assert choose_locale(None) == "es"
+
+
+def test_accept_language_q0_is_not_acceptable(shop):
+    for header in ("es;q=0", "es;q=0, ro;q=0.0", "*;q=0"):
+        with shop.app.test_request_context(headers={"Accept-Language": header}):
+            assert choose_locale(None) == "en", header
+    with shop.app.test_request_context(headers={"Accept-Language": "es;q=0, ro;q=0.1"}):
+        assert choose_locale(None) == "ro"
+
+
+def test_init_app_refuses_a_default_locale_that_is_not_offered(make_shop):
+    with pytest.raises(InvalidInput) as exc:
+        make_shop(LOYALTY_LOCALES=("es", "ro"))   # LOYALTY_DEFAULT_LOCALE is "en"
+    assert "LOYALTY_DEFAULT_LOCALE" in exc.value.errors
+    shop = make_shop(LOYALTY_LOCALES=("es", "ro"), LOYALTY_DEFAULT_LOCALE="es")
+    with shop.app.app_context():
+        assert choose_locale(None) == "es"
 
 
 def test_translator_formats(shop):
