@@ -174,6 +174,29 @@ def test_expiry_warns_then_expires(make_shop):
         assert s.loyalty.points.history("c1")[0].reason == "expire"
 
 
+def test_points_expire_at_the_end_of_the_local_day_the_warning_mail_names(make_shop):
+    from flask_loyalty.services.mail import render_message
+
+    s = make_shop(LOYALTY_TIMEZONE="Europe/Madrid", LOYALTY_POINTS_EXPIRE_DAYS=30,
+                  LOYALTY_POINTS_EXPIRY_WARNING_DAYS=14)
+    with s.app.app_context():
+        s.loyalty.upsert_customer("C1", email="a@example.com", name="Ana", locale="en")
+        s.loyalty.record_purchase("O1", "C1", Decimal("50.00"),
+                                  placed_at=datetime(2026, 3, 1, 9, tzinfo=UTC))   # 10:00 in Madrid
+        balance = s.loyalty.points.balance("C1")
+        assert balance > 0
+        s.loyalty.points.expire(now=datetime(2026, 3, 20, 9, tzinfo=UTC))
+        [warning] = [m for m in s.loyalty.messages.for_customer("C1") if m.kind == "points_expiring"]
+        assert warning.payload["expires_at"] == "2026-03-31T21:59:59.999999+00:00"  # midnight in Madrid (CEST)
+        rendered = render_message(s.loyalty.state, warning, s.loyalty.customer("C1"))
+        assert "They expire on March 31, 2026" in rendered.body_text
+        # 14:00 and 23:59 in Madrid on 31 March: the day the mail names is not over yet
+        for hour, minute in ((12, 0), (21, 59)):
+            assert s.loyalty.points.expire(now=datetime(2026, 3, 31, hour, minute, tzinfo=UTC)) == 0
+        assert s.loyalty.points.balance("C1") == balance
+        assert s.loyalty.points.expire(now=datetime(2026, 3, 31, 22, tzinfo=UTC)) == balance   # 1 April
+
+
 def test_redemption_counts_as_activity(make_shop):
     s = make_shop(LOYALTY_POINTS_EXPIRE_DAYS=30, LOYALTY_POINTS_EXPIRY_WARNING_DAYS=0)
     with s.app.app_context():

@@ -199,12 +199,14 @@ def expire_points(state: LoyaltyState, now: datetime | None = None) -> int:
              .order_by(Customer.id))
     if dialect_name(state) == "postgresql":
         query = query.with_for_update(of=Customer, skip_locked=True)
+    zone = shop_zone(state.config["LOYALTY_TIMEZONE"])
     expired = 0
     signals: list[PendingSignal] = []
     for customer, last_purchase, last_redemption in state.session.execute(query).all():
         stamps = [t for t in (last_purchase, last_redemption) if t is not None]
         active_at = max(stamps) if stamps else customer.created_at
-        expires_at = active_at + timedelta(days=int(days))
+        # the end of the shop's local day the warning mail names (the query above is a superset)
+        expires_at = valid_days_deadline(active_at, int(days), zone)
         if expires_at <= moment:
             balance = int(customer.points_balance)
             change = change_points(state, customer.id, -balance, reason="expire",
