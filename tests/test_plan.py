@@ -949,3 +949,27 @@ def test_mails_are_localized(plan_shop, capture):
     assert mail["Subject"] == "Спасибо за ваш первый заказ в Our shop"
     assert "Здравствуйте, Ana!" in mail.get_body(("plain",)).get_content()
     assert "Скидка 10% на следующий заказ" in mail.get_body(("html",)).get_content()
+
+
+def test_russian_expiry_sentence_ends_with_the_dates_own_full_stop(shop):
+    # The CLDR Russian date ends in "г." ("31 мая 2026 г."): the sentence must not add a second stop.
+    from flask_loyalty.services.mail import render_message
+
+    shop.app.config["LOYALTY_TIMEZONE"] = "Europe/Madrid"
+    shop.loyalty.upsert_customer("C-ru", email="ru@example.com", name="Аня", locale="ru")
+    shop.loyalty.record_purchase("O-ru", "C-ru", 10, placed_at=datetime(2026, 4, 1, 10, tzinfo=timezone.utc))
+    customer = shop.loyalty.customer("C-ru")
+    expires = "2026-05-31T21:59:59.999999+00:00"
+    payloads = {
+        "thank_you": {"coupon_code": "ABCD-EFGH-JK", "coupon_kind": "fixed", "coupon_value": "5.00",
+                      "coupon_currency": "EUR", "coupon_expires_at": expires},
+        "survey_reward": {"kind": "fixed", "value": "3.00", "currency": "EUR", "code": "ABCD-EFGH-JK",
+                          "expires_at": expires},
+    }
+    for kind, payload in payloads.items():
+        msg = outbox.enqueue(shop.loyalty.state, kind, customer, payload=payload, order_ref="O-ru",
+                             due_at=datetime(2026, 5, 1, tzinfo=timezone.utc))
+        shop.db.session.flush()
+        rendered = render_message(shop.loyalty.state, msg, customer)
+        assert "Действует до 31 мая 2026" in rendered.body_text, kind
+        assert "г.." not in rendered.body_text and "г..<" not in rendered.body_html, kind
