@@ -84,16 +84,25 @@ class Order(db.Model):  # type: ignore[name-defined]
     placed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     channel: Mapped[str] = mapped_column(String(16), default="online")
     subtotal_cents: Mapped[int] = mapped_column(Integer)
-    discount_cents: Mapped[int] = mapped_column(Integer, default=0)
+    discount_cents: Mapped[int] = mapped_column(Integer, default=0)  # coupon and tier discount together
+    tier_discount_cents: Mapped[int] = mapped_column(Integer, default=0)  # the member's tier discount alone
     total_cents: Mapped[int] = mapped_column(Integer)
     refunded_cents: Mapped[int] = mapped_column(Integer, default=0)
-    coupon_code: Mapped[str | None] = mapped_column(String(40))
+    coupon_code: Mapped[str | None] = mapped_column(String(80))  # as the coupon spells it (Coupon.code)
     account: Mapped[Account] = relationship(back_populates="orders")
     lines: Mapped[list[OrderLine]] = relationship(back_populates="order", cascade="all, delete-orphan")
 
     @property
     def total(self) -> Decimal:
         return money(self.total_cents)
+
+    @property
+    def coupon_discount(self) -> Decimal:
+        return money(self.discount_cents - self.tier_discount_cents)
+
+    @property
+    def tier_discount(self) -> Decimal:
+        return money(self.tier_discount_cents)
 
     @property
     def status(self) -> str:

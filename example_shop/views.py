@@ -2,15 +2,18 @@
 
 Every flask_loyalty call sits where a real shop would put it and carries one
 comment saying why it is there.  To stay short the demo leaves out what any
-real shop has anyway: passwords (sign-in is by e-mail only), CSRF protection
-of its own forms (e.g. Flask-WTF) and a payment step.
+real shop has anyway: passwords (sign-in is by e-mail only) and a payment
+step.  Its forms carry a small session-bound CSRF token (as flask_loyalty's
+dashboard does); a real shop may use Flask-WTF instead.
 """
 
 from __future__ import annotations
 
+import hmac
 import secrets
 from collections.abc import Callable
 from datetime import date
+from decimal import Decimal
 from functools import wraps
 from typing import Any
 
@@ -32,9 +35,15 @@ from sqlalchemy import func, select
 from flask_loyalty import CouponError, InvalidInput
 
 from .app import db, loyalty
-from .models import Account, Category, Order, OrderLine, Product, cents, money, utcnow
+from .models import CENT, Account, Category, Order, OrderLine, Product, cents, money, utcnow
 
 bp = Blueprint("shop", __name__)
+
+#: Longest name the shop stores (``shop_account.name`` is ``String(120)``).
+NAME_MAX = 120
+#: The session key and form field of the CSRF token.
+CSRF_SESSION_KEY = "_shop_csrf"
+CSRF_FIELD = "csrf_token"
 
 LANGUAGES = {"en": "English", "es": "Español", "ro": "Română", "ru": "Русский"}
 COUPON_REASONS = {
@@ -56,6 +65,26 @@ COUPON_REASONS = {
 def load_account() -> None:
     account_id = session.get("account_id")
     g.account = db.session.get(Account, account_id) if account_id else None
+
+
+def csrf_token() -> str:
+    """The session's CSRF token (created on first use); every form posts it back."""
+    token = session.get(CSRF_SESSION_KEY)
+    if not isinstance(token, str) or len(token) < 32:
+        token = secrets.token_urlsafe(32)
+        session[CSRF_SESSION_KEY] = token
+    return token
+
+
+@bp.before_request
+def check_csrf() -> None:
+    """Refuse (400) a state-changing request without the session's token: another site's form can't post here."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    expected = session.get(CSRF_SESSION_KEY)
+    given = request.form.get(CSRF_FIELD, "")
+    if not isinstance(expected, str) or not hmac.compare_digest(expected.encode(), given.encode()):
+        abort(400, description="The form expired or did not come from this shop. Please reload and retry.")
 
 
 def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -82,7 +111,7 @@ def shop_context() -> dict[str, Any]:
         return {}
     return {"account": g.get("account"), "cart_count": sum(session.get("cart", {}).values()),
             "dashboard_url": current_app.config["LOYALTY_URL_PREFIX"].rstrip("/") + "/admin/",
-            "languages": LANGUAGES}
+            "languages": LANGUAGES, "shop_csrf_token": csrf_token, "shop_csrf_field": CSRF_FIELD}
 
 
 # --- catalogue and cart --------------------------------------------------------
@@ -119,7 +148,7 @@ def add_to_cart() -> Any:
     cart[item.sku] = min(20, cart.get(item.sku, 0) + quantity)
     session.modified = True
     flash(f"{item.name} is in your cart.")
-    return redirect(request.form.get("next") or url_for("shop.cart"))
+    return redirect(safe_next(request.form.get("next")) or url_for("shop.cart"))
 
 
 @bp.get("/cart")
@@ -138,17 +167,29 @@ def update_cart() -> Any:
 # --- checkout --------------------------------------------------------------------
 def render_checkout(code: str = "", quote: Any = None, error: str | None = None, status: int = 200) -> Any:
     lines, subtotal = cart_lines()
-    discount = quote.discount if quote is not None and quote.valid else 0
+    discount = quote.discount if quote is not None and quote.valid else money(0)
     # A member's standing tier discount (the cumulative programme), shown before paying.
-    tier_discount = loyalty.tiers.discount_for(g.account.ref, money(subtotal))
+    tier_discount = tier_discount_after(g.account.ref, money(subtotal), discount)
     return render_template(
         "shop/checkout.html", lines=lines, subtotal=money(subtotal), code=code, quote=quote, error=error,
-        discount=discount, total=max(money(subtotal) - discount - tier_discount, money(0)),
+        discount=discount, total=money(subtotal) - discount - tier_discount,
         consent_purposes=consent_purposes(g.account.ref), tier_discount=tier_discount,
         tier=loyalty.tiers.of(g.account.ref),
         validate_url=current_app.config["LOYALTY_URL_PREFIX"].rstrip("/") + "/api/coupons/validate",
         reasons=COUPON_REASONS,
     ), status
+
+
+def tier_discount_after(customer_ref: str, subtotal: Decimal, coupon_discount: Decimal) -> Decimal:
+    """The tier discount on ``subtotal``, capped at what the coupon left: the order never goes below zero."""
+    return min(loyalty.tiers.discount_for(customer_ref, subtotal), max(subtotal - coupon_discount, money(0)))
+
+
+def plausible_referral_code(value: str | None) -> str | None:
+    """The referral cookie's code, or ``None`` for a value the landing page never sets (tampered, truncated)."""
+    if value and len(value) <= 32 and value.isascii() and value.isalnum():
+        return value
+    return None
 
 
 @bp.route("/checkout", methods=["GET", "POST"])
@@ -185,11 +226,12 @@ def checkout() -> Any:
         except CouponError as exc:   # someone used the last redemption since the page was shown
             db.session.rollback()
             return render_checkout(code, None, COUPON_REASONS.get(exc.reason, str(exc)), 409)
-        order.coupon_code = code.upper()
+        order.coupon_code = redemption.code  # the coupon's own spelling, not the shopper's typing
         order.discount_cents = cents(redemption.discount)
-    # The tier discount is computed on the same subtotal as the coupon; the order never goes below zero.
-    order.discount_cents += cents(loyalty.tiers.discount_for(account.ref, subtotal))
-    order.total_cents = max(subtotal_cents - order.discount_cents, 0)
+    # The tier discount is computed on the same subtotal as the coupon, capped at what the coupon left.
+    order.tier_discount_cents = cents(tier_discount_after(account.ref, subtotal, money(order.discount_cents)))
+    order.discount_cents += order.tier_discount_cents
+    order.total_cents = subtotal_cents - order.discount_cents
 
     # The checkout hook: customer, purchase, items and points join this same transaction
     # (commit=False), so the commit below stores the order and the loyalty side together.
@@ -200,7 +242,8 @@ def checkout() -> Any:
                 "category": p.category.name, "unit_cost": money(p.cost_cents),
                 "replenish_after_days": p.replenish_after_days} for p, qty in lines],
         # a friend's referral link (<prefix>/r/<code>) left its code in this cookie
-        referral_code=request.cookies.get(current_app.config["LOYALTY_REFERRAL_COOKIE"]) or None,
+        # (a value the landing page cannot have set is ignored rather than refused at checkout)
+        referral_code=plausible_referral_code(request.cookies.get(current_app.config["LOYALTY_REFERRAL_COOKIE"])),
         commit=False)
     try:
         capture_consent(account.ref, "checkout")
@@ -238,8 +281,11 @@ def login() -> Any:
     return render_template("shop/login.html", staff=staff)
 
 
-def safe_next() -> str | None:
-    target = request.args.get("next") or ""
+def safe_next(target: str | None = None) -> str | None:
+    """``target`` (default: the ``next`` query argument) if it is a path on this site, else ``None``."""
+    target = (request.args.get("next") if target is None else target) or ""
+    if "\\" in target or any(ord(ch) < 32 for ch in target):
+        return None  # browsers read "/\evil.example" as "//evil.example"
     return target if target.startswith("/") and not target.startswith("//") else None
 
 
@@ -251,6 +297,8 @@ def signup() -> Any:
         name = form.get("name", "").strip()
         if not email or "@" not in email or not name:
             flash("Please give your name and e-mail address.")
+        elif len(name) > NAME_MAX:
+            flash(f"Please shorten your name to {NAME_MAX} characters.")
         elif db.session.scalar(select(Account).where(func.lower(Account.email) == email)):
             flash("There is already an account with this e-mail: sign in instead.")
         else:
@@ -258,9 +306,14 @@ def signup() -> Any:
                               birthday=parse_date(form.get("birthday")))
             db.session.add(account)
             db.session.flush()  # gives the account its id, hence its customer ref
-            # Tell the programme who the customer is (name, language for mails, birthday greetings).
-            loyalty.upsert_customer(account.ref, email=account.email, name=account.name,
-                                    locale=account.language, birthday=account.birthday, commit=False)
+            try:
+                # Tell the programme who the customer is (name, language for mails, birthday greetings).
+                loyalty.upsert_customer(account.ref, email=account.email, name=account.name,
+                                        locale=account.language, birthday=account.birthday, commit=False)
+            except InvalidInput as exc:  # the programme checks more than the shop does (e.g. the address)
+                db.session.rollback()
+                flash(please_check(exc))
+                return render_template("shop/signup.html", form=form, consent_purposes=list(ASKED)), 400
             try:
                 capture_consent(account.ref, "signup")
             except InvalidInput:
@@ -280,6 +333,20 @@ def logout() -> Any:
     return redirect(url_for("shop.index"))
 
 
+def please_check(exc: InvalidInput) -> str:
+    """The programme's field messages as one line for the shopper."""
+    return "Please check: " + "; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in exc.errors.items())
+
+
+def parse_money(value: str) -> Decimal | None:
+    """A money amount typed by staff ("12.50"), or ``None`` if it is not one."""
+    try:
+        amount = Decimal(value)
+        return amount if amount.is_finite() and amount == amount.quantize(CENT) else None
+    except ArithmeticError:
+        return None
+
+
 def parse_date(value: str | None) -> date | None:
     try:
         return date.fromisoformat(value) if value else None
@@ -292,16 +359,22 @@ def parse_date(value: str | None) -> date | None:
 def account() -> Any:
     me: Account = g.account
     if request.method == "POST":
-        me.name = request.form.get("name", me.name).strip() or me.name
+        name = request.form.get("name", me.name).strip() or me.name
+        if len(name) > NAME_MAX:
+            flash(f"Please shorten your name to {NAME_MAX} characters.")
+            return redirect(url_for("shop.account"))
+        me.name = name
         me.language = request.form.get("language", me.language)
         me.birthday = parse_date(request.form.get("birthday"))
         try:
-            # Keep the programme's copy in step: mails go out in this language, birthday greetings on this day.
+            # Keep the programme's copy in step: mails go out in this language, birthday greetings on this day;
+            # an emptied birthday is cleared there too (birthday=None alone would leave it as it was).
             loyalty.upsert_customer(me.ref, email=me.email, name=me.name, locale=me.language,
-                                    birthday=me.birthday, commit=False)
+                                    birthday=me.birthday, clear=() if me.birthday else ("birthday",),
+                                    commit=False)
         except InvalidInput as exc:
             db.session.rollback()
-            flash("Please check: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.errors.items()))
+            flash(please_check(exc))
             return redirect(url_for("shop.account"))
         db.session.commit()
         flash("Your profile is saved.")
@@ -332,6 +405,14 @@ def staff_orders() -> str:
 def refund(ref: str) -> Any:
     item = db.session.scalar(select(Order).where(Order.ref == ref)) or abort(404)
     raw = request.form.get("amount", "").strip()
+    if raw:
+        amount = parse_money(raw)
+        purchase = loyalty.purchase(item.ref)  # the programme's view of what is refunded so far
+        remaining = item.total - (purchase.refunded_total if purchase is not None else money(item.refunded_cents))
+        if amount is None or amount <= 0 or amount > remaining:
+            flash(f"Refund refused: give an amount above {money(0)} and at most the {remaining} not yet refunded "
+                  "(leave it empty to refund the rest).")
+            return redirect(url_for("shop.staff_orders", q=ref))
     try:
         # Reverses the points on the refunded part, cancels this order's pending mails and,
         # on a full refund, gives the coupon it used back - in the same transaction as the shop's update.

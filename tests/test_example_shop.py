@@ -9,27 +9,48 @@ dashboard is open to staff only.
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import func, inspect, select, text
 from werkzeug.datastructures import MultiDict
 
 from example_shop import create_app, db, loyalty
 from example_shop.models import Account, Order
 from example_shop.seed import STAFF_EMAIL, is_seeded, seed, seed_catalogue
+from example_shop.views import CSRF_FIELD, CSRF_SESSION_KEY
 
 SHOWN = re.compile(r'name="loyalty_consent_shown" value="([^"]+)"')
+
+
+class ShopClient(FlaskClient):
+    """A browser posting the shop's forms as rendered, i.e. with the session's CSRF token.
+
+    Posts to flask_loyalty's own pages (under ``/loyalty``) are left alone: they have their own tokens.
+    A test of the CSRF check itself uses a plain :class:`FlaskClient`.
+    """
+
+    def post(self, *args: Any, **kwargs: Any) -> Any:
+        url = str(args[0]) if args else str(kwargs.get("path", "/"))
+        data = kwargs.get("data")
+        if not url.startswith("/loyalty") and isinstance(data, dict) and CSRF_FIELD not in data:
+            with self.session_transaction() as sess:
+                token = sess.setdefault(CSRF_SESSION_KEY, secrets.token_urlsafe(32))
+            kwargs["data"] = MultiDict([*MultiDict(data).items(multi=True), (CSRF_FIELD, token)])
+        return super().post(*args, **kwargs)
 
 
 @pytest.fixture
 def shop_app(db_url: str) -> Iterator[Flask]:
     app = create_app({"SQLALCHEMY_DATABASE_URI": db_url, "TESTING": True,
                       "LOYALTY_BASE_URL": "http://shop.test", "LOYALTY_VALIDATE_RATE_LIMIT": "1000/minute"})
+    app.test_client_class = ShopClient
     with app.app_context():
         if db.engine.dialect.name == "postgresql":  # a clean slate in the shared test database
             with db.engine.begin() as conn:
@@ -252,3 +273,175 @@ def test_a_friend_brought_by_a_referral_link_is_recorded_at_checkout(shop_app):
         referral = loyalty.referrals.of_order(order.ref)
         assert referral is not None
         assert [r.id for r in loyalty.referrals.made_by(account(shop_app, "hal@example.com").ref)] == [referral.id]
+
+
+# --- regressions ------------------------------------------------------------------------
+def test_add_to_cart_redirects_only_to_a_path_on_the_shop(shop_app):
+    client = shop_app.test_client()
+    for target in ("https://evil.example/phish", "//evil.example/x", "/\\evil.example"):
+        response = client.post("/cart", data={"sku": "TEA-SENCHA", "next": target})
+        assert response.status_code == 302 and "evil.example" not in response.location
+        assert response.location.endswith("/cart")
+    kept = client.post("/cart", data={"sku": "TEA-SENCHA", "next": "/products/TEA-SENCHA"})
+    assert kept.location.endswith("/products/TEA-SENCHA")
+
+
+def _signup_form(client: Any, **fields: str) -> dict[str, str]:
+    page = client.get("/signup").get_data(as_text=True)
+    return {"language": "en", "loyalty_consent_shown": SHOWN.search(page).group(1), **fields}
+
+
+def test_signup_shows_the_programmes_refusal_and_creates_no_account(shop_app):
+    client = shop_app.test_client()
+    # the shop's own check is only `"@" in email`; flask_loyalty's e-mail validation refuses it
+    response = client.post("/signup", data=_signup_form(client, email="ana@", name="Ana"))
+    assert response.status_code == 400 and "Please check: email" in response.get_data(as_text=True)
+    with shop_app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Account)) == 1  # the seeded staff only
+        assert loyalty.customer("C000002") is None
+
+
+def test_signup_and_profile_refuse_a_name_longer_than_the_shop_stores(shop_app):
+    client = shop_app.test_client()
+    response = client.post("/signup", data=_signup_form(client, email="long@example.com", name="N" * 121))
+    assert response.status_code == 200 and "shorten your name to 120" in response.get_data(as_text=True)
+    with shop_app.app_context():
+        assert db.session.scalar(select(Account).where(Account.email == "long@example.com")) is None
+    sign_up(client, "long@example.com", name="N" * 120)
+    client.post("/account", data={"name": "M" * 121, "language": "en"})
+    with shop_app.app_context():
+        me = account(shop_app, "long@example.com")
+        assert me.name == "N" * 120 and loyalty.customer(me.ref).name == "N" * 120
+
+
+def test_clearing_the_birthday_in_the_profile_clears_it_in_the_programme(shop_app):
+    client = shop_app.test_client()
+    sign_up(client, "kim@example.com")  # birthday 1990-04-02
+    client.post("/account", data={"name": "Kim", "language": "es", "birthday": ""})
+    with shop_app.app_context():
+        me = account(shop_app, "kim@example.com")
+        assert me.birthday is None and loyalty.customer(me.ref).birthday is None
+
+
+def make_gold(shop_app: Any, email: str) -> str:
+    """Give the account a Gold tier (400 spent in the last 12 months) through the public API."""
+    with shop_app.app_context():
+        ref = account(shop_app, email).ref
+        loyalty.record_purchase("OLD-" + ref, ref, Decimal("450.00"),
+                                placed_at=datetime.now(timezone.utc) - timedelta(days=30))
+        assert loyalty.tiers.of(ref).name == "Gold"
+        return ref
+
+
+def test_order_page_shows_coupon_and_member_discount_apart(shop_app):
+    with shop_app.app_context():
+        loyalty.coupons.create(kind="fixed", value=Decimal(5), code="FIVEOFF-TEST")
+    client = shop_app.test_client()
+    sign_up(client, "gold@example.com")
+    make_gold(shop_app, "gold@example.com")
+    client.post("/cart", data={"sku": "GEAR-KETTLE"})  # 59.90; Gold: 5 % = 3.00 (2.995 rounded)
+    response = checkout(client, "fiveoff test")
+    assert response.status_code == 302
+    page = client.get(response.location).get_data(as_text=True)
+    assert "Coupon FIVEOFF-TEST: −€5.00" in page and "Member discount: −€3.00" in page
+    assert "None" not in page
+    with shop_app.app_context():
+        [order] = account(shop_app, "gold@example.com").orders
+        assert (order.discount_cents, order.tier_discount_cents, order.total_cents) == (800, 300, 5190)
+
+
+def test_coupon_and_tier_discount_together_never_exceed_the_subtotal(shop_app):
+    with shop_app.app_context():
+        loyalty.coupons.create(kind="percent", value=Decimal(100), code="ALLFREE-TEST")
+    client = shop_app.test_client()
+    sign_up(client, "gold2@example.com")
+    make_gold(shop_app, "gold2@example.com")
+    client.post("/cart", data={"sku": "GEAR-KETTLE"})
+    quoted = client.post("/checkout", data={"coupon": "ALLFREE-TEST", "action": "apply"}).get_data(as_text=True)
+    assert "To pay: <strong id=\"to-pay\">€0.00</strong>" in quoted and "member discount" not in quoted
+    assert checkout(client, "ALLFREE-TEST").status_code == 302
+    with shop_app.app_context():
+        [order] = account(shop_app, "gold2@example.com").orders
+        assert (order.subtotal_cents, order.discount_cents, order.tier_discount_cents, order.total_cents) \
+            == (5990, 5990, 0, 0)
+
+
+def test_order_stores_the_coupons_own_code_not_the_typing(shop_app):
+    with shop_app.app_context():
+        loyalty.coupons.create(kind="fixed", value=Decimal(5), code="FIVEOFF-TEST")
+    client = shop_app.test_client()
+    sign_up(client, "lou@example.com")
+    client.post("/cart", data={"sku": "GEAR-KETTLE"})
+    typed = "fiveoff" + " " * 40 + "test"   # lookup ignores spaces and dashes: a valid code
+    assert checkout(client, typed).status_code == 302
+    with shop_app.app_context():
+        [order] = account(shop_app, "lou@example.com").orders
+        assert order.coupon_code == "FIVEOFF-TEST"
+
+
+def test_staff_refund_refuses_amounts_above_the_remainder_or_not_positive(shop_app):
+    buyer = shop_app.test_client()
+    sign_up(buyer, "max@example.com")
+    buyer.post("/cart", data={"sku": "TEA-SENCHA"})  # 9.90
+    checkout(buyer)
+    with shop_app.app_context():
+        [order] = account(shop_app, "max@example.com").orders
+        ref = order.ref
+    staff = shop_app.test_client()
+    staff.post("/login", data={"email": STAFF_EMAIL})
+    assert staff.post(f"/staff/orders/{ref}/refund", data={"amount": "4.00"}).status_code == 302
+    for amount in ("1000", "5.91", "0", "-1", "abc", "1.001", "NaN"):
+        response = staff.post(f"/staff/orders/{ref}/refund", data={"amount": amount}, follow_redirects=True)
+        assert "Refund refused" in response.get_data(as_text=True) and "5.90" in response.get_data(as_text=True)
+    with shop_app.app_context():
+        assert loyalty.purchase(ref).refunded_total == Decimal("4.00")
+    staff.post(f"/staff/orders/{ref}/refund", data={"amount": "5.90"})
+    with shop_app.app_context():
+        assert loyalty.purchase(ref).refunded_total == Decimal("9.90")
+        assert db.session.scalar(select(Order).where(Order.ref == ref)).status == "refunded"
+
+
+def test_a_malformed_referral_cookie_is_ignored_at_checkout(shop_app):
+    client = shop_app.test_client()
+    sign_up(client, "ned@example.com")
+    for value in ("x" * 300, "not a code!"):
+        client.post("/cart", data={"sku": "TEA-SENCHA"})
+        client.set_cookie(shop_app.config["LOYALTY_REFERRAL_COOKIE"], value)
+        assert checkout(client).status_code == 302
+    with shop_app.app_context():
+        orders = account(shop_app, "ned@example.com").orders
+        assert len(orders) == 2 and all(loyalty.referrals.of_order(o.ref) is None for o in orders)
+
+
+def test_shop_forms_refuse_a_post_without_the_sessions_csrf_token(shop_app):
+    buyer = shop_app.test_client()
+    sign_up(buyer, "pat@example.com")
+    buyer.post("/cart", data={"sku": "TEA-SENCHA"})
+    checkout(buyer)
+    with shop_app.app_context():
+        [order] = account(shop_app, "pat@example.com").orders
+        ref = order.ref
+    staff = shop_app.test_client()
+    staff.post("/login", data={"email": STAFF_EMAIL})
+    # a form on another site, submitted by the signed-in staff member's browser: no token, or a wrong one
+    plain = FlaskClient(shop_app, shop_app.response_class, use_cookies=True)
+    with staff.session_transaction() as sess:
+        session_cookie = dict(sess)
+    with plain.session_transaction() as sess:
+        sess.update(session_cookie)
+    for data in ({"amount": ""}, {"amount": "", CSRF_FIELD: "x" * 43}):
+        response = plain.post(f"/staff/orders/{ref}/refund", data=data,
+                              headers={"Origin": "https://evil.example", "Referer": "https://evil.example/x"})
+        assert response.status_code == 400
+    for url, data in (("/cart", {"sku": "TEA-SENCHA"}), ("/account", {"name": "X"}), ("/checkout", {}),
+                      ("/signup", {"email": "z@example.com", "name": "Z"}), ("/cart/update", {}),
+                      ("/login", {"email": STAFF_EMAIL}), ("/logout", {})):
+        assert plain.post(url, data=data).status_code == 400, url
+    with shop_app.app_context():
+        assert loyalty.purchase(ref).refunded_total == Decimal("0")
+    # the pages carry the token, and a post with it goes through
+    page = staff.get(f"/staff/orders?q={ref}").get_data(as_text=True)
+    token = re.search(rf'name="{CSRF_FIELD}" value="([^"]+)"', page).group(1)
+    assert plain.post(f"/staff/orders/{ref}/refund", data={"amount": "", CSRF_FIELD: token}).status_code == 302
+    with shop_app.app_context():
+        assert loyalty.purchase(ref).refunded_total == Decimal("9.90")
