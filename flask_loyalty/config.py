@@ -27,7 +27,7 @@ SETTINGS: list[Setting] = [
     Setting("LOYALTY_URL_PREFIX", "/loyalty", "URL prefix of every page and endpoint the extension registers."),
     Setting("LOYALTY_TIMEZONE", "UTC", "IANA time zone of the shop: expiry dates, birthdays and weekly caps use it."),
     Setting("LOYALTY_CURRENCY", "EUR", "Default ISO 4217 currency of amounts given without one."),
-    Setting("LOYALTY_DEFAULT_LOCALE", "en", "Locale used when neither the customer nor the request names a supported one."),
+    Setting("LOYALTY_DEFAULT_LOCALE", "en", "Locale used when neither the customer nor the request names a supported one; when LOYALTY_LOCALES does not offer it, the first of LOYALTY_LOCALES."),
     Setting("LOYALTY_LOCALES", ("en", "es", "ro", "ru"), "Locales offered to shoppers (each needs a shipped or host catalog)."),
     Setting("LOYALTY_BASE_URL", None, "Absolute base URL for links in mails (e.g. https://shop.example); else the request's host."),
     Setting("LOYALTY_SHOP_NAME", "Our shop", "Shop name shown on shopper pages, coupon cards and mails."),

@@ -17,7 +17,6 @@ from flask_loyalty.models.base import table_of
 from .clock import shop_zone
 from .config import apply_defaults
 from .errors import LoyaltyError
-from .i18n import check_locales
 from .models import Customer, Purchase, metadata
 from .models.lock import WriteLock
 from .money import check_currency
@@ -95,7 +94,6 @@ class Loyalty:
         apply_defaults(app.config)
         shop_zone(app.config["LOYALTY_TIMEZONE"])
         check_currency(app.config["LOYALTY_CURRENCY"], field="LOYALTY_CURRENCY")
-        check_locales(app.config)
         state = LoyaltyState(app=app, db=db, extension=self, default_admin_guard=self._default_admin_guard)
         app.extensions[EXTENSION_KEY] = state
         self._last_app = weakref.ref(app)

@@ -12,7 +12,7 @@ so that services building dashboard labels can call :func:`gettext`.
 from __future__ import annotations
 
 import gettext as _gettext
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import date, datetime
 from decimal import Decimal
 from functools import lru_cache
@@ -28,7 +28,6 @@ from babel.support import NullTranslations, Translations
 from flask import g, has_app_context, has_request_context, render_template, request
 
 from .clock import shop_zone
-from .errors import InvalidInput
 from .money import format_money as _format_money
 from .state import LoyaltyState, get_state
 
@@ -78,16 +77,6 @@ def supported_locales(state: LoyaltyState | None = None) -> tuple[str, ...]:
     return tuple(state.config["LOYALTY_LOCALES"])
 
 
-def check_locales(config: Mapping[str, Any]) -> None:
-    """Refuse, at ``init_app``, a ``LOYALTY_DEFAULT_LOCALE`` that ``LOYALTY_LOCALES`` does not offer."""
-    offered = tuple(config["LOYALTY_LOCALES"])
-    default = normalize_locale(config["LOYALTY_DEFAULT_LOCALE"])
-    if default is None or default not in offered:
-        raise InvalidInput.field("LOYALTY_DEFAULT_LOCALE", (
-            f"{config['LOYALTY_DEFAULT_LOCALE']!r} is not among LOYALTY_LOCALES {offered!r}: "
-            "add it there or choose one of those."))
-
-
 def choose_locale(customer_locale: str | None = None, *, state: LoyaltyState | None = None) -> str:
     """Customer's locale, else the request's Accept-Language, else the default."""
     state = state or get_state()
@@ -104,7 +93,18 @@ def choose_locale(customer_locale: str | None = None, *, state: LoyaltyState | N
             short = normalize_locale(lang)
             if short in offered:
                 return short
+    return default_locale(state)
+
+
+def default_locale(state: LoyaltyState | None = None) -> str:
+    """``LOYALTY_DEFAULT_LOCALE`` when offered, else the first of ``LOYALTY_LOCALES`` (a page is never
+    shown in a language the shop chose not to offer), else ``"en"``.
+    """
+    state = state or get_state()
+    offered = supported_locales(state)
     default = normalize_locale(state.config["LOYALTY_DEFAULT_LOCALE"]) or "en"
+    if offered and default not in offered:
+        return str(offered[0])
     return default
 
 

@@ -6,9 +6,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import pytest
-
-from flask_loyalty import InvalidInput
 from flask_loyalty.i18n import choose_locale, translator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,13 +70,17 @@ def test_accept_language_q0_is_not_acceptable(shop):
         assert choose_locale(None) == "ro"
 
 
-def test_init_app_refuses_a_default_locale_that_is_not_offered(make_shop):
-    with pytest.raises(InvalidInput) as exc:
-        make_shop(LOYALTY_LOCALES=("es", "ro"))   # LOYALTY_DEFAULT_LOCALE is "en"
-    assert "LOYALTY_DEFAULT_LOCALE" in exc.value.errors
-    shop = make_shop(LOYALTY_LOCALES=("es", "ro"), LOYALTY_DEFAULT_LOCALE="es")
+def test_a_default_locale_that_is_not_offered_falls_back_to_the_first_offered(make_shop):
+    """LOYALTY_LOCALES restricted without LOYALTY_DEFAULT_LOCALE (still "en"): pages use the first offered."""
+    shop = make_shop(LOYALTY_LOCALES=("es", "ro"))
     with shop.app.app_context():
         assert choose_locale(None) == "es"
+        with shop.app.test_request_context(headers={"Accept-Language": "en-GB"}):
+            assert choose_locale(None) == "es"
+            assert choose_locale("ro") == "ro"
+    shop = make_shop(LOYALTY_LOCALES=("es", "ro"), LOYALTY_DEFAULT_LOCALE="ro")
+    with shop.app.app_context():
+        assert choose_locale(None) == "ro"
 
 
 def test_translator_formats(shop):

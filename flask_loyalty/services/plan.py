@@ -207,7 +207,9 @@ def has_guide(state: LoyaltyState, item: dict[str, Any]) -> bool:
         return True
     if _find_template(state, item) is not None:
         return True
-    locale = str(state.config["LOYALTY_DEFAULT_LOCALE"])
+    from ..i18n import default_locale
+
+    locale = default_locale(state)
     return any(_ask(fn, item, locale) for fn in registry.fallbacks)
 
 

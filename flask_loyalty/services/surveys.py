@@ -29,7 +29,7 @@ from sqlalchemy import case, delete, func, insert, literal, select, update
 
 from ..clock import local_date, resolve_now, shop_zone, start_of_local_day, utcnow, valid_days_deadline
 from ..errors import InvalidInput, LoyaltyError, NotFound
-from ..i18n import translator
+from ..i18n import default_locale, translator
 from ..models import Customer, Purchase
 from ..models.base import table_of
 from ..models.survey import DETRACTOR_MAX, PROMOTER_MIN, SurveyAnswer, SurveyResponse
@@ -232,7 +232,7 @@ def is_alarming(values: Mapping[str, Any]) -> bool:
 def _alert_payload(state: LoyaltyState, response: SurveyResponse) -> dict[str, Any]:
     from . import links
 
-    rows = [list(pair) for pair in display_answers(state, response, state.config["LOYALTY_DEFAULT_LOCALE"])]
+    rows = [list(pair) for pair in display_answers(state, response, default_locale(state))]
     return {"order_ref": response.order_ref, "customer_ref": response.customer_ref,
             "customer_email": response.customer.email or "", "customer_name": response.customer.name or "",
             "recommend": response.values.get("recommend", ""), "experience": response.values.get("experience", ""),
