@@ -13,10 +13,10 @@ from html.parser import HTMLParser
 import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from flask_loyalty import Loyalty
-from flask_loyalty.models import AdminAuditEntry, Customer
+from flask_loyalty.models import AdminAuditEntry, Customer, GiftCard, GiftCardMovement
 from flask_loyalty.services import dashboard
 from flask_loyalty.services.dashboard import Period, area_model
 
@@ -204,6 +204,77 @@ def test_period_previous_and_validation(shop):
         dashboard.period_for(state, days=0)
 
 
+def test_gift_card_liability_of_the_previous_period_uses_its_own_end_for_expiry(shop):
+    """A card issued in the previous period, unspent and unexpired at that period's end, is a liability then.
+
+    docs/dashboard.md: "unspent, unexpired gift-card balances at the period's end" - for the previous
+    period, expiry is judged at the previous period's end, not the current one's.
+    """
+    state = shop.loyalty.state
+    period = dashboard.period_for(state, days=30)
+    card = shop.loyalty.gift_cards.issue("25.00")
+    issued_at = period.previous.start + timedelta(days=5)
+    expires_at = period.start + timedelta(days=5)        # after the previous period's end, inside this one
+    session = shop.db.session
+    session.execute(update(GiftCard).where(GiftCard.id == card.id).values(created_at=issued_at,
+                                                                          expires_at=expires_at))
+    session.execute(update(GiftCardMovement).where(GiftCardMovement.gift_card_id == card.id)
+                    .values(created_at=issued_at))
+    session.commit()
+    m = dashboard.overview(state, period).metric("gift_card_liability")
+    assert m.value == Decimal("0")                          # expired by the current period's end: right
+    assert m.previous == Decimal("25.00"), "unexpired at the previous period's end, yet left out"
+
+
+def test_previous_period_has_whole_local_days_across_a_dst_change(make_shop):
+    """The previous period is as many local calendar days as the period and starts at local midnight.
+
+    Period = local days 29 Mar .. 4 Apr 2026 in Europe/Madrid (DST starts 29 Mar): 7 days minus 1 hour.
+    The previous period is the local days 22 .. 28 Mar, so an order at 00:30 local on 22 Mar is in it
+    (subtracting the real length would start it at 01:00 local and lose that order).
+    """
+    shop = make_shop(LOYALTY_TIMEZONE="Europe/Madrid")
+    with shop.app.app_context():
+        state = shop.loyalty.state
+        period = dashboard.period_for(state, start=date(2026, 3, 29), end=date(2026, 4, 4))
+        madrid_midnight_22 = datetime(2026, 3, 21, 23, 0, tzinfo=UTC)      # 22 Mar 00:00 CET
+        shop.loyalty.record_purchase("dst1", "d1", "10.00", placed_at=madrid_midnight_22 + timedelta(minutes=30))
+        m = dashboard.overview(state, period).metric("orders")
+        assert m.previous == 1, period.previous
+        assert period.previous.start == madrid_midnight_22, period.previous
+
+
+def test_repeat_rate_counts_two_orders_placed_at_the_same_instant(shop):
+    """Repeat-purchase rate: "share of the period's buyers who have two or more orders by the period's end".
+
+    A new customer with two orders at the same timestamp (e.g. a split shipment recorded together) has
+    two orders: a repeat buyer; only one of them (the lowest id) is their first order, so the other one
+    is revenue from a returning customer.
+    """
+    state = shop.loyalty.state
+    period = dashboard.period_for(state, days=30)
+    at = period.start + timedelta(days=3)
+    shop.loyalty.record_purchase("t1", "tie", "10.00", placed_at=at)
+    shop.loyalty.record_purchase("t2", "tie", "20.00", placed_at=at)
+    m = dashboard.overview(state, period).metric
+    assert m("orders").value == 2 and m("active_customers").value == 1
+    assert m("repeat_rate").value == Decimal("1.0000")
+    assert m("returning_revenue").value == Decimal("20.00")
+
+
+def test_coupon_redemptions_count_orders_in_other_currencies(shop):
+    """Docs: orders in other currencies "count as orders but not as revenue".  A percent coupon used on a USD
+    order is a redemption; only its discount stays out of the discount cost."""
+    state = shop.loyalty.state
+    period = dashboard.period_for(state, days=30)
+    code = shop.loyalty.coupons.create(kind="percent", value=10).code
+    shop.loyalty.record_purchase("usd1", "cu", "50.00", currency="USD")
+    shop.loyalty.coupons.redeem(code, customer_ref="cu", order_ref="usd1", order_total="50.00", currency="USD")
+    m = dashboard.overview(state, period).metric
+    assert m("discount_cost").value == Decimal("0")          # not in EUR: right
+    assert m("redemptions").value == 1
+
+
 def test_coupon_gift_card_survey_mail_figures(figures):
     shop, period, d = figures
     if area_model("coupon", "Coupon") is None:
@@ -276,10 +347,12 @@ def _direct_figures(shop, period):
         buyers = {o.customer_id for o in inside}
         first_at = {cid: min(o.placed_at for o in mine) for cid, mine in by_customer.items()}
         new = [cid for cid, at in first_at.items() if w.start <= at < w.end]
-        single = [cid for cid in new if not any(first_at[cid] < o.placed_at < w.end for o in by_customer[cid])]
+        # "two or more orders by the period's end": orders at the same instant count as two
+        single = [cid for cid in new if sum(1 for o in by_customer[cid] if o.placed_at < w.end) == 1]
         revenue = sum((o.total - o.refunded_total for o in inside), Decimal(0))
-        first_net = sum((o.total - o.refunded_total for cid in new for o in by_customer[cid]
-                         if o.placed_at == first_at[cid]), Decimal(0))
+        # the first order: the earliest, and of orders at the same instant the lowest id
+        first_order = {cid: min(mine, key=lambda o: (o.placed_at, o.id)) for cid, mine in by_customer.items()}
+        first_net = sum((first_order[cid].total - first_order[cid].refunded_total for cid in new), Decimal(0))
         sent = [m for m in session.execute(select(Message)).unique().scalars()
                 if m.status == "sent" and m.marketing and m.sent_at and w.start <= m.sent_at < w.end]
         opened = clicked = bought = 0
