@@ -17,8 +17,9 @@ from sqlalchemy import func, select, update
 
 from flask_loyalty import Loyalty
 from flask_loyalty.models import AdminAuditEntry, Customer, GiftCard, GiftCardMovement
-from flask_loyalty.services import dashboard
+from flask_loyalty.services import admin_lists, dashboard
 from flask_loyalty.services.dashboard import Period, area_model
+from flask_loyalty.spreadsheet import FORMULA_START
 
 UTC = timezone.utc
 PREFIX = "/loyalty/admin"
@@ -634,6 +635,26 @@ def test_chart_csv_equals_table(admin):
         assert rows == tables[f"table-{name}"], name
         assert len(rows) > 1
     assert shown >= 3
+
+
+def test_coupon_mail_merge_csv_writes_formula_like_text_as_text(shop):
+    """Customer names come from the shop's checkout: a name like '=HYPERLINK(...)' is written as text (a leading ')."""
+    shop.loyalty.upsert_customer("evil", name='=HYPERLINK("http://evil.example","click")',
+                                 email="evil@example.com")
+    shop.loyalty.coupons.create(kind="fixed", value="5", customer_ref="evil", campaign="@SUM(1+1)")
+    text, _n = admin_lists.coupons_csv(shop.loyalty.state)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    row = next(r for r in rows if r["customer_ref"] == "evil")
+    assert not row["name"].startswith(FORMULA_START), row["name"]
+    assert not row["campaign"].startswith(FORMULA_START), row["campaign"]
+    assert row["name"] == "'" + '=HYPERLINK("http://evil.example","click")' and row["campaign"] == "'@SUM(1+1)"
+
+
+def test_chart_csv_writes_formula_like_text_as_text_and_numbers_as_they_are():
+    table = dashboard.Table("t", ["label", "n", "share"],
+                            [["=1+2", -5, "-12.5%"], ["-x", Decimal("-1.50"), "+3"], ["\tcmd", 0, "@a"]])
+    rows = list(csv.reader(io.StringIO(table.to_csv())))
+    assert rows[1:] == [["'=1+2", "-5", "-12.5%"], ["'-x", "-1.50", "+3"], ["'\tcmd", "0", "'@a"]]
 
 
 def test_customer_timeline(admin):

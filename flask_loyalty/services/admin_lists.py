@@ -7,7 +7,6 @@ than a page to know whether there is a next page, so no list needs a
 
 from __future__ import annotations
 
-import csv
 import io
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,6 +37,7 @@ from ..models import (
 )
 from ..models.base import table_of
 from ..schemas.fields import ID_MAX, is_ref
+from ..spreadsheet import CsvWriter
 from ..state import LoyaltyState
 from ..transaction import begin_write, finish
 
@@ -426,7 +426,7 @@ def coupons_csv(state: LoyaltyState, *, q: str | None = None, campaign: str | No
         Customer, Customer.ref == sub.c.customer_ref).order_by(sub.c.id).limit(limit)
     zone = shop_zone(state.config["LOYALTY_TIMEZONE"])
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer = CsvWriter(buffer, lineterminator="\r\n")
     writer.writerow(MAIL_MERGE_COLUMNS)
     n = 0
     for row in state.session.execute(joined).mappings():

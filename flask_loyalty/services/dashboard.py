@@ -26,7 +26,6 @@ Definitions (also in the docs):
 
 from __future__ import annotations
 
-import csv
 import importlib
 import io
 from collections.abc import Callable, Sequence
@@ -72,6 +71,7 @@ from ..models import (
 from ..models.base import table_of
 from ..models.types import UTCDateTime
 from ..money import from_storage
+from ..spreadsheet import CsvWriter
 from ..state import LoyaltyState
 from .analytics import top_buyers
 
@@ -693,7 +693,7 @@ class Table:
     def to_csv(self) -> str:
         """The table as CSV (header row first)."""
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\r\n")
+        writer = CsvWriter(buffer, lineterminator="\r\n")
         writer.writerow(self.columns)
         writer.writerows(self.text_rows())
         return buffer.getvalue()
