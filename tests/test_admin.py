@@ -453,6 +453,19 @@ def test_pareto_hand_computed(shop):
     assert "top 30.0%: 55.0% of revenue" in chart.table.caption
 
 
+def test_pareto_chart_counts_revenue_in_the_shop_currency_only(shop):
+    """Money figures are "in LOYALTY_CURRENCY (orders in other currencies count as orders but not as revenue)".
+
+    The Pareto chart ranks and sums spend in EUR only: a 1000 USD order is not 1000 EUR of revenue and does
+    not make its buyer the top customer (Customer.total_spent adds up every currency).
+    """
+    shop.loyalty.record_purchase("e1", "eur", "100.00")
+    shop.loyalty.record_purchase("u1", "usd", "1000.00", currency="USD")
+    chart = dashboard.pareto_chart(shop.loyalty.state, datetime.now(UTC))
+    last = chart.table.text_rows()[-1]
+    assert last[2] == "100.00", chart.table.text_rows()
+    assert last[1] == "1"          # the USD-only buyer has no revenue in EUR to rank
+
 
 @pytest.mark.parametrize("mark", ["0.3", "0.2", "1"])
 def test_pareto_profit_shares_equal_analytics(shop, mark):
@@ -472,6 +485,16 @@ def test_clv_distribution_without_profiles(shop):
     counts = {row[0]: row[1] for row in chart.table.text_rows()}
     assert counts["0–10 EUR"] == "1" and counts["25–50 EUR"] == "2" and counts["500–1000 EUR"] == "1"
     assert sum(int(v) for v in counts.values()) == 4
+
+
+def test_clv_chart_without_profiles_counts_spend_in_the_shop_currency_only(shop):
+    """The lifetime-value bands (historical net spend, in EUR) leave a USD-only buyer out of the EUR bands."""
+    shop.loyalty.record_purchase("e1", "eur", "100.00")
+    shop.loyalty.record_purchase("u1", "usd", "1000.00", currency="USD")
+    chart = dashboard.clv_chart(shop.loyalty.state, datetime.now(UTC))
+    counts = {row[0]: row[1] for row in chart.table.text_rows()}
+    assert counts["1000–2500 EUR"] == "0", counts
+    assert counts["100–250 EUR"] == "1" and sum(int(v) for v in counts.values()) == 1
 
 
 def test_nps_chart_and_stage_funnel(figures):

@@ -764,10 +764,8 @@ def pareto_chart(state: LoyaltyState, now: datetime, *, steps: int = 20, mark: D
     """Cumulative revenue share of customers ranked by what they spent, with the top-30% mark."""
     from . import charts
 
-    c = table_of(Customer).c
-    ranked = select(raw(c.total_spent).label("spent"),
-                    func.ntile(steps).over(order_by=raw(c.total_spent).desc()).label("tile")
-                    ).where(c.orders_count > 0).subquery()
+    spend = spent_by_customer(state)
+    ranked = select(spend.c.spent, func.ntile(steps).over(order_by=spend.c.spent.desc()).label("tile")).subquery()
     rows_db = state.session.execute(
         select(ranked.c.tile, func.count(), func.sum(ranked.c.spent)).group_by(ranked.c.tile)
         .order_by(ranked.c.tile)).all()
@@ -799,6 +797,24 @@ def pareto_chart(state: LoyaltyState, now: datetime, *, steps: int = 20, mark: D
             "profit and %(revenue)s of the revenue.",
             top=percent(mark), profit=percent(profit_share), revenue=percent(revenue_share))
     return Chart("pareto", gettext("Pareto curve"), description, svg, table)
+
+
+def spent_by_customer(state: LoyaltyState) -> Any:
+    """A subquery ``(customer_id, spent)``: each customer's net spend (raw units) in ``LOYALTY_CURRENCY``.
+
+    Summed from the orders in the shop's currency (``Customer.total_spent``
+    adds up every currency), so a customer who only bought in other
+    currencies is not in it.  One index-only scan of the purchases' covering
+    dashboard index; on SQLite the grouping key is ``customer_id + 0`` so
+    that the planner does not walk the per-customer index for its order and
+    fetch every order row instead.
+    """
+    p = table_of(Purchase).c
+    key: ColumnElement[Any] = p.customer_id
+    if state.session.get_bind().dialect.name == "sqlite":
+        key = p.customer_id + 0
+    return (select(key.label("customer_id"), func.sum(raw(p.total) - raw(p.refunded_total)).label("spent"))
+            .where(p.currency == state.config["LOYALTY_CURRENCY"]).group_by(key).subquery())
 
 
 def top_profit_shares(state: LoyaltyState, mark: Decimal) -> tuple[Decimal, Decimal]:
@@ -852,8 +868,8 @@ def clv_chart(state: LoyaltyState, now: datetime) -> Chart:
         source = select(value_col.label("v")).where(pc.frequency > 0).subquery()
         basis = gettext("lifetime (profit so far + predicted)")
     else:
-        cc = table_of(Customer).c
-        source = select(raw(cc.total_spent).label("v")).where(cc.orders_count > 0).subquery()
+        spend = spent_by_customer(state)
+        source = select(spend.c.spent.label("v")).subquery()
         basis = gettext("historical spend")
     scale = 10_000
     edges = [e * scale for e in CLV_EDGES]
