@@ -17,7 +17,7 @@ from sqlalchemy import func, select, update
 
 from flask_loyalty import Loyalty
 from flask_loyalty.models import AdminAuditEntry, Customer, GiftCard, GiftCardMovement
-from flask_loyalty.services import admin_lists, dashboard
+from flask_loyalty.services import admin_lists, audit, dashboard
 from flask_loyalty.services.dashboard import Period, area_model
 from flask_loyalty.spreadsheet import FORMULA_START
 
@@ -727,6 +727,29 @@ def test_post_needs_csrf_and_writes_audit(admin):
     assert entries[1].details["count"] == 3 and entries[2].target == one.code
     audit_html = client.get(PREFIX + "/audit").get_data(as_text=True)
     assert "coupon.deactivate" in audit_html and "alice@shop" in audit_html
+
+
+def test_audit_log_pages_neither_skip_nor_repeat_entries(shop):
+    """Every audit page has the same order as its cursor (by id): entries whose times are not in id order (two
+    admins acting at once: the earlier one commits later) are each shown exactly once."""
+    state = shop.loyalty.state
+    base = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    # ids 1..4; the time of id 2 is later than that of id 3 and 4 (it was stamped first, committed last)
+    for i, minutes in enumerate((0, 30, 10, 20), start=1):
+        audit.record(state, who="a", action=f"act{i}", now=base + timedelta(minutes=minutes))
+    shop.app.config["LOYALTY_ADMIN_PAGE_SIZE"] = 1
+    shop.loyalty.admin_guard(allow)
+    client = shop.client
+    seen: list[str] = []
+    url = PREFIX + "/audit"
+    for _ in range(10):
+        html = client.get(url).get_data(as_text=True)
+        seen += re.findall(r"\bact\d\b", html)
+        nxt = re.search(r'before=(\d+)', html)
+        if not nxt:
+            break
+        url = PREFIX + f"/audit?before={nxt.group(1)}"
+    assert seen == ["act4", "act3", "act2", "act1"], seen
 
 
 def test_gift_card_issue(admin):

@@ -43,9 +43,18 @@ def record(state: LoyaltyState, *, who: str, action: str, target: str | None = N
 
 
 def entries(state: LoyaltyState, *, target: str | None = None, action: str | None = None,
-            limit: int = 50, offset: int = 0) -> tuple[list[AdminAuditEntry], int]:
-    """The newest entries first (optionally for one target or action) and how many there are in all."""
+            limit: int = 50, offset: int = 0, before: int | None = None) -> tuple[list[AdminAuditEntry], int]:
+    """The newest entries first (optionally for one target or action) and how many there are in all.
+
+    Newest means last recorded: entries come in descending id order, the
+    order of :attr:`AdminAuditEntry.id`, which is also the keyset of the
+    pages: ``before`` gives the entries recorded before the entry with that
+    id.  (Their times need not be in the same order: an action is stamped
+    when it starts and recorded when it commits.)
+    """
     query = select(AdminAuditEntry)
+    if before is not None:
+        query = query.where(AdminAuditEntry.id < before)
     counter = select(func.count(AdminAuditEntry.id))
     if target:
         query = query.where(AdminAuditEntry.target == target)
@@ -54,7 +63,7 @@ def entries(state: LoyaltyState, *, target: str | None = None, action: str | Non
         query = query.where(AdminAuditEntry.action == action)
         counter = counter.where(AdminAuditEntry.action == action)
     rows = list(state.session.execute(
-        query.order_by(AdminAuditEntry.at.desc(), AdminAuditEntry.id.desc()).limit(limit).offset(offset)
+        query.order_by(AdminAuditEntry.id.desc()).limit(limit).offset(offset)
     ).scalars())
     return rows, int(state.session.execute(counter).scalar_one())
 
