@@ -277,7 +277,8 @@ def register(bp: Blueprint) -> None:
         state = get_state()
         args = _args(_survey_q)
         result = admin_lists.survey_page(state, group=args.get("group"), comments=bool(args.get("comments")),
-                                         source=args.get("source"), before=args.get("before"), size=_size())
+                                         source=args.get("source"), before=args.get("before"),
+                                         rank=args.get("rank"), size=_size())
         since = utcnow() - timedelta(days=STATS_DAYS)
         stats = state.extension.surveys.stats(since=since)
         return page("surveys.html", result=result, args=args, stats=stats, stats_days=STATS_DAYS,
