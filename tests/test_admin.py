@@ -688,6 +688,24 @@ def test_customer_timeline(admin):
     assert html.index("Order o4") < html.index("Order o3")   # newest first
 
 
+def test_find_customers_by_email_ignores_case(shop):
+    """find_customers: "whose e-mail is q (case-insensitive)" - a stored mixed-case address is not found."""
+    shop.loyalty.record_purchase("m1", "mixed", "10.00", email="Bob.Smith@Example.com")
+    for q in ("bob.smith@example.com", "BOB.SMITH@EXAMPLE.COM", "Bob.Smith@Example.com"):
+        assert [c.ref for c in admin_lists.find_customers(shop.loyalty.state, q)] == ["mixed"], q
+
+
+def test_active_coupon_filter_leaves_out_coupons_not_started(shop):
+    """The list's status=active filter returns coupons that the same list shows as "not started"."""
+    state = shop.loyalty.state
+    later = shop.loyalty.coupons.create(kind="fixed", value="5", starts_at=date.today() + timedelta(days=30),
+                                        campaign="later")
+    now_ = shop.loyalty.coupons.create(kind="fixed", value="5", campaign="later")
+    page = admin_lists.coupons_page(state, status="active", campaign="later")
+    shown = [admin_lists.coupon_status(c, datetime.now(UTC)) for c in page.rows]
+    assert [c.id for c in page.rows] == [now_.id] and shown == ["active"], (later.id, shown)
+
+
 def test_post_needs_csrf_and_writes_audit(admin):
     shop, _period, _d = admin
     if area_model("coupon", "Coupon") is None:

@@ -76,7 +76,8 @@ def find_customers(state: LoyaltyState, q: str, *, limit: int = 50) -> list[Cust
     if not q:
         return []
     if "@" in q:
-        cond = or_(Customer.email == q, Customer.email == q.lower())
+        # lower() on both sides in SQL, so both fold case alike (a scan of the customers: tens of ms at 100k)
+        cond = func.lower(Customer.email) == func.lower(q)
     else:
         cond = and_(Customer.ref >= q, Customer.ref < q + "\U0010ffff")
     return list(state.session.execute(select(Customer).where(cond).order_by(Customer.ref).limit(limit)).scalars())
@@ -398,7 +399,9 @@ def _coupon_query(state: LoyaltyState, *, q: str | None, campaign: str | None, c
         query = query.where(coupon.revoked_at.is_(None), coupon.max_uses.is_not(None),
                             coupon.uses >= coupon.max_uses)
     elif status == "active":
+        # the status coupon_status shows as "active": not revoked, expired, used up, nor not started yet
         query = query.where(coupon.revoked_at.is_(None),
+                            or_(coupon.starts_at.is_(None), coupon.starts_at <= now),
                             or_(coupon.expires_at.is_(None), coupon.expires_at > now),
                             or_(coupon.max_uses.is_(None), coupon.uses < coupon.max_uses))
     return query
