@@ -824,6 +824,28 @@ def test_audit_trail_in_customer_export(admin):
         ("bob", "coupon.create", {"kind": "fixed"})]
 
 
+def test_erasure_drops_details_of_every_audit_entry_about_the_customer(shop):
+    """docs: "When a customer is erased, the audit entries about them keep the fact that an action happened but
+    lose their details."  A gift card issued to the customer from the dashboard is audited with the target
+    "<code>…" and details {customer_ref, amount ...}: it is about them too, in their export and scrubbed."""
+    shop.loyalty.record_purchase("g1", "gc", "10.00", email="gc@example.com")
+    shop.loyalty.record_purchase("g2", "other", "10.00", email="other@example.com")
+    shop.loyalty.admin_guard(allow)
+    client = shop.client
+    token = csrf_of(client.get(PREFIX + "/gift-cards").get_data(as_text=True))
+    for ref in ("gc", "other"):
+        r = client.post(PREFIX + "/gift-cards", data={"amount": "30.00", "customer_ref": ref, "csrf_token": token})
+        assert r.status_code == 200
+    exported = shop.loyalty.consent.export("gc")["admin_audit"]
+    assert [(e["action"], e["details"]["customer_ref"]) for e in exported] == [("gift_card.issue", "gc")]
+    shop.loyalty.consent.erase("gc")
+    shop.db.session.expire_all()
+    entries = shop.db.session.execute(select(AdminAuditEntry).order_by(AdminAuditEntry.id)).scalars().all()
+    issued = [e.details for e in entries if e.action == "gift_card.issue"]
+    assert issued[0] == {"erased": True}, issued
+    assert issued[1]["customer_ref"] == "other", issued     # another customer's entry keeps its details
+
+
 def test_survey_answers_detractors_first(admin):
     shop, _period, d = admin
     if area_model("survey", "SurveyResponse") is None:

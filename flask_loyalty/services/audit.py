@@ -6,11 +6,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 
 from ..clock import resolve_now
 from ..models import AdminAuditEntry, Customer
-from ..models.base import table_of
 from ..state import LoyaltyState
 from ..transaction import finish
 
@@ -68,16 +67,34 @@ def entries(state: LoyaltyState, *, target: str | None = None, action: str | Non
     return rows, int(state.session.execute(counter).scalar_one())
 
 
+def about_customer(ref: str) -> ColumnElement[bool]:
+    """The entries about the customer ``ref``: their reference is the target, or it is in the details.
+
+    An action on something else can be about a customer: a gift card or a
+    coupon issued to them (``details.customer_ref``), a coupon export
+    filtered by them (``details.filters.customer``).
+    """
+    details = AdminAuditEntry.details
+    return or_(AdminAuditEntry.target == ref,
+               details["customer_ref"].as_string() == ref,
+               details[("filters", "customer")].as_string() == ref)
+
+
 def _export_hook(state: LoyaltyState, *, customer: Customer, data: dict[str, Any]) -> None:
-    rows, _total = entries(state, target=customer.ref, limit=10_000)
-    data["admin_audit"] = [{"at": e.at.isoformat(), "who": e.who, "action": e.action, "details": e.details}
-                           for e in rows]
+    rows = state.session.execute(select(AdminAuditEntry).where(about_customer(customer.ref))
+                                 .order_by(AdminAuditEntry.id.desc()).limit(10_000)).scalars()
+    data["admin_audit"] = [{"at": e.at.isoformat(), "who": e.who, "action": e.action, "target": e.target,
+                            "details": e.details} for e in rows]
 
 
 def _erase_hook(state: LoyaltyState, *, customer: Customer) -> None:
-    """Keep the fact that actions happened (accountability) but drop their details about the person."""
-    table = table_of(AdminAuditEntry)
-    state.session.execute(update(table).where(table.c.target == customer.ref).values(details={"erased": True}))
+    """Keep the fact that actions happened (accountability) but drop their details about the person.
+
+    Every entry about them (:func:`about_customer`) loses its details,
+    including those whose target is a gift card or coupon issued to them.
+    """
+    state.session.execute(update(AdminAuditEntry).where(about_customer(customer.ref))
+                          .values(details={"erased": True}).execution_options(synchronize_session=False))
 
 
 def setup(state: LoyaltyState) -> None:
