@@ -13,12 +13,13 @@ from html.parser import HTMLParser
 import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from flask_loyalty import Loyalty
-from flask_loyalty.models import AdminAuditEntry, Customer
-from flask_loyalty.services import dashboard
+from flask_loyalty.models import AdminAuditEntry, Customer, GiftCard, GiftCardMovement
+from flask_loyalty.services import admin_lists, audit, dashboard
 from flask_loyalty.services.dashboard import Period, area_model
+from flask_loyalty.spreadsheet import FORMULA_START
 
 UTC = timezone.utc
 PREFIX = "/loyalty/admin"
@@ -204,6 +205,77 @@ def test_period_previous_and_validation(shop):
         dashboard.period_for(state, days=0)
 
 
+def test_gift_card_liability_of_the_previous_period_uses_its_own_end_for_expiry(shop):
+    """A card issued in the previous period, unspent and unexpired at that period's end, is a liability then.
+
+    docs/dashboard.md: "unspent, unexpired gift-card balances at the period's end" - for the previous
+    period, expiry is judged at the previous period's end, not the current one's.
+    """
+    state = shop.loyalty.state
+    period = dashboard.period_for(state, days=30)
+    card = shop.loyalty.gift_cards.issue("25.00")
+    issued_at = period.previous.start + timedelta(days=5)
+    expires_at = period.start + timedelta(days=5)        # after the previous period's end, inside this one
+    session = shop.db.session
+    session.execute(update(GiftCard).where(GiftCard.id == card.id).values(created_at=issued_at,
+                                                                          expires_at=expires_at))
+    session.execute(update(GiftCardMovement).where(GiftCardMovement.gift_card_id == card.id)
+                    .values(created_at=issued_at))
+    session.commit()
+    m = dashboard.overview(state, period).metric("gift_card_liability")
+    assert m.value == Decimal("0")                          # expired by the current period's end: right
+    assert m.previous == Decimal("25.00"), "unexpired at the previous period's end, yet left out"
+
+
+def test_previous_period_has_whole_local_days_across_a_dst_change(make_shop):
+    """The previous period is as many local calendar days as the period and starts at local midnight.
+
+    Period = local days 29 Mar .. 4 Apr 2026 in Europe/Madrid (DST starts 29 Mar): 7 days minus 1 hour.
+    The previous period is the local days 22 .. 28 Mar, so an order at 00:30 local on 22 Mar is in it
+    (subtracting the real length would start it at 01:00 local and lose that order).
+    """
+    shop = make_shop(LOYALTY_TIMEZONE="Europe/Madrid")
+    with shop.app.app_context():
+        state = shop.loyalty.state
+        period = dashboard.period_for(state, start=date(2026, 3, 29), end=date(2026, 4, 4))
+        madrid_midnight_22 = datetime(2026, 3, 21, 23, 0, tzinfo=UTC)      # 22 Mar 00:00 CET
+        shop.loyalty.record_purchase("dst1", "d1", "10.00", placed_at=madrid_midnight_22 + timedelta(minutes=30))
+        m = dashboard.overview(state, period).metric("orders")
+        assert m.previous == 1, period.previous
+        assert period.previous.start == madrid_midnight_22, period.previous
+
+
+def test_repeat_rate_counts_two_orders_placed_at_the_same_instant(shop):
+    """Repeat-purchase rate: "share of the period's buyers who have two or more orders by the period's end".
+
+    A new customer with two orders at the same timestamp (e.g. a split shipment recorded together) has
+    two orders: a repeat buyer; only one of them (the lowest id) is their first order, so the other one
+    is revenue from a returning customer.
+    """
+    state = shop.loyalty.state
+    period = dashboard.period_for(state, days=30)
+    at = period.start + timedelta(days=3)
+    shop.loyalty.record_purchase("t1", "tie", "10.00", placed_at=at)
+    shop.loyalty.record_purchase("t2", "tie", "20.00", placed_at=at)
+    m = dashboard.overview(state, period).metric
+    assert m("orders").value == 2 and m("active_customers").value == 1
+    assert m("repeat_rate").value == Decimal("1.0000")
+    assert m("returning_revenue").value == Decimal("20.00")
+
+
+def test_coupon_redemptions_count_orders_in_other_currencies(shop):
+    """Docs: orders in other currencies "count as orders but not as revenue".  A percent coupon used on a USD
+    order is a redemption; only its discount stays out of the discount cost."""
+    state = shop.loyalty.state
+    period = dashboard.period_for(state, days=30)
+    code = shop.loyalty.coupons.create(kind="percent", value=10).code
+    shop.loyalty.record_purchase("usd1", "cu", "50.00", currency="USD")
+    shop.loyalty.coupons.redeem(code, customer_ref="cu", order_ref="usd1", order_total="50.00", currency="USD")
+    m = dashboard.overview(state, period).metric
+    assert m("discount_cost").value == Decimal("0")          # not in EUR: right
+    assert m("redemptions").value == 1
+
+
 def test_coupon_gift_card_survey_mail_figures(figures):
     shop, period, d = figures
     if area_model("coupon", "Coupon") is None:
@@ -276,10 +348,12 @@ def _direct_figures(shop, period):
         buyers = {o.customer_id for o in inside}
         first_at = {cid: min(o.placed_at for o in mine) for cid, mine in by_customer.items()}
         new = [cid for cid, at in first_at.items() if w.start <= at < w.end]
-        single = [cid for cid in new if not any(first_at[cid] < o.placed_at < w.end for o in by_customer[cid])]
+        # "two or more orders by the period's end": orders at the same instant count as two
+        single = [cid for cid in new if sum(1 for o in by_customer[cid] if o.placed_at < w.end) == 1]
         revenue = sum((o.total - o.refunded_total for o in inside), Decimal(0))
-        first_net = sum((o.total - o.refunded_total for cid in new for o in by_customer[cid]
-                         if o.placed_at == first_at[cid]), Decimal(0))
+        # the first order: the earliest, and of orders at the same instant the lowest id
+        first_order = {cid: min(mine, key=lambda o: (o.placed_at, o.id)) for cid, mine in by_customer.items()}
+        first_net = sum((first_order[cid].total - first_order[cid].refunded_total for cid in new), Decimal(0))
         sent = [m for m in session.execute(select(Message)).unique().scalars()
                 if m.status == "sent" and m.marketing and m.sent_at and w.start <= m.sent_at < w.end]
         opened = clicked = bought = 0
@@ -379,6 +453,19 @@ def test_pareto_hand_computed(shop):
     assert "top 30.0%: 55.0% of revenue" in chart.table.caption
 
 
+def test_pareto_chart_counts_revenue_in_the_shop_currency_only(shop):
+    """Money figures are "in LOYALTY_CURRENCY (orders in other currencies count as orders but not as revenue)".
+
+    The Pareto chart ranks and sums spend in EUR only: a 1000 USD order is not 1000 EUR of revenue and does
+    not make its buyer the top customer (Customer.total_spent adds up every currency).
+    """
+    shop.loyalty.record_purchase("e1", "eur", "100.00")
+    shop.loyalty.record_purchase("u1", "usd", "1000.00", currency="USD")
+    chart = dashboard.pareto_chart(shop.loyalty.state, datetime.now(UTC))
+    last = chart.table.text_rows()[-1]
+    assert last[2] == "100.00", chart.table.text_rows()
+    assert last[1] == "1"          # the USD-only buyer has no revenue in EUR to rank
+
 
 @pytest.mark.parametrize("mark", ["0.3", "0.2", "1"])
 def test_pareto_profit_shares_equal_analytics(shop, mark):
@@ -398,6 +485,16 @@ def test_clv_distribution_without_profiles(shop):
     counts = {row[0]: row[1] for row in chart.table.text_rows()}
     assert counts["0–10 EUR"] == "1" and counts["25–50 EUR"] == "2" and counts["500–1000 EUR"] == "1"
     assert sum(int(v) for v in counts.values()) == 4
+
+
+def test_clv_chart_without_profiles_counts_spend_in_the_shop_currency_only(shop):
+    """The lifetime-value bands (historical net spend, in EUR) leave a USD-only buyer out of the EUR bands."""
+    shop.loyalty.record_purchase("e1", "eur", "100.00")
+    shop.loyalty.record_purchase("u1", "usd", "1000.00", currency="USD")
+    chart = dashboard.clv_chart(shop.loyalty.state, datetime.now(UTC))
+    counts = {row[0]: row[1] for row in chart.table.text_rows()}
+    assert counts["1000–2500 EUR"] == "0", counts
+    assert counts["100–250 EUR"] == "1" and sum(int(v) for v in counts.values()) == 1
 
 
 def test_nps_chart_and_stage_funnel(figures):
@@ -563,12 +660,50 @@ def test_chart_csv_equals_table(admin):
     assert shown >= 3
 
 
+def test_coupon_mail_merge_csv_writes_formula_like_text_as_text(shop):
+    """Customer names come from the shop's checkout: a name like '=HYPERLINK(...)' is written as text (a leading ')."""
+    shop.loyalty.upsert_customer("evil", name='=HYPERLINK("http://evil.example","click")',
+                                 email="evil@example.com")
+    shop.loyalty.coupons.create(kind="fixed", value="5", customer_ref="evil", campaign="@SUM(1+1)")
+    text, _n = admin_lists.coupons_csv(shop.loyalty.state)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    row = next(r for r in rows if r["customer_ref"] == "evil")
+    assert not row["name"].startswith(FORMULA_START), row["name"]
+    assert not row["campaign"].startswith(FORMULA_START), row["campaign"]
+    assert row["name"] == "'" + '=HYPERLINK("http://evil.example","click")' and row["campaign"] == "'@SUM(1+1)"
+
+
+def test_chart_csv_writes_formula_like_text_as_text_and_numbers_as_they_are():
+    table = dashboard.Table("t", ["label", "n", "share"],
+                            [["=1+2", -5, "-12.5%"], ["-x", Decimal("-1.50"), "+3"], ["\tcmd", 0, "@a"]])
+    rows = list(csv.reader(io.StringIO(table.to_csv())))
+    assert rows[1:] == [["'=1+2", "-5", "-12.5%"], ["'-x", "-1.50", "+3"], ["'\tcmd", "0", "'@a"]]
+
+
 def test_customer_timeline(admin):
     shop, _period, _d = admin
     html = shop.client.get(PREFIX + "/customers/c2").get_data(as_text=True)
     assert "Order o3" in html and "Order o4" in html and "refunded €10.00" in html
     assert "Refund: -10 points" in html
     assert html.index("Order o4") < html.index("Order o3")   # newest first
+
+
+def test_find_customers_by_email_ignores_case(shop):
+    """find_customers: "whose e-mail is q (case-insensitive)" - a stored mixed-case address is not found."""
+    shop.loyalty.record_purchase("m1", "mixed", "10.00", email="Bob.Smith@Example.com")
+    for q in ("bob.smith@example.com", "BOB.SMITH@EXAMPLE.COM", "Bob.Smith@Example.com"):
+        assert [c.ref for c in admin_lists.find_customers(shop.loyalty.state, q)] == ["mixed"], q
+
+
+def test_active_coupon_filter_leaves_out_coupons_not_started(shop):
+    """The list's status=active filter returns coupons that the same list shows as "not started"."""
+    state = shop.loyalty.state
+    later = shop.loyalty.coupons.create(kind="fixed", value="5", starts_at=date.today() + timedelta(days=30),
+                                        campaign="later")
+    now_ = shop.loyalty.coupons.create(kind="fixed", value="5", campaign="later")
+    page = admin_lists.coupons_page(state, status="active", campaign="later")
+    shown = [admin_lists.coupon_status(c, datetime.now(UTC)) for c in page.rows]
+    assert [c.id for c in page.rows] == [now_.id] and shown == ["active"], (later.id, shown)
 
 
 def test_post_needs_csrf_and_writes_audit(admin):
@@ -610,6 +745,29 @@ def test_post_needs_csrf_and_writes_audit(admin):
     assert entries[1].details["count"] == 3 and entries[2].target == one.code
     audit_html = client.get(PREFIX + "/audit").get_data(as_text=True)
     assert "coupon.deactivate" in audit_html and "alice@shop" in audit_html
+
+
+def test_audit_log_pages_neither_skip_nor_repeat_entries(shop):
+    """Every audit page has the same order as its cursor (by id): entries whose times are not in id order (two
+    admins acting at once: the earlier one commits later) are each shown exactly once."""
+    state = shop.loyalty.state
+    base = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    # ids 1..4; the time of id 2 is later than that of id 3 and 4 (it was stamped first, committed last)
+    for i, minutes in enumerate((0, 30, 10, 20), start=1):
+        audit.record(state, who="a", action=f"act{i}", now=base + timedelta(minutes=minutes))
+    shop.app.config["LOYALTY_ADMIN_PAGE_SIZE"] = 1
+    shop.loyalty.admin_guard(allow)
+    client = shop.client
+    seen: list[str] = []
+    url = PREFIX + "/audit"
+    for _ in range(10):
+        html = client.get(url).get_data(as_text=True)
+        seen += re.findall(r"\bact\d\b", html)
+        nxt = re.search(r'before=(\d+)', html)
+        if not nxt:
+            break
+        url = PREFIX + f"/audit?before={nxt.group(1)}"
+    assert seen == ["act4", "act3", "act2", "act1"], seen
 
 
 def test_gift_card_issue(admin):
@@ -666,6 +824,28 @@ def test_audit_trail_in_customer_export(admin):
         ("bob", "coupon.create", {"kind": "fixed"})]
 
 
+def test_erasure_drops_details_of_every_audit_entry_about_the_customer(shop):
+    """docs: "When a customer is erased, the audit entries about them keep the fact that an action happened but
+    lose their details."  A gift card issued to the customer from the dashboard is audited with the target
+    "<code>…" and details {customer_ref, amount ...}: it is about them too, in their export and scrubbed."""
+    shop.loyalty.record_purchase("g1", "gc", "10.00", email="gc@example.com")
+    shop.loyalty.record_purchase("g2", "other", "10.00", email="other@example.com")
+    shop.loyalty.admin_guard(allow)
+    client = shop.client
+    token = csrf_of(client.get(PREFIX + "/gift-cards").get_data(as_text=True))
+    for ref in ("gc", "other"):
+        r = client.post(PREFIX + "/gift-cards", data={"amount": "30.00", "customer_ref": ref, "csrf_token": token})
+        assert r.status_code == 200
+    exported = shop.loyalty.consent.export("gc")["admin_audit"]
+    assert [(e["action"], e["details"]["customer_ref"]) for e in exported] == [("gift_card.issue", "gc")]
+    shop.loyalty.consent.erase("gc")
+    shop.db.session.expire_all()
+    entries = shop.db.session.execute(select(AdminAuditEntry).order_by(AdminAuditEntry.id)).scalars().all()
+    issued = [e.details for e in entries if e.action == "gift_card.issue"]
+    assert issued[0] == {"erased": True}, issued
+    assert issued[1]["customer_ref"] == "other", issued     # another customer's entry keeps its details
+
+
 def test_survey_answers_detractors_first(admin):
     shop, _period, d = admin
     if area_model("survey", "SurveyResponse") is None:
@@ -680,6 +860,32 @@ def test_survey_answers_detractors_first(admin):
     assert tables_of(html)["sources"][1:] == [["search", "2"], ["friend", "1"]]
     only = shop.client.get(PREFIX + "/surveys?group=promoters").get_data(as_text=True)
     assert "Great tea" in only and "Late delivery" not in only
+
+
+def test_survey_answers_next_page_links_walk_every_group(shop):
+    """The "Older" link of every page works, also past the detractors: each answer is shown once, in order.
+
+    (The cursor was once ``rank * 2**40 + id``, beyond what ``before=`` accepts: a 400 after the detractors.)
+    """
+    now = datetime.now(UTC)
+    for i, score in enumerate((10, 3, 10, 8, 0, 9)):
+        shop.loyalty.record_purchase(f"sv{i}", f"svc{i}", "10.00", placed_at=now - timedelta(days=2))
+        add_response(shop, f"sv{i}", score, now - timedelta(days=1))
+    shop.db.session.commit()
+    shop.app.config["LOYALTY_ADMIN_PAGE_SIZE"] = 1
+    shop.loyalty.admin_guard(allow)
+    url, seen = PREFIX + "/surveys", []
+    for _ in range(10):
+        r = shop.client.get(url)
+        assert r.status_code == 200, url
+        html = r.get_data(as_text=True)
+        seen += re.findall(r"order (sv\d)", html)
+        nxt = re.search(r'rel="next" href="([^"]+)"', html)
+        if not nxt:
+            break
+        url = nxt.group(1).replace("&amp;", "&")
+    # detractors (newest first), passives, promoters
+    assert seen == ["sv4", "sv1", "sv3", "sv5", "sv2", "sv0"], seen
 
 
 def test_outbox_filter_and_preview(admin):

@@ -285,3 +285,14 @@ def test_cli_export_only_postal_consent(shop):
     assert row["name"] == "Ana Pérez" and row["email"] == "ana@example.com" and row["locale"] == "es"
     assert row["value"].startswith("5,00") and row["expires_on"] == "2030-05-01"
     assert "1 customers left out" in r.stderr
+
+
+def test_cli_export_writes_formula_like_names_as_text(shop):
+    """`flask loyalty coupons export` (postal mail-merge) writes a shopper-supplied name as text, not a formula."""
+    shop.loyalty.upsert_customer("evil", name="=cmd|' /C calc'!A0", email="evil@example.com", locale="en")
+    shop.loyalty.coupons.create(kind="fixed", value="5", customer_ref="evil", campaign="mail")
+    shop.loyalty.consent.grant("evil", "postal_mail", source="test")
+    r = shop.app.test_cli_runner().invoke(args=["loyalty", "coupons", "export"])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert rows and rows[0]["name"] == "'=cmd|' /C calc'!A0", rows

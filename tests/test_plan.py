@@ -908,6 +908,20 @@ def test_cli_plan_and_dispatch(make_shop, capture):
     assert result.exit_code != 0 and "--loop" in result.output
 
 
+@pytest.mark.parametrize("command", ["plan", "dispatch"])
+@pytest.mark.parametrize(("now", "reason"), [
+    ("1800-01-01T00:00:00+00:00", "Dates from 1900-01-01 to 9998-12-31"),
+    ("2027-03-15T12:00:00", "needs a time zone"),
+    ("tomorrow", "is not ISO 8601"),
+])
+def test_cli_plan_and_dispatch_refuse_a_bad_now_with_its_reason(shop, command, now, reason):
+    """A --now with a time zone but outside the supported dates is not blamed on a missing time zone."""
+    r = shop.app.test_cli_runner().invoke(args=["loyalty", command, "--now", now])
+    assert r.exit_code == 2 and reason in r.output, r.output
+    if reason != "needs a time zone":
+        assert "needs a time zone" not in r.output, r.output
+
+
 def test_two_apps_keep_their_own_guides(make_shop):
     a, b = make_shop(), make_shop()
     guides(a.app).sku("A")(lambda item, locale: "<p>a</p>")

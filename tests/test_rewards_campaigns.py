@@ -263,6 +263,17 @@ def test_cli_campaign_and_points(make_shop):
     assert result.exit_code == 0 and "0 advocates rewarded" in result.output
 
 
+@pytest.mark.parametrize("args", [
+    ["points", "expire"], ["referrals", "process"], ["campaigns", "launch", "x"], ["campaigns", "report", "x"],
+])
+def test_cli_out_of_range_now_is_a_usage_error_with_its_reason(shop, args):
+    """An out-of-range --now is a usage error naming the supported dates: `points expire` used to exit 0 and
+    `referrals process` to end in a traceback (InvalidInput)."""
+    r = shop.app.test_cli_runner().invoke(args=["loyalty", *args, "--now", "1800-01-01T00:00:00+00:00"])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (r.exit_code, repr(r.exception))
+    assert "Dates from 1900-01-01 to 9998-12-31" in r.output, r.output
+
+
 def _create_together(s, n, create):
     """``create()`` on ``n`` threads started at one barrier, each with its own session; their outcomes."""
     barrier = threading.Barrier(n)

@@ -263,6 +263,13 @@ def test_cli_recompute(shop):
     assert bad.exit_code != 0
 
 
+def test_cli_recompute_refuses_an_out_of_range_now_without_a_traceback(shop):
+    """An out-of-range --now is a usage error naming the supported dates (an InvalidInput escaped as a traceback)."""
+    r = shop.app.test_cli_runner().invoke(args=["loyalty", "recompute", "--now", "1800-01-01T00:00:00+00:00"])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), repr(r.exception)
+    assert "Dates from 1900-01-01 to 9998-12-31" in r.output, r.output
+
+
 def test_engagement_from_open_and_click_tracking(shop):
     from flask_loyalty.services import outbox, tracking
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 from collections.abc import Callable
 from datetime import date
@@ -17,6 +16,7 @@ from ..errors import InvalidInput
 from ..i18n import translator
 from ..models import Coupon, Customer
 from ..services.coupons import describe
+from ..spreadsheet import CsvWriter
 from ..state import get_state
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -126,7 +126,7 @@ def export_command(campaign: str | None, output: IO[str]) -> None:
         select(Coupon.customer_ref).where(Coupon.customer_ref.is_not(None), Coupon.revoked_at.is_(None),
                                           or_(Coupon.expires_at.is_(None), Coupon.expires_at >= now))))
              .order_by(Customer.ref))
-    writer = csv.writer(output)
+    writer = CsvWriter(output)
     writer.writerow(EXPORT_COLUMNS)
     rows = skipped = 0
     for customer in state.session.scalars(query).all():

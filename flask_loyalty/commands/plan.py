@@ -9,47 +9,32 @@ from types import FrameType
 
 import click
 
-from ..cli import loyalty_cli
-from ..clock import ensure_aware
-from ..errors import InvalidInput
+from ..cli import MOMENT, loyalty_cli
 from ..state import get_state
 
 
-def _parse_now(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter("use ISO 8601 with a time zone, e.g. 2026-05-01T09:00:00+00:00",
-                                 param_hint="--now") from None
-    try:
-        return ensure_aware(moment, field="now")
-    except InvalidInput:
-        raise click.BadParameter("the time needs a time zone (e.g. +00:00 or Z)", param_hint="--now") from None
-
-
 @loyalty_cli.command("plan")
-@click.option("--now", "now_text", default=None, help="Run as if it were this moment (ISO 8601, aware).")
-def plan_command(now_text: str | None) -> None:
+@click.option("--now", "now_text", type=MOMENT, default=None, help="Run as if it were this moment (ISO 8601, aware).")
+def plan_command(now_text: datetime | None) -> None:
     """Schedule the time-based steps of the plan (birthday, win-back, replenish)."""
     from ..services.plan import run_plan
 
-    count = run_plan(get_state(), now=_parse_now(now_text))
+    count = run_plan(get_state(), now=now_text)
     click.echo(f"scheduled {count} message(s)")
 
 
 @loyalty_cli.command("dispatch")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Send at most this many per run.")
-@click.option("--now", "now_text", default=None, help="Dispatch as if it were this moment (ISO 8601, aware).")
+@click.option("--now", "now_text", type=MOMENT, default=None,
+              help="Dispatch as if it were this moment (ISO 8601, aware).")
 @click.option("--loop", is_flag=True, help="Keep running, dispatching every --interval seconds.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Seconds between two runs with --loop.")
-def dispatch_command(limit: int | None, now_text: str | None, loop: bool, interval: float) -> None:
+def dispatch_command(limit: int | None, now_text: datetime | None, loop: bool, interval: float) -> None:
     """Send the messages that are due (safe to run on several machines at once)."""
     from ..services.dispatch import dispatch
 
-    now = _parse_now(now_text)
+    now = now_text
     if loop and now is not None:
         raise click.BadParameter("--now cannot be combined with --loop", param_hint="--now")
     stopping = False

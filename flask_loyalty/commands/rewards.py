@@ -8,22 +8,9 @@ from typing import Any
 
 import click
 
-from ..cli import loyalty_cli
+from ..cli import MOMENT, loyalty_cli
 from ..errors import LoyaltyError
 from ..state import get_state
-
-
-def _when(value: str | None, name: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter("use ISO 8601 with a time zone, e.g. 2026-05-01T00:00:00+00:00",
-                                 param_hint=name) from None
-    if moment.tzinfo is None:
-        raise click.BadParameter("the time zone is missing (add +00:00 or Z)", param_hint=name)
-    return moment
 
 
 def _fail(exc: LoyaltyError) -> None:
@@ -47,10 +34,13 @@ def points_group() -> None:
 
 
 @points_group.command("expire")
-@click.option("--now", default=None, help="Current time (ISO 8601 with time zone); default: now.")
-def points_expire(now: str | None) -> None:
+@click.option("--now", type=MOMENT, default=None, help="Current time (ISO 8601 with time zone); default: now.")
+def points_expire(now: datetime | None) -> None:
     """Warn about and expire points after LOYALTY_POINTS_EXPIRE_DAYS of inactivity."""
-    expired = get_state().extension.points.expire(now=_when(now, "--now"))
+    try:
+        expired = get_state().extension.points.expire(now=now)
+    except LoyaltyError as exc:
+        _fail(exc)
     click.echo(f"{expired} points expired")
 
 
@@ -60,10 +50,13 @@ def referrals_group() -> None:
 
 
 @referrals_group.command("process")
-@click.option("--now", default=None, help="Current time (ISO 8601 with time zone); default: now.")
-def referrals_process(now: str | None) -> None:
+@click.option("--now", type=MOMENT, default=None, help="Current time (ISO 8601 with time zone); default: now.")
+def referrals_process(now: datetime | None) -> None:
     """Reward advocates whose friend's order is past LOYALTY_REFERRAL_REFUND_WINDOW_DAYS."""
-    count = _facades()[2].process(now=_when(now, "--now"))
+    try:
+        count = _facades()[2].process(now=now)
+    except LoyaltyError as exc:
+        _fail(exc)
     click.echo(f"{count} advocates rewarded")
 
 
@@ -75,8 +68,8 @@ def raffles_group() -> None:
 @raffles_group.command("create")
 @click.argument("name")
 @click.option("--title", required=True)
-@click.option("--since", default=None, help="Purchases placed from (ISO 8601 with time zone).")
-@click.option("--until", default=None, help="Purchases placed before (ISO 8601 with time zone).")
+@click.option("--since", type=MOMENT, default=None, help="Purchases placed from (ISO 8601 with time zone).")
+@click.option("--until", type=MOMENT, default=None, help="Purchases placed before (ISO 8601 with time zone).")
 @click.option("--min-orders", default=1, show_default=True, type=int)
 @click.option("--segment", default=None)
 @click.option("--consent", default=None, help="Consent purpose entrants must have granted.")
@@ -87,11 +80,11 @@ def raffles_group() -> None:
               required=True)
 @click.option("--prize-value", default=None)
 @click.option("--prize-valid-days", default=None, type=int)
-def raffles_create(name: str, title: str, since: str | None, until: str | None, min_orders: int,
+def raffles_create(name: str, title: str, since: datetime | None, until: datetime | None, min_orders: int,
                    segment: str | None, consent: str | None, entries_per: str, amount_per_entry: str | None,
                    winners: int, prize_kind: str, prize_value: str | None, prize_valid_days: int | None) -> None:
     """Create a raffle and print the seed hash to publish."""
-    rule = {"since": _when(since, "--since"), "until": _when(until, "--until"), "min_orders": min_orders,
+    rule = {"since": since, "until": until, "min_orders": min_orders,
             "segment": segment, "consent": consent}
     prize = {"kind": prize_kind, "value": prize_value, "valid_days": prize_valid_days}
     try:
@@ -152,21 +145,21 @@ def campaigns_group() -> None:
 @click.option("--kind", type=click.Choice(["fixed", "percent", "free_shipping"]), required=True)
 @click.option("--value", default=None)
 @click.option("--min-total", default=None)
-@click.option("--starts", required=True, help="ISO 8601 with time zone.")
-@click.option("--ends", required=True, help="ISO 8601 with time zone.")
+@click.option("--starts", type=MOMENT, required=True, help="ISO 8601 with time zone.")
+@click.option("--ends", type=MOMENT, required=True, help="ISO 8601 with time zone.")
 @click.option("--holdout", default=None, type=float, help="Holdout share (default LOYALTY_CAMPAIGN_HOLDOUT_SHARE).")
 @click.option("--subject", default=None)
 @click.option("--headline", default=None)
 @click.option("--body", default=None)
 def campaigns_create(name: str, segment: str | None, customers: str | None, kind: str, value: str | None,
-                     min_total: str | None, starts: str, ends: str, holdout: float | None, subject: str | None,
-                     headline: str | None, body: str | None) -> None:
+                     min_total: str | None, starts: datetime, ends: datetime, holdout: float | None,
+                     subject: str | None, headline: str | None, body: str | None) -> None:
     """Define a campaign (nothing is sent before `launch`)."""
     refs = [r.strip() for r in customers.split(",") if r.strip()] if customers else None
     try:
         _facades()[1].create(name, segment=segment, customer_refs=refs,
                              offer={"kind": kind, "value": value, "min_order_total": min_total},
-                             starts_at=_when(starts, "--starts"), ends_at=_when(ends, "--ends"),
+                             starts_at=starts, ends_at=ends,
                              holdout_share=holdout, subject=subject, headline=headline, body=body)
     except LoyaltyError as exc:
         _fail(exc)
@@ -175,12 +168,12 @@ def campaigns_create(name: str, segment: str | None, customers: str | None, kind
 
 @campaigns_group.command("launch")
 @click.argument("name")
-@click.option("--now", default=None)
-def campaigns_launch(name: str, now: str | None) -> None:
+@click.option("--now", type=MOMENT, default=None)
+def campaigns_launch(name: str, now: datetime | None) -> None:
     """Split the audience, create the coupons and schedule the mails."""
     campaigns = _facades()[1]
     try:
-        campaigns.launch(name, now=_when(now, "--now"))
+        campaigns.launch(name, now=now)
     except LoyaltyError as exc:
         _fail(exc)
     click.echo(f"launched: {len(campaigns.members(name, 'treatment'))} offered, "
@@ -190,11 +183,11 @@ def campaigns_launch(name: str, now: str | None) -> None:
 @campaigns_group.command("report")
 @click.argument("name")
 @click.option("--confidence", default=0.95, show_default=True, type=float)
-@click.option("--now", default=None)
-def campaigns_report(name: str, confidence: float, now: str | None) -> None:
+@click.option("--now", type=MOMENT, default=None)
+def campaigns_report(name: str, confidence: float, now: datetime | None) -> None:
     """Print the incremental conversion and revenue versus the holdout (JSON)."""
     try:
-        report = _facades()[1].report(name, confidence=confidence, now=_when(now, "--now"))
+        report = _facades()[1].report(name, confidence=confidence, now=now)
     except LoyaltyError as exc:
         _fail(exc)
     click.echo(json.dumps(report.to_dict(), indent=2))

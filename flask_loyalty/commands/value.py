@@ -3,33 +3,25 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime
 
 import click
 
-from ..cli import loyalty_cli
+from ..cli import MomentType, loyalty_cli
 from ..errors import InvalidInput, NotFound
 from ..state import get_state
 
 
-def _parse_now(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter("use ISO 8601, e.g. 2026-01-31T00:00:00+00:00") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment
-
-
 @loyalty_cli.command("recompute")
-@click.option("--now", "now", default=None, help="Compute as of this ISO 8601 time (default: now; naive = UTC).")
-def recompute_command(now: str | None) -> None:
+@click.option("--now", "now", type=MomentType(naive_is_utc=True), default=None,
+              help="Compute as of this ISO 8601 time (default: now; naive = UTC).")
+def recompute_command(now: datetime | None) -> None:
     """Recompute every customer's profile: RFM, lifetime value, loyalty stage."""
     loyalty = get_state().extension
-    scored = loyalty.analytics.recompute(now=_parse_now(now))
+    try:
+        scored = loyalty.analytics.recompute(now=now)
+    except InvalidInput as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"{scored} customers scored")
     fit = loyalty.analytics.model()
     if fit is not None and fit.params is not None:

@@ -103,11 +103,15 @@ class CustomerQuery(_Form):
 
 
 class SurveyQuery(PageQuery):
-    """Survey answer filters: ``detractors`` / ``passives`` / ``promoters``, with a comment only."""
+    """Survey answer filters: ``detractors`` / ``passives`` / ``promoters``, with a comment only.
+
+    ``rank`` is the group a page starts in (with ``before``, the response id).
+    """
 
     group = fields.String(validate=validate.OneOf(("detractors", "passives", "promoters")))
     comments = fields.Boolean()
     source = Text(validate=validate.Length(max=64))
+    rank = fields.Integer(validate=validate.Range(min=0, max=3))
 
 
 class ConsentQuery(_Form):

@@ -6,11 +6,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 
 from ..clock import resolve_now
 from ..models import AdminAuditEntry, Customer
-from ..models.base import table_of
 from ..state import LoyaltyState
 from ..transaction import finish
 
@@ -43,9 +42,18 @@ def record(state: LoyaltyState, *, who: str, action: str, target: str | None = N
 
 
 def entries(state: LoyaltyState, *, target: str | None = None, action: str | None = None,
-            limit: int = 50, offset: int = 0) -> tuple[list[AdminAuditEntry], int]:
-    """The newest entries first (optionally for one target or action) and how many there are in all."""
+            limit: int = 50, offset: int = 0, before: int | None = None) -> tuple[list[AdminAuditEntry], int]:
+    """The newest entries first (optionally for one target or action) and how many there are in all.
+
+    Newest means last recorded: entries come in descending id order, the
+    order of :attr:`AdminAuditEntry.id`, which is also the keyset of the
+    pages: ``before`` gives the entries recorded before the entry with that
+    id.  (Their times need not be in the same order: an action is stamped
+    when it starts and recorded when it commits.)
+    """
     query = select(AdminAuditEntry)
+    if before is not None:
+        query = query.where(AdminAuditEntry.id < before)
     counter = select(func.count(AdminAuditEntry.id))
     if target:
         query = query.where(AdminAuditEntry.target == target)
@@ -54,21 +62,39 @@ def entries(state: LoyaltyState, *, target: str | None = None, action: str | Non
         query = query.where(AdminAuditEntry.action == action)
         counter = counter.where(AdminAuditEntry.action == action)
     rows = list(state.session.execute(
-        query.order_by(AdminAuditEntry.at.desc(), AdminAuditEntry.id.desc()).limit(limit).offset(offset)
+        query.order_by(AdminAuditEntry.id.desc()).limit(limit).offset(offset)
     ).scalars())
     return rows, int(state.session.execute(counter).scalar_one())
 
 
+def about_customer(ref: str) -> ColumnElement[bool]:
+    """The entries about the customer ``ref``: their reference is the target, or it is in the details.
+
+    An action on something else can be about a customer: a gift card or a
+    coupon issued to them (``details.customer_ref``), a coupon export
+    filtered by them (``details.filters.customer``).
+    """
+    details = AdminAuditEntry.details
+    return or_(AdminAuditEntry.target == ref,
+               details["customer_ref"].as_string() == ref,
+               details[("filters", "customer")].as_string() == ref)
+
+
 def _export_hook(state: LoyaltyState, *, customer: Customer, data: dict[str, Any]) -> None:
-    rows, _total = entries(state, target=customer.ref, limit=10_000)
-    data["admin_audit"] = [{"at": e.at.isoformat(), "who": e.who, "action": e.action, "details": e.details}
-                           for e in rows]
+    rows = state.session.execute(select(AdminAuditEntry).where(about_customer(customer.ref))
+                                 .order_by(AdminAuditEntry.id.desc()).limit(10_000)).scalars()
+    data["admin_audit"] = [{"at": e.at.isoformat(), "who": e.who, "action": e.action, "target": e.target,
+                            "details": e.details} for e in rows]
 
 
 def _erase_hook(state: LoyaltyState, *, customer: Customer) -> None:
-    """Keep the fact that actions happened (accountability) but drop their details about the person."""
-    table = table_of(AdminAuditEntry)
-    state.session.execute(update(table).where(table.c.target == customer.ref).values(details={"erased": True}))
+    """Keep the fact that actions happened (accountability) but drop their details about the person.
+
+    Every entry about them (:func:`about_customer`) loses its details,
+    including those whose target is a gift card or coupon issued to them.
+    """
+    state.session.execute(update(AdminAuditEntry).where(about_customer(customer.ref))
+                          .values(details={"erased": True}).execution_options(synchronize_session=False))
 
 
 def setup(state: LoyaltyState) -> None:

@@ -14,18 +14,18 @@ Definitions (also in the docs):
 * **customers** - customers with a first purchase before the period's end;
   **new customers** - those whose first purchase falls in the period.
 * **active customers** - customers with at least one order in the period.
-* **repeat-purchase rate** - share of the period's buyers who have bought at
-  least twice by the period's end (a second order in the period, or an
-  earlier one).
+* **repeat-purchase rate** - share of the period's buyers who have two or
+  more orders by the period's end (a second order in the period, or an
+  earlier one; two orders placed at the same instant count as two).
 * **purchase frequency** - orders in the period per active customer.
 * **average order value** - net revenue (totals minus refunds) per order.
 * **revenue from returning customers** - net revenue of orders that were not
-  the customer's first.
+  the customer's first (of orders placed at the same instant, the one with
+  the lowest id is the first).
 """
 
 from __future__ import annotations
 
-import csv
 import importlib
 import io
 from collections.abc import Callable, Sequence
@@ -71,6 +71,7 @@ from ..models import (
 from ..models.base import table_of
 from ..models.types import UTCDateTime
 from ..money import from_storage
+from ..spreadsheet import CsvWriter
 from ..state import LoyaltyState
 from .analytics import top_buyers
 
@@ -175,15 +176,28 @@ def bucket(column: Any, edges: Sequence[Any]) -> ColumnElement[int]:
 
 @dataclass(frozen=True)
 class Period:
-    """A half-open time range ``[start, end)`` in aware UTC."""
+    """A half-open time range ``[start, end)`` in aware UTC.
+
+    ``zone`` is the shop's time zone (``LOYALTY_TIMEZONE``), in which
+    :attr:`previous` counts its days; it takes no part in comparisons.
+    """
 
     start: datetime
     end: datetime
+    zone: str = field(default="UTC", compare=False)
 
     @property
     def previous(self) -> Period:
-        """The period of the same length right before this one."""
-        return Period(self.start - (self.end - self.start), self.start)
+        """The period of the same length in local wall-clock time right before this one.
+
+        Lengths are measured on the shop's local clock, so the previous
+        period of local days ``d1..d2`` is the same number of local days and
+        starts at local midnight even when a DST change lies in between.
+        """
+        zone = shop_zone(self.zone)
+        start, end = self.start.astimezone(zone).replace(tzinfo=None), self.end.astimezone(zone).replace(tzinfo=None)
+        begin = (start - (end - start)).replace(tzinfo=zone).astimezone(self.start.tzinfo)
+        return Period(begin, self.start, self.zone)
 
     @property
     def last(self) -> datetime:
@@ -214,13 +228,14 @@ def period_for(state: LoyaltyState, *, days: int | None = None, start: date | No
             raise InvalidInput.field("start", "The start must not be after the end.")
         if (last - first).days > 3660:
             raise InvalidInput.field("start", "At most ten years.")
-        return Period(start_of_local_day(first, zone), start_of_local_day(last + timedelta(days=1), zone))
+        return Period(start_of_local_day(first, zone), start_of_local_day(last + timedelta(days=1), zone),
+                      state.config["LOYALTY_TIMEZONE"])
     length = int(days if days is not None else state.config["LOYALTY_ADMIN_PERIOD_DAYS"])
     if not 1 <= length <= 3660:
         raise InvalidInput.field("days", "Between 1 and 3660 days.")
     today = local_date(moment, zone)
     return Period(start_of_local_day(today - timedelta(days=length - 1), zone),
-                  start_of_local_day(today + timedelta(days=1), zone))
+                  start_of_local_day(today + timedelta(days=1), zone), state.config["LOYALTY_TIMEZONE"])
 
 
 # --------------------------------------------------------------------------- metrics
@@ -371,13 +386,16 @@ def _new_in(state: LoyaltyState, window: Period, currency: str) -> tuple[int, in
     c = table_of(Customer).c
     first = c.first_purchase_at
     net = raw(p.total) - raw(p.refunded_total)
-    second = (select(literal(1)).where(p.customer_id == c.id, p.placed_at > first, p.placed_at < window.end)
-              .exists())
+    # a second order by the window's end, even one placed at the very instant of the first (an index probe
+    # of at most two rows)
+    second = (select(literal(1)).where(p.customer_id == c.id, p.placed_at >= first, p.placed_at < window.end)
+              .order_by(p.placed_at).limit(1).offset(1).exists())
     single = func.coalesce(func.sum(case((c.orders_count == 1, 1), (second, 0), else_=1)), 0)
     new = between(first, window.start, window.end)
     if state.session.get_bind().dialect.name == "sqlite":
-        first_net = (select(func.coalesce(func.sum(net), 0)).where(
-            p.placed_at == first, p.customer_id == c.id, p.currency == currency).scalar_subquery())
+        # the first order is the lowest id among those placed at the first purchase's instant
+        first_net = (select(case((p.currency == currency, net), else_=0)).where(
+            p.placed_at == first, p.customer_id == c.id).order_by(p.id).limit(1).scalar_subquery())
         row = state.session.execute(select(func.count(), single, func.coalesce(func.sum(first_net), 0))
                                     .where(new)).one()
         return int(row[0] or 0), int(row[1] or 0), int(row[2] or 0)
@@ -386,15 +404,21 @@ def _new_in(state: LoyaltyState, window: Period, currency: str) -> tuple[int, in
 
 
 def _first_nets(state: LoyaltyState, period: Period, currency: str) -> tuple[int, int]:
-    """Net of the first orders of the customers new in the period and in the previous one (one hash join)."""
+    """Net of the first orders of the customers new in the period and in the previous one (one hash join).
+
+    Of orders placed at the same instant only the lowest id is the first one.
+    """
     p = table_of(Purchase).c
     c = table_of(Customer).c
+    tie = table_of(Purchase).alias("tie").c
     first = c.first_purchase_at
     net = raw(p.total) - raw(p.refunded_total)
+    earlier_tie = select(literal(1)).where(tie.customer_id == p.customer_id, tie.placed_at == p.placed_at,
+                                           tie.id < p.id).exists()
     row = state.session.execute(
         select(sum_if(first >= period.start, net), sum_if(first < period.start, net))
         .select_from(table_of(Customer).join(table_of(Purchase), and_(p.customer_id == c.id, p.placed_at == first)))
-        .where(_both(first, period), _both(p.placed_at, period), p.currency == currency)).one()
+        .where(_both(first, period), _both(p.placed_at, period), p.currency == currency, ~earlier_tie)).one()
     return _pairs(row)[0]
 
 
@@ -472,10 +496,10 @@ def _liability_metrics(state: LoyaltyState, period: Period) -> list[Metric]:
     currency = state.config["LOYALTY_CURRENCY"]
     # The movement ledger sums to the balance, so the balance at any moment is a sum of movements.
     row = state.session.execute(
-        select(sum_if(m.created_at < period.end, raw(m.amount)),
-               sum_if(m.created_at < period.previous.end, raw(m.amount)))
+        select(*(sum_if(and_(m.created_at < end, or_(g.expires_at.is_(None), g.expires_at > end)), raw(m.amount))
+                 for end in (period.end, period.previous.end)))
         .select_from(table_of(GiftCardMovement).join(table_of(GiftCard), g.id == m.gift_card_id))
-        .where(g.currency == currency, or_(g.expires_at.is_(None), g.expires_at > period.end))).one()
+        .where(g.currency == currency, or_(g.expires_at.is_(None), g.expires_at > period.previous.end))).one()
     return [
         Metric("points_outstanding", N_("Points outstanding"), "count", points, points_prev, better="down",
                note=N_("at the period's end")),
@@ -499,9 +523,12 @@ def _coupon_metrics(state: LoyaltyState, period: Period) -> list[Metric]:
         count_if(and_(issued_now, used)), count_if(and_(issued_prev, used)),
     ).where(_both(cp.created_at, period))).one())
     used_now, used_prev = _split(r.created_at, period)
+    # every redemption counts; only those in the shop's currency add to the discount cost
+    in_currency = r.currency == currency
     uses = _pairs(state.session.execute(select(
-        count_if(used_now), count_if(used_prev), sum_if(used_now, raw(r.discount)), sum_if(used_prev, raw(r.discount)),
-    ).where(r.released_at.is_(None), r.currency == currency, _both(r.created_at, period))).one())
+        count_if(used_now), count_if(used_prev),
+        sum_if(and_(used_now, in_currency), raw(r.discount)), sum_if(and_(used_prev, in_currency), raw(r.discount)),
+    ).where(r.released_at.is_(None), _both(r.created_at, period))).one())
     (n, n_prev), (redeemed, redeemed_prev) = issued
     (u, u_prev), (cost, cost_prev) = uses
     return [
@@ -666,7 +693,7 @@ class Table:
     def to_csv(self) -> str:
         """The table as CSV (header row first)."""
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\r\n")
+        writer = CsvWriter(buffer, lineterminator="\r\n")
         writer.writerow(self.columns)
         writer.writerows(self.text_rows())
         return buffer.getvalue()
@@ -737,10 +764,8 @@ def pareto_chart(state: LoyaltyState, now: datetime, *, steps: int = 20, mark: D
     """Cumulative revenue share of customers ranked by what they spent, with the top-30% mark."""
     from . import charts
 
-    c = table_of(Customer).c
-    ranked = select(raw(c.total_spent).label("spent"),
-                    func.ntile(steps).over(order_by=raw(c.total_spent).desc()).label("tile")
-                    ).where(c.orders_count > 0).subquery()
+    spend = spent_by_customer(state)
+    ranked = select(spend.c.spent, func.ntile(steps).over(order_by=spend.c.spent.desc()).label("tile")).subquery()
     rows_db = state.session.execute(
         select(ranked.c.tile, func.count(), func.sum(ranked.c.spent)).group_by(ranked.c.tile)
         .order_by(ranked.c.tile)).all()
@@ -772,6 +797,24 @@ def pareto_chart(state: LoyaltyState, now: datetime, *, steps: int = 20, mark: D
             "profit and %(revenue)s of the revenue.",
             top=percent(mark), profit=percent(profit_share), revenue=percent(revenue_share))
     return Chart("pareto", gettext("Pareto curve"), description, svg, table)
+
+
+def spent_by_customer(state: LoyaltyState) -> Any:
+    """A subquery ``(customer_id, spent)``: each customer's net spend (raw units) in ``LOYALTY_CURRENCY``.
+
+    Summed from the orders in the shop's currency (``Customer.total_spent``
+    adds up every currency), so a customer who only bought in other
+    currencies is not in it.  One index-only scan of the purchases' covering
+    dashboard index; on SQLite the grouping key is ``customer_id + 0`` so
+    that the planner does not walk the per-customer index for its order and
+    fetch every order row instead.
+    """
+    p = table_of(Purchase).c
+    key: ColumnElement[Any] = p.customer_id
+    if state.session.get_bind().dialect.name == "sqlite":
+        key = p.customer_id + 0
+    return (select(key.label("customer_id"), func.sum(raw(p.total) - raw(p.refunded_total)).label("spent"))
+            .where(p.currency == state.config["LOYALTY_CURRENCY"]).group_by(key).subquery())
 
 
 def top_profit_shares(state: LoyaltyState, mark: Decimal) -> tuple[Decimal, Decimal]:
@@ -825,8 +868,8 @@ def clv_chart(state: LoyaltyState, now: datetime) -> Chart:
         source = select(value_col.label("v")).where(pc.frequency > 0).subquery()
         basis = gettext("lifetime (profit so far + predicted)")
     else:
-        cc = table_of(Customer).c
-        source = select(raw(cc.total_spent).label("v")).where(cc.orders_count > 0).subquery()
+        spend = spent_by_customer(state)
+        source = select(spend.c.spent.label("v")).subquery()
         basis = gettext("historical spend")
     scale = 10_000
     edges = [e * scale for e in CLV_EDGES]

@@ -277,7 +277,8 @@ def register(bp: Blueprint) -> None:
         state = get_state()
         args = _args(_survey_q)
         result = admin_lists.survey_page(state, group=args.get("group"), comments=bool(args.get("comments")),
-                                         source=args.get("source"), before=args.get("before"), size=_size())
+                                         source=args.get("source"), before=args.get("before"),
+                                         rank=args.get("rank"), size=_size())
         since = utcnow() - timedelta(days=STATS_DAYS)
         stats = state.extension.surveys.stats(since=since)
         return page("surveys.html", result=result, args=args, stats=stats, stats_days=STATS_DAYS,
@@ -332,8 +333,8 @@ def register(bp: Blueprint) -> None:
         state = get_state()
         args = _args(_page_q)
         size = _size()
-        rows, total = audit.entries(state, limit=size + 1, offset=0) if args.get("before") is None else \
-            _audit_before(state, args["before"], size)
+        # one order and one keyset for every page: by id, newest first
+        rows, total = audit.entries(state, limit=size + 1, before=args.get("before"))
         more = len(rows) > size
         rows = rows[:size]
         return page("audit.html", rows=rows, total=total, next_before=rows[-1].id if more and rows else None)
@@ -346,17 +347,6 @@ def register(bp: Blueprint) -> None:
             return page("error.html", status=400, message=gettext("Invalid input: %(errors)s", errors="; ".join(
                 f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in exc.errors.items())))
         return page("error.html", status=409, message=str(exc))
-
-
-def _audit_before(state: Any, before: int, size: int) -> tuple[list[Any], int]:
-    from sqlalchemy import func, select
-
-    from ...models import AdminAuditEntry
-
-    rows = list(state.session.execute(select(AdminAuditEntry).where(AdminAuditEntry.id < before)
-                                      .order_by(AdminAuditEntry.id.desc()).limit(size + 1)).scalars())
-    total = int(state.session.execute(select(func.count(AdminAuditEntry.id))).scalar_one())
-    return rows, total
 
 
 def _safe(ref: str) -> str:
