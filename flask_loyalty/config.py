@@ -63,6 +63,7 @@ SETTINGS: list[Setting] = [
     Setting("LOYALTY_PLAN", {}, "Steps of the communication plan: step name -> False (switched off) or a dict overriding its defaults, e.g. {'usage_guide': {'delay_days': 5}, 'win_back': False}. Steps: thank_you, usage_guide, survey_invite, replenish, birthday, win_back."),
     Setting("LOYALTY_WELCOME_COUPON", {"kind": "percent", "value": "10", "valid_days": 60}, "Personal coupon in the thank-you mail after a first purchase (coupons.create rules plus valid_days); None for no coupon."),
     Setting("LOYALTY_BIRTHDAY_COUPON", {"kind": "percent", "value": "15", "valid_days": 30}, "Personal coupon in the birthday mail (coupons.create rules plus valid_days); None for no coupon."),
+    Setting("LOYALTY_SURVEY_ONE_CLICK_STORES", True, "True: opening a score link of the survey mail (?recommend=N) stores that score at once; False: it only preselects the score and the shopper's Send stores it, so mail scanners that open every link store nothing."),
     Setting("LOYALTY_SURVEY_DELAY_DAYS", 10, "Days after an order (roughly after delivery) that the survey_invite mail is due."),
     Setting("LOYALTY_WIN_BACK_COUPON", None, "Optional personal coupon in the win-back mail (coupons.create rules plus valid_days)."),
     Setting("LOYALTY_WIN_BACK_FACTOR", 3.0, "A repeat customer is written a win-back mail when their silence exceeds this many times their usual interval between orders."),

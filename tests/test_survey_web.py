@@ -154,6 +154,24 @@ def test_one_click_records_and_prefills(shop):
     assert resp.completed and resp.values == {"recommend": 3, "experience": 2}
 
 
+def test_one_click_only_preselects_when_configured(shop):
+    """LOYALTY_SURVEY_ONE_CLICK_STORES=False: opening score links (as a mail scanner does) stores nothing."""
+    shop.app.config["LOYALTY_SURVEY_ONE_CLICK_STORES"] = False
+    _order(shop)
+    path = _path(shop)
+    for score in ("0", "10", "3"):                      # a scanner opens every link of the mail
+        r = shop.client.get(path + f"?recommend={score}")
+        assert r.status_code == 200
+    html = r.get_data(as_text=True)
+    assert 'name="recommend" value="3" checked' in html and "we saved your answer" not in html
+    assert _count(shop) == 0 and shop.loyalty.surveys.response("o1") is None
+    assert 'value="12" checked' not in shop.client.get(path + "?recommend=12").get_data(as_text=True)
+    r = shop.client.post(path, data={"recommend": "3", "experience": "4"})    # the shopper's Send
+    assert r.status_code == 303
+    shop.db.session.expire_all()
+    assert shop.loyalty.surveys.response("o1").values == {"recommend": 3, "experience": 4}
+
+
 def test_one_click_with_a_bad_number(shop):
     _order(shop)
     r = shop.client.get(_path(shop) + "?recommend=12")

@@ -175,7 +175,12 @@ def setup(state: LoyaltyState) -> None:
         errors: dict[str, Any] = {}
         stored = response.values if response is not None else {}
         clicked = request.args.get(ONE_CLICK)
-        if clicked is not None and request.method == "GET" and survey_config(state).question(ONE_CLICK):
+        preselect = None
+        if (clicked is not None and request.method == "GET" and survey_config(state).question(ONE_CLICK)
+                and not state.config["LOYALTY_SURVEY_ONE_CLICK_STORES"]):
+            # the link only chooses the score; the shopper's Send stores it (a mail scanner stores nothing)
+            preselect = None if ONE_CLICK in stored else clicked
+        elif clicked is not None and request.method == "GET" and survey_config(state).question(ONE_CLICK):
             try:
                 result = surveys.answer(state, purchase.order_ref, {ONE_CLICK: clicked}, partial=True,
                                         channel="mail")
@@ -188,6 +193,8 @@ def setup(state: LoyaltyState) -> None:
                 stored = result.response.values
         questions = survey_config(state).questions
         values = {q.id: _form_value(q, stored.get(q.id)) for q in questions}
+        if preselect is not None:
+            values[ONE_CLICK] = preselect       # compared with the choices' values: anything else checks none
         html, status = _render_form(state, token, purchase, tr, values=values, errors=errors, saved=saved,
                                     status=400 if errors else 200)
         return no_store(Response(html, status=status))
