@@ -166,6 +166,34 @@ def live_server(app: Flask) -> Iterator[str]:
         thread.join(10)
 
 
+def run_together(shop: Any, n: int, work: Callable[[int], Any], *, timeout: float = 120) -> list[Any]:
+    """Run ``work(i)`` for i < n on n threads released at one barrier, each in its own app context and session.
+
+    Returns each thread's outcome by ``i``: what ``work`` returned, or the exception it raised.
+    Fails the test if a thread is still running after ``timeout`` seconds (a hang, not a timing).
+    """
+    barrier = threading.Barrier(n)
+    outcomes: list[Any] = [None] * n
+
+    def run(i: int) -> None:
+        with shop.app.app_context():
+            try:
+                barrier.wait(30)
+                outcomes[i] = work(i)
+            except BaseException as exc:  # handed to the test
+                outcomes[i] = exc
+            finally:
+                shop.db.session.remove()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    return outcomes
+
+
 @contextmanager
 def phone_tab(browser: Any, locale: str = "en-GB") -> Iterator[Any]:
     """A new tab in a phone-sized, touch, mobile browser context asking for ``locale``; closed afterwards."""

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import date, datetime, timedelta, timezone
 from email.message import EmailMessage
 
 import pytest
+from conftest import run_together
 from jinja2 import ChoiceLoader, DictLoader
 from sqlalchemy import func, select
 
@@ -75,24 +75,8 @@ def together(shop, n, work):
 
     Returns the results by ``i``; fails the test on any exception in a thread.
     """
-    barrier = threading.Barrier(n)
-    results, errors = [None] * n, []
-
-    def run(i):
-        with shop.app.app_context():
-            try:
-                barrier.wait()
-                results[i] = work(i)
-            except Exception as exc:  # pragma: no cover - shown on failure
-                errors.append(exc)
-            finally:
-                shop.db.session.remove()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = run_together(shop, n, work)
+    errors = [r for r in results if isinstance(r, BaseException)]
     assert not errors, errors
     return results
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import statistics
-import threading
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from statistics import NormalDist
 
 import pytest
+from conftest import run_together
 from sqlalchemy import insert, select, update
 
 from flask_loyalty import InvalidInput
@@ -274,31 +274,6 @@ def test_cli_out_of_range_now_is_a_usage_error_with_its_reason(shop, args):
     assert "Dates from 1900-01-01 to 9998-12-31" in r.output, r.output
 
 
-def _create_together(s, n, create):
-    """``create()`` on ``n`` threads started at one barrier, each with its own session; their outcomes."""
-    barrier = threading.Barrier(n)
-    outcomes: list[object] = [None] * n
-
-    def work(i: int) -> None:
-        with s.app.app_context():
-            try:
-                barrier.wait(30)
-                create()
-                outcomes[i] = "ok"
-            except BaseException as exc:  # reported to the test
-                outcomes[i] = exc
-            finally:
-                s.db.session.remove()
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "a create hung"
-    return outcomes
-
-
 @pytest.mark.slow
 def test_concurrent_creates_with_one_name_make_one_campaign_and_invalid_input(make_shop):
     s = make_shop(SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 8, "max_overflow": 24, "pool_timeout": 120})
@@ -306,7 +281,7 @@ def test_concurrent_creates_with_one_name_make_one_campaign_and_invalid_input(ma
         s.loyalty.campaigns.create("spring", offer={"kind": "fixed", "value": "5"}, customer_refs=["a"],
                                    starts_at=START, ends_at=END)
 
-    outcomes = _create_together(s, 6, create)
+    outcomes = [o if isinstance(o, BaseException) else "ok" for o in run_together(s, 6, lambda _i: create())]
     assert outcomes.count("ok") == 1
     refused = [o for o in outcomes if o != "ok"]
     assert all(isinstance(o, InvalidInput) and "name" in o.errors for o in refused), outcomes

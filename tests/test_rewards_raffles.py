@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from conftest import run_together
 
 from flask_loyalty import InvalidInput
 from flask_loyalty.errors import NotFound
@@ -208,38 +208,13 @@ def test_export_and_erasure_keep_the_draw_verifiable(shop):
     assert s.loyalty.raffles.verify("gdpr")
 
 
-def _create_together(s, n, create):
-    """``create()`` on ``n`` threads started at one barrier, each with its own session; their outcomes."""
-    barrier = threading.Barrier(n)
-    outcomes: list[object] = [None] * n
-
-    def work(i: int) -> None:
-        with s.app.app_context():
-            try:
-                barrier.wait(30)
-                create()
-                outcomes[i] = "ok"
-            except BaseException as exc:  # reported to the test
-                outcomes[i] = exc
-            finally:
-                s.db.session.remove()
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "a create hung"
-    return outcomes
-
-
 @pytest.mark.slow
 def test_concurrent_creates_with_one_name_make_one_raffle_and_invalid_input(make_shop):
     s = make_shop(SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 8, "max_overflow": 24, "pool_timeout": 120})
     def create():
         s.loyalty.raffles.create("spring", title="Spring", prize={"kind": "points", "value": "10"})
 
-    outcomes = _create_together(s, 6, create)
+    outcomes = [o if isinstance(o, BaseException) else "ok" for o in run_together(s, 6, lambda _i: create())]
     assert outcomes.count("ok") == 1
     refused = [o for o in outcomes if o != "ok"]
     assert all(isinstance(o, InvalidInput) and "name" in o.errors for o in refused), outcomes

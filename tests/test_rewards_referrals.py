@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
+from conftest import run_together
 from sqlalchemy import select
 
 from flask_loyalty import InvalidInput
@@ -184,25 +184,8 @@ def test_ip_limit_holds_under_concurrent_referred_checkouts(make_shop):
         s.loyalty.record_purchase("a0", "adv", "10", placed_at=datetime.now(UTC) - timedelta(days=5))
         code = s.loyalty.referrals.code_for("adv")
     n = 8
-    barrier = threading.Barrier(n)
-    errors: list[BaseException] = []
-
-    def work(i: int) -> None:
-        with s.app.app_context():
-            try:
-                barrier.wait(30)
-                s.loyalty.record_purchase(f"f{i}", f"friend{i}", "40", referral_code=code)
-            except BaseException as exc:  # reported to the test
-                errors.append(exc)
-            finally:
-                s.db.session.remove()
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "a checkout hung"
+    outcomes = run_together(s, n, lambda i: s.loyalty.record_purchase(f"f{i}", f"friend{i}", "40", referral_code=code))
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
     assert not errors, errors
     with s.app.app_context():
         statuses = sorted(s.loyalty.referrals.of_order(f"f{i}").status for i in range(n))
