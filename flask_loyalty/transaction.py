@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from blinker import Signal
@@ -39,6 +40,27 @@ def finish(state: LoyaltyState, *, commit: bool, signals: Iterable[PendingSignal
         session.flush()
     for signal, kwargs in signals:
         signal.send(state.app, **kwargs)
+
+
+def abandon(state: LoyaltyState, *, commit: bool) -> None:
+    """End a refused write call: with ``commit=True`` roll the session back.
+
+    A refusal writes nothing, and the call's locks (a row lock on PostgreSQL,
+    the write lock on SQLite) are not kept for the rest of the session.  With
+    ``commit=False`` the host's transaction is left to the host.
+    """
+    if commit:
+        state.session.rollback()
+
+
+@contextmanager
+def abandoned_on_error(state: LoyaltyState, *, commit: bool) -> Iterator[None]:
+    """Run a write call's body; on any exception, :func:`abandon` it, then re-raise."""
+    try:
+        yield
+    except BaseException:
+        abandon(state, commit=commit)
+        raise
 
 
 def dialect_name(state: LoyaltyState) -> str:

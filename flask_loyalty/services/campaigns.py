@@ -49,7 +49,7 @@ from ..money import from_storage
 from ..schemas import load
 from ..schemas.fields import AwareDateTime
 from ..state import LoyaltyState
-from ..transaction import begin_write, finish, insert_or_none
+from ..transaction import abandon, abandoned_on_error, begin_write, finish, insert_or_none
 from .base import Facade
 from .prizes import parse_prize
 
@@ -249,8 +249,7 @@ class Campaigns(Facade):
             "starts_at": data["starts_at"], "ends_at": data["ends_at"], "holdout_share": float(share),
             "seed": secrets.token_hex(16), "status": "draft", "created_at": utcnow()}, ["name"])
         if campaign_id is None:
-            if commit:
-                state.session.rollback()
+            abandon(state, commit=commit)
             raise InvalidInput.field("name", "A campaign with this name exists.")
         campaign = state.session.get_one(Campaign, campaign_id)
         finish(state, commit=commit)
@@ -267,12 +266,8 @@ class Campaigns(Facade):
         state = self._state
         moment = resolve_now(now)
         begin_write(state)
-        try:
+        with abandoned_on_error(state, commit=commit):
             campaign = self._launch(name, moment)
-        except BaseException:
-            if commit:
-                state.session.rollback()
-            raise
         finish(state, commit=commit)
         return campaign
 

@@ -52,7 +52,7 @@ from ..schemas.coupon import (
 from ..schemas.fields import is_ref
 from ..signals import coupon_redeemed, coupon_released
 from ..state import LoyaltyState
-from ..transaction import PendingSignal, begin_write, dialect_name, finish, session_of
+from ..transaction import PendingSignal, abandoned_on_error, begin_write, dialect_name, finish, session_of
 from . import codes
 from .base import Facade
 from .purchases import get_customer
@@ -467,19 +467,13 @@ def redeem_code(state: LoyaltyState, code: Any, *, customer_ref: Any, order_ref:
                                            order_total=order_total, currency=currency))
     moment = resolve_now(now)
     cref, oref, total = data["customer_ref"], data["order_ref"], data["order_total"]
-    session = state.session
     key = lookup_key(data["code"])
     if key is None:
         raise CouponError("not_found")
     begin_write(state)
-    try:
+    # a refusal (or any failure) writes nothing and, with commit=True, keeps no claim lock for the session
+    with abandoned_on_error(state, commit=commit):
         redemption, signals = _redeem_claimed(state, key, cref, oref, total, data.get("currency"), moment)
-    except BaseException:
-        # A refusal (or any failure) writes nothing and, with commit=True, ends the transaction:
-        # the claim's row lock (PostgreSQL) or the write lock (SQLite) is not kept for the session.
-        if commit:
-            session.rollback()
-        raise
     finish(state, commit=commit, signals=signals)
     return redemption
 

@@ -24,7 +24,7 @@ from ..models.gift_card import GiftCard, GiftCardMovement
 from ..schemas import load
 from ..schemas.coupon import CODE_MAX, GiftCardChargeSchema, GiftCardIssueSchema, OrderRefSchema
 from ..state import LoyaltyState
-from ..transaction import begin_write, dialect_name, finish
+from ..transaction import abandoned_on_error, begin_write, dialect_name, finish
 from . import codes
 from .base import Facade
 
@@ -128,13 +128,8 @@ def charge_card(state: LoyaltyState, code: Any, amount: Any, *, order_ref: Any, 
     data = load(_charge_schema, {k: v for k, v in raw.items() if v is not None})
     moment = resolve_now(now)
     begin_write(state)
-    try:
+    with abandoned_on_error(state, commit=commit):     # a refusal writes nothing and keeps no card lock
         charged = _charge_locked(state, data, moment)
-    except BaseException:
-        # a refusal writes nothing and, with commit=True, does not keep the card locked
-        if commit:
-            state.session.rollback()
-        raise
     finish(state, commit=commit)
     return charged
 

@@ -34,7 +34,7 @@ from ..money import parse_amount, round_money
 from ..schemas import load
 from ..schemas.fields import Ref
 from ..state import LoyaltyState
-from ..transaction import PendingSignal, begin_write, dialect_name, finish
+from ..transaction import PendingSignal, abandon, abandoned_on_error, begin_write, dialect_name, finish
 from .base import Facade
 from .ledger import MAX_POINTS, change_points
 from .purchases import get_customer
@@ -139,28 +139,22 @@ def redeem(state: LoyaltyState, customer_ref: str, points: int, *, commit: bool 
     begin_write(state)   # SQLite: take the write lock before the first read
     customer = get_customer(state, data["customer_ref"])
     if customer is None:
-        if commit:
-            state.session.rollback()
+        abandon(state, commit=commit)
         raise NotEnoughPoints(0, wanted)
     change = change_points(state, customer.id, -wanted, reason="redeem", note="coupon")
     if change is None:
         balance = int(state.session.execute(
             select(Customer.points_balance).where(Customer.id == customer.id)).scalar_one())
-        if commit:
-            state.session.rollback()
+        abandon(state, commit=commit)
         raise NotEnoughPoints(balance, wanted)
     currency = state.config["LOYALTY_CURRENCY"]
     amount = round_money(value * (wanted // unit), currency)
     days = state.config["LOYALTY_POINTS_COUPON_VALID_DAYS"]
-    try:
+    with abandoned_on_error(state, commit=commit):
         coupon = state.extension.coupons.create(
             kind="fixed", value=amount, currency=currency, customer_ref=customer.ref, max_uses=1,
             expires_at=valid_days_deadline(moment, days, shop_zone(state.config["LOYALTY_TIMEZONE"])) if days else None,
             commit=False)
-    except BaseException:
-        if commit:
-            state.session.rollback()
-        raise
     assert change.entry is not None
     change.entry.note = f"coupon {coupon.code}"[:200]
     finish(state, commit=commit, signals=change.signal(customer.ref))

@@ -26,7 +26,7 @@ from ..schemas.fields import is_ref
 from ..schemas.purchase import CustomerSchema, PurchaseSchema, RefundSchema
 from ..signals import purchase_recorded, purchase_refunded
 from ..state import LoyaltyState
-from ..transaction import PendingSignal, begin_write, dialect_name, finish, insert_or_none
+from ..transaction import PendingSignal, abandon, begin_write, dialect_name, finish, insert_or_none
 from .ledger import PointsChange, change_points
 
 _M = TypeVar("_M")
@@ -408,8 +408,7 @@ def record_refund(state: LoyaltyState, order_ref: str, *, amount: Any = None,
         query = query.with_for_update(of=table_of(Purchase))
     purchase = session.execute(query).unique().scalar_one_or_none()
     if purchase is None:
-        if commit:                  # refused: nothing written, and no write lock kept (SQLite) for the session
-            session.rollback()
+        abandon(state, commit=commit)
         raise InvalidInput.field("order_ref", "Unknown order.")
     session.refresh(purchase)
     remaining = purchase.total - purchase.refunded_total

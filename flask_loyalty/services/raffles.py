@@ -45,7 +45,7 @@ from ..money import from_storage
 from ..schemas import load
 from ..schemas.fields import AwareDateTime, Money
 from ..state import LoyaltyState
-from ..transaction import PendingSignal, begin_write, finish, insert_or_none
+from ..transaction import PendingSignal, abandon, begin_write, finish, insert_or_none
 from .base import Facade
 from .prizes import issue_prize, parse_prize
 
@@ -257,8 +257,7 @@ class Raffles(Facade):
             "prize": parsed_prize, "winners": data["winners"], "seed": seed, "seed_hash": seed_hash(seed),
             "status": "open", "created_at": utcnow()}, ["name"])
         if raffle_id is None:
-            if commit:
-                state.session.rollback()
+            abandon(state, commit=commit)
             raise InvalidInput.field("name", "A raffle with this name exists.")
         raffle = state.session.get_one(Raffle, raffle_id)
         finish(state, commit=commit)

@@ -292,14 +292,13 @@ class Tiers(Facade):
 
     def recompute(self, customer_ref: str, *, now: datetime | None = None, commit: bool = True) -> Tier | None:
         """Recompute one customer's tier now (e.g. after changing ``LOYALTY_TIERS``)."""
-        from ..transaction import begin_write, finish
+        from ..transaction import abandon, begin_write, finish
 
         state = self._state
         begin_write(state)
         customer = get_customer(state, customer_ref)
         if customer is None:
-            if commit:
-                state.session.rollback()
+            abandon(state, commit=commit)
             raise InvalidInput.field("customer_ref", "Unknown customer.")
         signals: list[PendingSignal] = []
         tier = recompute(state, customer, now=now, signals=signals)
