@@ -15,15 +15,20 @@ from ..state import get_state
 @loyalty_cli.command("recompute")
 @click.option("--now", "now", type=MomentType(naive_is_utc=True), default=None,
               help="Compute as of this ISO 8601 time (default: now; naive = UTC).")
-def recompute_command(now: datetime | None) -> None:
+@click.option("--rebuild", is_flag=True, default=False,
+              help="Aggregate every purchase again instead of only the changed customers' "
+                   "(after purchases were edited outside flask_loyalty).")
+def recompute_command(now: datetime | None, rebuild: bool) -> None:
     """Recompute every customer's profile: RFM, lifetime value, loyalty stage."""
     loyalty = get_state().extension
     try:
-        scored = loyalty.analytics.recompute(now=now)
+        scored = loyalty.analytics.recompute(now=now, rebuild=rebuild)
     except InvalidInput as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{scored} customers scored")
     fit = loyalty.analytics.model()
+    if fit is not None and fit.aggregates is not None:
+        click.echo(f"purchase aggregates: {fit.aggregates} ({fit.aggregated_customers} customers aggregated)")
     if fit is not None and fit.params is not None:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in fit.params.items())
         click.echo(f"value model: BG/NBD + Gamma-Gamma ({shown})")

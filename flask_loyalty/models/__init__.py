@@ -34,10 +34,10 @@ __all__ += ["MESSAGE_STATUSES", "Engagement", "Message", "MessageEvent"]
 from .consent import ConsentEvent, ConsentEventIp, ConsentStatus, ConsentSuppression, ConsentWording  # noqa: E402
 
 __all__ += ["ConsentEvent", "ConsentEventIp", "ConsentStatus", "ConsentSuppression", "ConsentWording"]
-from .profile import CustomerProfile, ModelFit  # noqa: E402
+from .profile import CustomerProfile, ModelFit, PurchaseSummary  # noqa: E402
 from .segment import Segment  # noqa: E402
 
-__all__ += ["CustomerProfile", "ModelFit", "Segment"]
+__all__ += ["CustomerProfile", "ModelFit", "PurchaseSummary", "Segment"]
 from .survey import SurveyAnswer, SurveyResponse  # noqa: E402
 
 __all__ += ["SurveyAnswer", "SurveyResponse"]

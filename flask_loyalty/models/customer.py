@@ -39,6 +39,10 @@ class Customer(CreatedAt, Base):
     total_spent: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0), nullable=False)
     points_balance: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
     erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Bumped by every change to what the customer's value is computed from (a purchase, a refund, a
+    #: coupon redeemed or released on a recorded order); ``analytics.recompute()`` re-aggregates the
+    #: purchases of the customers whose version differs from their purchase summary's.
+    activity_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0", nullable=False)
 
     def __repr__(self) -> str:
         return f"<Customer {self.ref!r}>"

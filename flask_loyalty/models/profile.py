@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import DDL, JSON, Boolean, Float, ForeignKey, Integer, SmallInteger, String, event
+from sqlalchemy import DDL, JSON, BigInteger, Boolean, Float, ForeignKey, Integer, SmallInteger, String, event
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .base import Base, CreatedAt
@@ -135,6 +135,55 @@ _set_fillfactor = DDL(f"ALTER TABLE %(table)s SET (fillfactor = {PROFILE_FILLFAC
 event.listen(CustomerProfile.__table__, "after_create", _set_fillfactor.execute_if(dialect="postgresql"))
 
 
+class PurchaseSummary(Base):
+    """Per-customer purchase aggregates kept between recomputes: what a profile is computed from.
+
+    ``analytics.recompute()`` builds it once from every purchase, then
+    re-aggregates only the customers whose ``Customer.activity_version``
+    moved since (the checkout, refunds and coupon redemptions bump it), so a
+    nightly run does not read the whole purchase history again.  Nothing
+    here depends on the date or on settings: days are whole UTC days since
+    1970-01-01, and the margin is kept in two parts so that
+    ``LOYALTY_DEFAULT_MARGIN`` is applied at recompute time.  Money columns
+    are exact :class:`~decimal.Decimal`.
+    """
+
+    __tablename__ = "loyalty_purchase_summary"
+
+    customer_id: Mapped[int] = mapped_column(
+        ForeignKey("loyalty_customer.id", ondelete="CASCADE"), primary_key=True)
+    #: The ``Customer.activity_version`` these aggregates were computed from.
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    #: Orders kept (not fully refunded).
+    frequency: Mapped[int] = mapped_column(Integer, nullable=False)
+    #: Order totals minus refunds.
+    revenue: Mapped[Decimal] = mapped_column(Money(), nullable=False)
+    refunds: Mapped[Decimal] = mapped_column(Money(), nullable=False)
+    #: Known item margins, scaled by the share of each order not refunded (1/10,000 units).
+    kept_known_margin: Mapped[float] = mapped_column(Float, nullable=False)
+    #: Amounts without a known cost, scaled the same way; the default margin applies to them.
+    kept_uncosted: Mapped[float] = mapped_column(Float, nullable=False)
+    #: Coupon discounts on the customer's orders (redemptions not released).
+    discounts: Mapped[Decimal] = mapped_column(Money(), nullable=False)
+    #: First and last UTC day with a kept order, and how many distinct days had one.
+    first_day: Mapped[int | None] = mapped_column(Integer)
+    last_day: Mapped[int | None] = mapped_column(Integer)
+    days: Mapped[int] = mapped_column(Integer, nullable=False)
+    #: Net revenue of the kept orders of the first day (the BG/NBD spend model leaves it out).
+    first_day_value: Mapped[Decimal] = mapped_column(Money(), nullable=False)
+    orders_online: Mapped[int] = mapped_column(Integer, nullable=False)
+    orders_store: Mapped[int] = mapped_column(Integer, nullable=False)
+    orders_catalog: Mapped[int] = mapped_column(Integer, nullable=False)
+    orders_phone: Mapped[int] = mapped_column(Integer, nullable=False)
+    first_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: The latest ``placed_at`` of any of the customer's orders, kept or not.
+    last_placed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return f"<PurchaseSummary {self.customer_id} v{self.version} {self.frequency} orders>"
+
+
 class ModelFit(CreatedAt, Base):
     """One recompute's value model: the fitted parameters, or why the heuristic was used."""
 
@@ -153,3 +202,9 @@ class ModelFit(CreatedAt, Base):
     horizon_days: Mapped[int] = mapped_column(Integer, nullable=False)
     discount_rate: Mapped[float] = mapped_column(Float, nullable=False)
     fitted_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    #: Where the purchase aggregates came from: ``"rebuilt"`` (every purchase, into the summary),
+    #: ``"refreshed"`` (the summary, re-aggregating changed customers only) or ``"as_of"`` (every
+    #: purchase up to a ``now`` in the past, the summary untouched).  ``None`` for older records.
+    aggregates: Mapped[str | None] = mapped_column(String(16))
+    #: How many customers' purchases were aggregated again.
+    aggregated_customers: Mapped[int | None] = mapped_column(Integer)

@@ -54,6 +54,7 @@ from ..signals import coupon_redeemed, coupon_released
 from ..state import LoyaltyState
 from ..transaction import PendingSignal, abandoned_on_error, begin_write, dialect_name, finish, session_of
 from . import codes
+from .activity import touch_order
 from .base import Facade
 from .purchases import get_customer
 
@@ -473,6 +474,7 @@ def redeem_code(state: LoyaltyState, code: Any, *, customer_ref: Any, order_ref:
     begin_write(state)
     # a refusal (or any failure) writes nothing and, with commit=True, keeps no claim lock for the session
     with abandoned_on_error(state, commit=commit):
+        touch_order(state, oref)      # an order already recorded: its customer's discounts change
         redemption, signals = _redeem_claimed(state, key, cref, oref, total, data.get("currency"), moment)
     finish(state, commit=commit, signals=signals)
     return redemption
@@ -573,6 +575,7 @@ def release_order(state: LoyaltyState, order_ref: str, *, now: datetime | None =
     session = state.session
     moment = resolve_now(now)
     begin_write(state)
+    touch_order(state, order_ref)
     rtable = table_of(Redemption)
     released = session.execute(
         update(rtable).where(rtable.c.order_ref == order_ref, rtable.c.released_at.is_(None))

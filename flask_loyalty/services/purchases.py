@@ -158,6 +158,7 @@ def _checkout_statements(dialect: str) -> _CheckoutStatements:
         insert_items=insert(table_of(PurchaseItem)),
         count_purchase=update(customers).where(customers.c.id == bindparam("customer_id")).values(
             orders_count=customers.c.orders_count + 1,
+            activity_version=customers.c.activity_version + 1,
             total_spent=customers.c.total_spent + bindparam("total", type_=customers.c.total_spent.type),
             points_balance=customers.c.points_balance + bindparam("points", type_=BigInteger()),
             first_purchase_at=case((customers.c.first_purchase_at.is_(None), placed),
@@ -167,7 +168,7 @@ def _checkout_statements(dialect: str) -> _CheckoutStatements:
                                   (customers.c.last_purchase_at < placed, placed),
                                   else_=customers.c.last_purchase_at),
         ).returning(customers.c.orders_count, customers.c.total_spent, customers.c.points_balance,
-                    customers.c.first_purchase_at, customers.c.last_purchase_at),
+                    customers.c.first_purchase_at, customers.c.last_purchase_at, customers.c.activity_version),
         insert_points=insert(table_of(PointsEntry)).returning(table_of(PointsEntry).c.id),
     )
 
@@ -352,6 +353,7 @@ WITH p AS (
 ), c AS (
     UPDATE loyalty_customer SET
         orders_count = orders_count + 1,
+        activity_version = activity_version + 1,
         total_spent = total_spent + :total,
         points_balance = points_balance + :points,
         first_purchase_at = CASE WHEN first_purchase_at IS NULL OR first_purchase_at > :placed
@@ -359,7 +361,7 @@ WITH p AS (
         last_purchase_at = CASE WHEN last_purchase_at IS NULL OR last_purchase_at < :placed
                                 THEN :placed ELSE last_purchase_at END
     WHERE id = :customer_id AND EXISTS (SELECT 1 FROM p)
-    RETURNING orders_count, total_spent, points_balance, first_purchase_at, last_purchase_at
+    RETURNING orders_count, total_spent, points_balance, first_purchase_at, last_purchase_at, activity_version
 ), e AS (
     INSERT INTO loyalty_points_entry (customer_id, delta, balance_after, reason, purchase_id, note, created_at)
     SELECT :customer_id, :points, c.points_balance, 'earn', p.id, NULL, :created_at
@@ -367,7 +369,7 @@ WITH p AS (
     RETURNING id
 )
 SELECT p.id AS purchase_id, c.orders_count, c.total_spent, c.points_balance, c.first_purchase_at,
-       c.last_purchase_at, (SELECT id FROM e) AS entry_id
+       c.last_purchase_at, c.activity_version, (SELECT id FROM e) AS entry_id
 FROM p, c
 """).bindparams(
     bindparam("total", type_=Money()), bindparam("placed_at", type_=UTCDateTime()),
@@ -375,7 +377,8 @@ FROM p, c
     bindparam("planned_at", type_=UTCDateTime()), bindparam("known_margin", type_=Money()),
     bindparam("uncosted_total", type_=Money()),
 ).columns(purchase_id=Integer(), orders_count=Integer(), total_spent=Money(), points_balance=BigInteger(),
-          first_purchase_at=UTCDateTime(), last_purchase_at=UTCDateTime(), entry_id=Integer())
+          first_purchase_at=UTCDateTime(), last_purchase_at=UTCDateTime(), activity_version=BigInteger(),
+          entry_id=Integer())
 
 
 def _plans_orders(state: LoyaltyState) -> bool:
@@ -388,7 +391,7 @@ def _plans_orders(state: LoyaltyState) -> bool:
 #: Column values of a customer created by the checkout (``ref``, ``email`` and ``created_at`` added).
 _NEW_CUSTOMER: dict[str, Any] = {
     **{column.key: None for column in table_of(Customer).columns if column.key != "id"},
-    "orders_count": 0, "total_spent": Decimal(0), "points_balance": 0}
+    "orders_count": 0, "total_spent": Decimal(0), "points_balance": 0, "activity_version": 0}
 
 
 def record_refund(state: LoyaltyState, order_ref: str, *, amount: Any = None,
@@ -434,7 +437,8 @@ def record_refund(state: LoyaltyState, order_ref: str, *, amount: Any = None,
         return purchase
     ctable = table_of(Customer)
     session.execute(update(ctable).where(ctable.c.id == purchase.customer_id).values(
-        total_spent=case((ctable.c.total_spent >= refund, ctable.c.total_spent - refund), else_=0)))
+        total_spent=case((ctable.c.total_spent >= refund, ctable.c.total_spent - refund), else_=0),
+        activity_version=ctable.c.activity_version + 1))
     signals: list[PendingSignal] = []
     change = change_points(state, purchase.customer_id, -reverse, reason="refund",
                            purchase_id=purchase.id, clamp=True)

@@ -1,0 +1,207 @@
+"""The purchase summary kept between recomputes: a refreshed run must equal a full rebuild.
+
+``analytics.recompute()`` re-aggregates only the customers whose activity
+version moved (checkout, refund, a coupon redeemed or released on a recorded
+order).  Every test here compares the profiles of such a run with those of
+``recompute(rebuild=True)`` over the same data, on both databases.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+
+from flask_loyalty.models import Customer, CustomerProfile, PurchaseSummary
+from flask_loyalty.services import analytics
+from tests.conftest import run_together
+
+NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
+
+
+def at(days_before: float) -> datetime:
+    return NOW - timedelta(days=days_before)
+
+
+def profiles(shop: Any) -> dict[str, dict[str, Any]]:
+    """Every profile as a dict (without ``computed_at``), by customer reference."""
+    shop.db.session.expire_all()
+    rows = shop.db.session.execute(select(CustomerProfile)).unique().scalars().all()
+    out = {}
+    for row in rows:
+        data = row.as_dict()
+        data.pop("computed_at")
+        for key, value in data.items():
+            if isinstance(value, float):
+                data[key] = round(value, 9)
+        out[data["customer_ref"]] = data
+    return out
+
+
+def fit(shop: Any) -> tuple[str | None, int | None]:
+    found = shop.loyalty.analytics.model()
+    return found.aggregates, found.aggregated_customers
+
+
+def summary_rows(shop: Any) -> dict[int, int]:
+    shop.db.session.expire_all()
+    return dict(shop.db.session.execute(select(PurchaseSummary.customer_id, PurchaseSummary.version)).all())
+
+
+def assert_same_as_rebuild(shop: Any, *, now: datetime = NOW) -> dict[str, dict[str, Any]]:
+    """Recompute (refreshing the summary), then rebuild: the profiles must be identical."""
+    lo = shop.loyalty
+    lo.analytics.recompute(now=now)
+    assert fit(shop)[0] == "refreshed"
+    refreshed = profiles(shop)
+    lo.analytics.recompute(now=now, rebuild=True)
+    assert fit(shop)[0] == "rebuilt"
+    rebuilt = profiles(shop)
+    assert refreshed == rebuilt
+    return refreshed
+
+
+def seed(shop: Any) -> None:
+    lo = shop.loyalty
+    for i in range(6):
+        lo.record_purchase(f"a{i}", "A", "100", placed_at=at(60 - 10 * i))
+    lo.record_purchase("b0", "B", "60", placed_at=at(40), items=[
+        {"sku": "S", "name": "Socks", "quantity": 2, "unit_price": "30", "unit_cost": "10"}])
+    lo.record_purchase("b1", "B", "80", placed_at=at(20), channel="store")
+    lo.record_purchase("c0", "C", "50", placed_at=at(90))
+    lo.upsert_customer("D", email="d@example.com")
+
+
+def test_first_run_builds_the_summary_then_only_changed_customers_are_aggregated(shop):
+    lo = shop.loyalty
+    seed(shop)
+    lo.analytics.recompute(now=NOW)
+    assert fit(shop) == ("rebuilt", 3)
+    assert len(summary_rows(shop)) == 3            # the customer who never bought has none
+    lo.analytics.recompute(now=NOW + timedelta(days=1))
+    assert fit(shop) == ("refreshed", 0)
+    lo.record_purchase("c1", "C", "70", placed_at=NOW - timedelta(hours=1))
+    lo.analytics.recompute(now=NOW)
+    assert fit(shop) == ("refreshed", 1)
+    assert lo.analytics.profile("C").frequency == 2
+    assert_same_as_rebuild(shop)
+
+
+@pytest.mark.parametrize("few", [True, False], ids=["index", "scan"])
+def test_refunds_backdated_orders_and_coupons_refresh_the_right_customers(shop, monkeypatch, few):
+    """Both ways of reading the changed customers' purchases (PostgreSQL: per customer, or by the planner)."""
+    monkeypatch.setattr(analytics, "_FEW_CUSTOMERS", 200 if few else 0)
+    lo = shop.loyalty
+    seed(shop)
+    coupon = lo.coupons.create(kind="fixed", value="10.00", code="TEN-OFF-TEN-OFF", max_uses=10)
+    lo.analytics.recompute(now=NOW)
+    # a full refund of A's last order moves A's last purchase day back
+    lo.record_refund("a5")
+    # a partial refund of B's costed order changes its margin
+    lo.record_refund("b0", amount="15")
+    # a backdated order becomes C's first purchase day
+    lo.record_purchase("c-old", "C", "25", placed_at=at(300))
+    # a coupon redeemed after the order was recorded: the discount counts against A's value
+    lo.coupons.redeem(coupon.code, customer_ref="A", order_ref="a1", order_total=Decimal("100"))
+    # a coupon redeemed before the order is recorded, then the order
+    lo.coupons.redeem(coupon.code, customer_ref="E", order_ref="e0", order_total=Decimal("40"))
+    lo.record_purchase("e0", "E", "40", placed_at=at(3))
+    refreshed = assert_same_as_rebuild(shop)
+    assert Decimal(refreshed["A"]["discounts"]) == 10
+    assert refreshed["A"]["recency_days"] == 20
+    assert Decimal(refreshed["E"]["discounts"]) == 10
+    assert refreshed["C"]["frequency"] == 2
+    # releasing the coupon of a recorded order gives the discount back
+    lo.coupons.release("a1")
+    refreshed = assert_same_as_rebuild(shop)
+    assert Decimal(refreshed["A"]["discounts"]) == 0
+
+
+def test_the_margin_setting_applies_without_a_rebuild(make_shop):
+    shop = make_shop(LOYALTY_DEFAULT_MARGIN=0.3)
+    with shop.app.app_context():
+        seed(shop)
+        shop.loyalty.analytics.recompute(now=NOW)
+        before = profiles(shop)["A"]["margin"]
+        shop.app.config["LOYALTY_DEFAULT_MARGIN"] = 0.5
+        shop.loyalty.analytics.recompute(now=NOW)
+        assert fit(shop) == ("refreshed", 0)
+        assert (Decimal(before), Decimal(profiles(shop)["A"]["margin"])) == (180, 300)
+
+
+def test_a_now_before_the_latest_purchase_leaves_the_summary_alone(shop):
+    lo = shop.loyalty
+    seed(shop)
+    lo.analytics.recompute(now=NOW)
+    kept = summary_rows(shop)
+    lo.analytics.recompute(now=at(25))
+    assert fit(shop)[0] == "as_of"
+    assert lo.analytics.profile("A").frequency == 4        # the two orders after that day are left out
+    assert lo.analytics.profile("B").frequency == 1
+    assert summary_rows(shop) == kept
+    lo.analytics.recompute(now=NOW)
+    assert fit(shop) == ("refreshed", 0)
+    assert lo.analytics.profile("A").frequency == 6
+
+
+def test_erasure_removes_the_summary_row_and_erased_customers_are_not_aggregated(shop):
+    lo = shop.loyalty
+    seed(shop)
+    lo.analytics.recompute(now=NOW)
+    customer_id = shop.db.session.execute(select(Customer.id).where(Customer.ref == "B")).scalar_one()
+    assert customer_id in summary_rows(shop)
+    lo.consent.erase("B")
+    assert customer_id not in summary_rows(shop)
+    lo.analytics.recompute(now=NOW)
+    assert fit(shop) == ("refreshed", 0)
+    assert "B" not in profiles(shop)
+    assert customer_id not in summary_rows(shop)
+
+
+def seeded_then_edited_in_sql(shop: Any, sql: str) -> Any:
+    """Seed, recompute, then change the data with ``sql`` behind the library's back; the facade."""
+    seed(shop)
+    shop.loyalty.analytics.recompute(now=NOW)
+    shop.db.session.execute(text(sql))
+    shop.db.session.commit()
+    return shop.loyalty
+
+
+def test_purchases_changed_outside_the_library_need_a_rebuild(shop):
+    lo = seeded_then_edited_in_sql(shop, "UPDATE loyalty_purchase SET total = total * 2 WHERE order_ref = 'c0'")
+    lo.analytics.recompute(now=NOW)
+    assert lo.analytics.profile("C").monetary == Decimal("50")   # not seen: no version moved
+    lo.analytics.recompute(now=NOW, rebuild=True)
+    assert lo.analytics.profile("C").monetary == Decimal("100")
+
+
+def test_lost_model_fit_records_only_cost_a_rebuild(shop):
+    lo = seeded_then_edited_in_sql(shop, "DELETE FROM loyalty_model_fit")
+    lo.analytics.recompute(now=NOW)
+    assert fit(shop) == ("rebuilt", 3)
+
+
+@pytest.mark.parametrize("rounds", [3])
+def test_checkouts_and_refunds_during_recomputes_are_never_missed(shop, rounds):
+    """Orders and refunds committed while recomputes run: a later refreshed run equals a rebuild."""
+    lo = shop.loyalty
+    seed(shop)
+    lo.analytics.recompute(now=NOW)
+    for round_ in range(rounds):
+        def work(i: int, round_: int = round_) -> Any:
+            if i == 0:
+                return shop.loyalty.analytics.recompute(now=NOW)
+            ref = f"r{round_}-{i}"
+            shop.loyalty.record_purchase(ref, f"T{i % 4}", str(10 + i), placed_at=at(i))
+            if i % 3 == 0:
+                shop.loyalty.record_refund(ref)
+            return None
+
+        outcomes = run_together(shop, 8, work)
+        assert not [o for o in outcomes if isinstance(o, BaseException)], outcomes
+    shop.db.session.remove()
+    assert_same_as_rebuild(shop)
+    assert profiles(shop)["T1"]["frequency"] == 2 * rounds
