@@ -3,20 +3,25 @@
 ``loyalty.analytics.recompute()`` rewrites the profile table
 (:class:`~flask_loyalty.models.profile.CustomerProfile`) in three steps:
 
-1. **Aggregate in SQL** into a temporary table: one ``GROUP BY`` over the
-   purchases (with their coupon discounts; each purchase carries its items'
-   known margin and uncosted amount, written by the checkout) gives, per customer, the
-   orders kept, net revenue, refunds, margin, discounts, first/last purchase,
+1. **Aggregate in SQL**: one ``GROUP BY`` over the purchases (with their
+   coupon discounts; each purchase carries its items' known margin and
+   uncosted amount, written by the checkout) gives, per customer, the orders
+   kept, net revenue, refunds, margin parts, discounts, first/last purchase,
    distinct purchase days, the value of the first day and orders per channel.
+   The result is kept in :class:`~flask_loyalty.models.PurchaseSummary`;
+   after the first run only the customers whose ``activity_version`` moved
+   are aggregated again (see :func:`_aggregate`).
 2. **Fit the value model** (when numpy/scipy are installed and there is
    enough history): one pass over the aggregated rows (not one query per
    customer) fits BG/NBD and Gamma-Gamma and computes each buyer's
    probability of being alive, expected purchases and predicted value; the
    results go back in bulk (``COPY`` on PostgreSQL).
-3. **Score, segment, stage in SQL**: one ``INSERT ... SELECT ... ON CONFLICT
-   DO UPDATE`` ranks customers into quintiles (window functions), names the
-   RFM segment, joins engagement, survey and consent, computes historical and
-   predicted value (or the heuristic) and the loyalty stage with its reasons.
+3. **Score, segment, stage in SQL**: one statement ranks customers into
+   quintiles (in the model step, or window functions), names the RFM
+   segment, joins engagement, survey and consent, computes historical and
+   predicted value (or the heuristic) and the loyalty stage with its reasons,
+   and writes every profile (``INSERT ... ON CONFLICT DO UPDATE``; on
+   PostgreSQL ``UPDATE ... FROM`` for the profiles that exist).
 
 Definitions (all documented in ``docs/value.md``):
 
