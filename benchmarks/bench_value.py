@@ -57,6 +57,13 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def move_sequences(conn: Any) -> None:
+    """PostgreSQL: the generated rows were given their ids; move the id sequences past them (for the checkout)."""
+    for table in ("loyalty_customer", "loyalty_purchase", "loyalty_purchase_item"):
+        conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                          f"(SELECT COALESCE(max(id), 0) + 1 FROM {table}), false)"))
+
+
 def generate_postgres(db: SQLAlchemy, customers: int, purchases: int) -> None:
     with db.engine.begin() as conn:
         conn.execute(text("SET LOCAL synchronous_commit = off"))
@@ -91,10 +98,7 @@ def generate_postgres(db: SQLAlchemy, customers: int, purchases: int) -> None:
             INSERT INTO loyalty_purchase_item (purchase_id, sku, name, quantity, unit_price, unit_cost)
             SELECT p.id, 'SKU', 'Item', 1, p.total, p.total * 6 / 10
             FROM loyalty_purchase p WHERE p.id % 5 = 0"""))
-        # the rows above were given their ids: move the sequences past them for the checkout hook
-        for table in ("loyalty_customer", "loyalty_purchase", "loyalty_purchase_item"):
-            conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                              f"(SELECT COALESCE(max(id), 0) + 1 FROM {table}), false)"))
+        move_sequences(conn)
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE"))
 
@@ -214,9 +218,7 @@ def main() -> None:
                                   "(SELECT id FROM loyalty_purchase WHERE order_ref LIKE 'day%')"))
                 conn.execute(text("DELETE FROM loyalty_purchase WHERE order_ref LIKE 'day%'"))
                 if dialect == "postgresql":     # data generated before the generator set the sequences
-                    for table in ("loyalty_customer", "loyalty_purchase", "loyalty_purchase_item"):
-                        conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                                          f"(SELECT COALESCE(max(id), 0) + 1 FROM {table}), false)"))
+                    move_sequences(conn)
                 for table in ("loyalty_customer_profile", "loyalty_model_fit", "loyalty_purchase_summary"):
                     conn.execute(text(f"TRUNCATE {table}" if dialect == "postgresql" else f"DELETE FROM {table}"))
                 counts = conn.execute(text("SELECT (SELECT count(*) FROM loyalty_customer), "

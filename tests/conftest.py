@@ -194,6 +194,16 @@ def run_together(shop: Any, n: int, work: Callable[[int], Any], *, timeout: floa
     return outcomes
 
 
+def assert_one_created(shop: Any, n: int, create: Callable[[], Any]) -> None:
+    """Run ``create`` on n threads at once: exactly one succeeds, the others are refused on ``name``."""
+    from flask_loyalty import InvalidInput
+
+    outcomes = [o if isinstance(o, BaseException) else "ok" for o in run_together(shop, n, lambda _i: create())]
+    assert outcomes.count("ok") == 1
+    refused = [o for o in outcomes if o != "ok"]
+    assert all(isinstance(o, InvalidInput) and "name" in o.errors for o in refused), outcomes
+
+
 @contextmanager
 def phone_tab(browser: Any, locale: str = "en-GB") -> Iterator[Any]:
     """A new tab in a phone-sized, touch, mobile browser context asking for ``locale``; closed afterwards."""

@@ -13,11 +13,11 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from conftest import run_together
 from sqlalchemy import select, text
 
 from flask_loyalty.models import Customer, CustomerProfile, PurchaseSummary
 from flask_loyalty.services import analytics
-from tests.conftest import run_together
 
 NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
 

@@ -177,8 +177,6 @@ class PurchaseSummary(Base):
     orders_phone: Mapped[int] = mapped_column(Integer, nullable=False)
     first_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    #: The latest ``placed_at`` of any of the customer's orders, kept or not.
-    last_placed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     def __repr__(self) -> str:
         return f"<PurchaseSummary {self.customer_id} v{self.version} {self.frequency} orders>"
