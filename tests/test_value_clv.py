@@ -148,6 +148,7 @@ def test_model_path_scores_equal_rank_definitions(shop):
     from bisect import bisect_left, bisect_right
 
     from flask_loyalty.models import CustomerProfile
+    from flask_loyalty.services.analytics import rfm_segment
 
     now = datetime(2026, 6, 1, tzinfo=timezone.utc)
     _simulate_into_db(shop, 1500, seed=5, now=now)
@@ -165,6 +166,7 @@ def test_model_path_scores_equal_rank_definitions(shop):
         assert p.m_score == 1 + 5 * bisect_left(ordered["m"], keys["m"][i]) // n
         assert p.clv_top_share == pytest.approx((n - bisect_right(ordered["v"], keys["v"][i])) / n, abs=1e-12)
         assert p.rfm == f"{p.r_score}{p.f_score}{p.m_score}"
+        assert p.segment == rfm_segment(p.r_score, p.f_score, p.m_score)
 
 
 def test_without_numpy_the_heuristic_is_used(shop, monkeypatch):

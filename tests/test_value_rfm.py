@@ -304,3 +304,18 @@ def test_profile_table_keeps_room_for_heap_only_updates(shop):
         assert options == [f"fillfactor={PROFILE_FILLFACTOR}"]
     else:   # SQLite has no such storage setting: the table is created as it is
         assert session.execute(text("SELECT count(*) FROM loyalty_customer_profile")).scalar_one() == 0
+
+
+@pytest.mark.parametrize(("scores", "segment"), [
+    ((5, 4, 3), "champions"), ((5, 5, 5), "champions"), ((4, 5, 4), "loyal"), ((3, 4, 3), "loyal"),
+    ((5, 3, 3), "potential_loyalists"), ((4, 1, 2), "potential_loyalists"), ((5, 1, 1), "new"),
+    ((4, 1, 1), "promising"), ((3, 3, 2), "need_attention"), ((3, 2, 1), "about_to_sleep"),
+    ((3, 1, 1), "about_to_sleep"), ((1, 5, 5), "cant_lose"), ((2, 4, 5), "cant_lose"), ((2, 3, 2), "at_risk"),
+    ((1, 4, 3), "at_risk"), ((2, 1, 2), "hibernating"), ((2, 1, 1), "hibernating"), ((1, 2, 2), "lost"),
+])
+def test_rfm_segment_rules(scores, segment):
+    """The documented mapping (R and FM = (F + M + 1) // 2), at the edges of each rule."""
+    from flask_loyalty.services.analytics import RFM_SEGMENTS, rfm_segment
+
+    assert rfm_segment(*scores) == segment
+    assert {rfm_segment(r, f, m) for r in range(1, 6) for f in range(1, 6) for m in range(1, 6)} == set(RFM_SEGMENTS)

@@ -28,28 +28,24 @@ class CustomerProfile(Base):
     # index would slow that down), and segment queries read a large share of it anyway.
     # PostgreSQL: the table's fillfactor is 45 (see PROFILE_FILLFACTOR below).
 
+    # Column order matters on PostgreSQL: what a nightly recompute leaves unchanged comes first, what
+    # changes every night (the day counts, scores, predictions, computed_at) next, and the rarely
+    # changing segment and stage last.  An update that keeps its row on the same page writes only the
+    # bytes between an unchanged prefix and an unchanged suffix to the write-ahead log: about a
+    # third less log per recompute than with the changing columns at both ends.
+
     customer_id: Mapped[int] = mapped_column(
         ForeignKey("loyalty_customer.id", ondelete="CASCADE"), primary_key=True)
-    #: Days since the last purchase kept (not fully refunded); ``None`` without one.
-    recency_days: Mapped[int | None] = mapped_column(Integer)
     #: Orders kept (not fully refunded).
     frequency: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     #: Net revenue: order totals minus refunds.
     monetary: Mapped[Decimal] = mapped_column(Money(), nullable=False, default=Decimal(0))
-    r_score: Mapped[int | None] = mapped_column(SmallInteger)
-    f_score: Mapped[int | None] = mapped_column(SmallInteger)
-    m_score: Mapped[int | None] = mapped_column(SmallInteger)
-    #: The three scores as a string, e.g. ``"545"``.
-    rfm: Mapped[str | None] = mapped_column(String(3))
-    #: Named RFM segment (``champions``, ``loyal`` ... see ``analytics.RFM_SEGMENTS``).
-    segment: Mapped[str | None] = mapped_column(String(32))
     first_purchase_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_purchase_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     #: Mean days between distinct purchase days; ``None`` with fewer than two.
     avg_interval_days: Mapped[float | None] = mapped_column(Float)
-    #: BG/NBD inputs: repeat purchases (distinct days after the first) and days since the first.
+    #: BG/NBD input: repeat purchases (distinct purchase days after the first).
     repeat_purchases: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    tenure_days: Mapped[int | None] = mapped_column(Integer)
     orders_online: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     orders_store: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     orders_catalog: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
@@ -66,32 +62,45 @@ class CustomerProfile(Base):
     survey_experience: Mapped[int | None] = mapped_column(SmallInteger)
     #: Marketing consent (``email_marketing``) at recompute time; ``None`` when consent is not installed.
     consent: Mapped[bool | None] = mapped_column(Boolean)
-    #: Subscribed for more than six months and bought in that time.
-    loyal_indicator: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     refunds: Mapped[Decimal] = mapped_column(Money(), nullable=False, default=Decimal(0))
     discounts: Mapped[Decimal] = mapped_column(Money(), nullable=False, default=Decimal(0))
     #: Margin on what was kept, before discounts.
     margin: Mapped[Decimal] = mapped_column(Money(), nullable=False, default=Decimal(0))
     #: Margin minus discounts: the profit the customer brought so far.
     historical_clv: Mapped[Decimal] = mapped_column(Money(), nullable=False, default=Decimal(0))
+    #: ``"bgnbd"`` (fitted model) or ``"heuristic"``.
+    clv_method: Mapped[str | None] = mapped_column(String(16))
+
+    #: Days since the last purchase kept (not fully refunded); ``None`` without one.
+    recency_days: Mapped[int | None] = mapped_column(Integer)
+    #: Days since the first purchase (BG/NBD's customer age T); ``None`` without one.
+    tenure_days: Mapped[int | None] = mapped_column(Integer)
+    r_score: Mapped[int | None] = mapped_column(SmallInteger)
+    f_score: Mapped[int | None] = mapped_column(SmallInteger)
+    m_score: Mapped[int | None] = mapped_column(SmallInteger)
+    #: The three scores as a string, e.g. ``"545"``.
+    rfm: Mapped[str | None] = mapped_column(String(3))
+    p_alive: Mapped[float | None] = mapped_column(Float)
+    #: Purchases expected over the horizon (undiscounted).
+    expected_purchases: Mapped[float | None] = mapped_column(Float)
+    #: Expected value of one future order.
+    expected_order_value: Mapped[Decimal | None] = mapped_column(Money())
     #: Discounted profit expected over ``LOYALTY_CLV_HORIZON_DAYS``.
     predicted_clv: Mapped[Decimal] = mapped_column(Money(), nullable=False, default=Decimal(0))
     #: ``historical_clv + predicted_clv``: what the customer is worth over the whole relationship.
     total_clv: Mapped[Decimal] = mapped_column(Money(), nullable=False, default=Decimal(0))
     #: Share of buyers ranked above this one by ``total_clv`` (0 = the most valuable).
     clv_top_share: Mapped[float | None] = mapped_column(Float)
-    p_alive: Mapped[float | None] = mapped_column(Float)
-    #: Purchases expected over the horizon (undiscounted).
-    expected_purchases: Mapped[float | None] = mapped_column(Float)
-    #: Expected value of one future order.
-    expected_order_value: Mapped[Decimal | None] = mapped_column(Money())
-    #: ``"bgnbd"`` (fitted model) or ``"heuristic"``.
-    clv_method: Mapped[str | None] = mapped_column(String(16))
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    #: Subscribed for more than six months and bought in that time.
+    loyal_indicator: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+
+    #: Named RFM segment (``champions``, ``loyal`` ... see ``analytics.RFM_SEGMENTS``).
+    segment: Mapped[str | None] = mapped_column(String(32))
     #: ``"trust"``, ``"relationship"`` or ``"reward"``.
     stage: Mapped[str] = mapped_column(String(16), nullable=False)
     #: Reason codes behind the stage (see ``analytics.STAGE_REASONS``).
     stage_reasons: Mapped[list[str]] = mapped_column(JSON, nullable=False)
-    computed_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
 
     customer: Mapped[Customer] = relationship(lazy="joined", innerjoin=True)
 

@@ -360,22 +360,23 @@ def _source_sql(table: str) -> str:
 
 
 def _model_input_sql(source: str) -> str:
-    """Per buyer: id, x, t_x, T, mean repeat day value (currency units), profit rate (no NULLs).
+    """Per buyer, what the model and the ranks are computed from (no NULLs).
 
-    Also what the RFM scores and the value rank are computed from (last
-    purchase day, kept orders, net revenue in raw units, historical value in
-    raw units), so the ranks need no window sorts in SQL (:func:`_ranks`).
+    Id, first and last purchase day, distinct purchase days, kept orders,
+    net revenue and historical value (raw units), mean repeat day value
+    (currency units) and profit rate.  The BG/NBD inputs x, t_x and T follow
+    from the days in numpy (:func:`_read_model_input`); the RFM scores and
+    the value rank from the rest (:func:`_ranks`), so they need no window
+    sorts in SQL.
     """
     return f"""
-SELECT CAST(a.customer_id AS BIGINT) AS customer_id,
-       CAST(a.last_day AS BIGINT) AS last_day,
-       CAST(a.frequency AS BIGINT) AS frequency,
+SELECT CAST(a.customer_id AS INTEGER) AS customer_id,
+       CAST(a.first_day AS INTEGER) AS first_day,
+       CAST(a.last_day AS INTEGER) AS last_day,
+       CAST(a.days AS INTEGER) AS days,
+       CAST(a.frequency AS INTEGER) AS frequency,
        CAST(a.revenue AS BIGINT) AS revenue,
        CAST(ROUND(a.margin) AS BIGINT) - CAST(a.discounts AS BIGINT) AS historical,
-       CAST(a.days - 1 AS BIGINT) AS x,
-       CAST(a.last_day - a.first_day AS BIGINT) AS t_x,
-       CAST(CASE WHEN :now_day - a.first_day > a.last_day - a.first_day
-                 THEN :now_day - a.first_day ELSE a.last_day - a.first_day END AS BIGINT) AS big_t,
        CAST(CASE WHEN a.days > 1
                  THEN CAST(a.revenue - a.first_day_value AS DOUBLE PRECISION) / (10000.0 * (a.days - 1))
                  ELSE 0 END AS DOUBLE PRECISION) AS m,
@@ -463,20 +464,42 @@ def _stage_lookup_sql(dialect: str) -> str:
             f"FROM (VALUES {', '.join(rows)}) AS v) sr")
 
 
-def _segment_sql(alias: str) -> str:
-    r, fm = f"{alias}.r_score", f"(({alias}.f_score + {alias}.m_score + 1) / 2)"
-    return f"""CASE WHEN {alias}.buyer = 0 THEN NULL
-      WHEN {r} = 5 AND {fm} >= 4 THEN 'champions'
-      WHEN {r} IN (3, 4) AND {fm} >= 4 THEN 'loyal'
-      WHEN {r} >= 4 AND {fm} IN (2, 3) THEN 'potential_loyalists'
-      WHEN {r} = 5 AND {fm} = 1 THEN 'new'
-      WHEN {r} = 4 AND {fm} = 1 THEN 'promising'
-      WHEN {r} = 3 AND {fm} = 3 THEN 'need_attention'
-      WHEN {r} = 3 AND {fm} <= 2 THEN 'about_to_sleep'
-      WHEN {r} <= 2 AND {fm} = 5 THEN 'cant_lose'
-      WHEN {r} <= 2 AND {fm} >= 3 THEN 'at_risk'
-      WHEN {r} = 2 THEN 'hibernating'
-      ELSE 'lost' END"""
+def rfm_segment(r_score: int, f_score: int, m_score: int) -> str:
+    """The named RFM segment of a buyer's R, F and M scores (1-5), by the rules of :data:`RFM_SEGMENTS`."""
+    r, fm = r_score, (f_score + m_score + 1) // 2
+    if r == 5 and fm >= 4:
+        return "champions"
+    if r in (3, 4) and fm >= 4:
+        return "loyal"
+    if r >= 4 and fm in (2, 3):
+        return "potential_loyalists"
+    if r == 5 and fm == 1:
+        return "new"
+    if r == 4 and fm == 1:
+        return "promising"
+    if r == 3 and fm == 3:
+        return "need_attention"
+    if r == 3 and fm <= 2:
+        return "about_to_sleep"
+    if r <= 2 and fm == 5:
+        return "cant_lose"
+    if r <= 2 and fm >= 3:
+        return "at_risk"
+    return "hibernating" if r == 2 else "lost"
+
+
+def _rfm_lookup_sql() -> str:
+    """``sg (code, r_score, f_score, m_score, rfm, segment)``: the 125 score triples, each with its segment.
+
+    ``code`` is ``R * 100 + F * 10 + M`` (the model step writes it per buyer).
+
+    Joined once per customer instead of a ``CASE`` over the scores and a
+    string concatenation for every one of them.
+    """
+    rows = ", ".join(f"({r * 100 + f * 10 + m}, {r}, {f}, {m}, '{r}{f}{m}', '{rfm_segment(r, f, m)}')"
+                     for r in range(1, 6) for f in range(1, 6) for m in range(1, 6))
+    return ("(SELECT v.column1 AS code, v.column2 AS r_score, v.column3 AS f_score, v.column4 AS m_score, "
+            f"v.column5 AS rfm, v.column6 AS segment FROM (VALUES {rows}) AS v) sg")
 
 
 def _score(column: str) -> str:
@@ -519,7 +542,6 @@ def _profile_sql(dialect: str, source: str, *, with_model: bool, write: str = "u
                     "AND a.orders_online >= a.orders_phone THEN 'online' "
                     "WHEN a.orders_store >= a.orders_catalog AND a.orders_store >= a.orders_phone THEN 'store' "
                     "WHEN a.orders_catalog >= a.orders_phone THEN 'catalog' ELSE 'phone' END")
-    varchar = "VARCHAR(1)"
     fence = "OFFSET 0" if dialect == "postgresql" else "LIMIT -1 OFFSET 0"
     # sorted only where the joins would not already yield customer order (see below)
     order = "ORDER BY s.customer_id" if dialect == "postgresql" and not with_model and write != "update" else ""
@@ -539,7 +561,8 @@ def _profile_sql(dialect: str, source: str, *, with_model: bool, write: str = "u
     if with_model:
         # the model step computed the ranks with the predictions (:func:`_ranks`)
         ranks, rank_join = "", ""
-        r_score, f_score, m_score, top_share = "pr.r_score", "pr.f_score", "pr.m_score", "pr.clv_top_share"
+        r_score, f_score, m_score, top_share = "sg.r_score", "sg.f_score", "sg.m_score", "pr.clv_top_share"
+        rfm_code = "pr.rfm_code"
     else:
         ranks = f"""WITH b AS (
   SELECT a.customer_id AS customer_id, a.last_day AS last_day, a.frequency AS frequency, a.revenue AS revenue,
@@ -558,12 +581,11 @@ rk AS (
 )"""
         rank_join = "LEFT JOIN rk ON rk.customer_id = c.id"
         r_score, f_score, m_score, top_share = "rk.r_score", "rk.f_score", "rk.m_score", "rk.clv_top_share"
+        rfm_code = "rk.r_score * 100 + rk.f_score * 10 + rk.m_score"
     select = f"""
 {ranks}
 SELECT s.customer_id, s.recency_days, s.frequency, s.monetary, s.r_score, s.f_score, s.m_score,
-       CASE WHEN s.buyer = 1 THEN CAST(s.r_score AS {varchar}) || CAST(s.f_score AS {varchar})
-                                  || CAST(s.m_score AS {varchar}) END AS rfm,
-       s.segment, s.first_purchase_at, s.last_purchase_at, s.avg_interval_days, s.repeat_purchases,
+       s.rfm, s.segment, s.first_purchase_at, s.last_purchase_at, s.avg_interval_days, s.repeat_purchases,
        s.tenure_days, s.orders_online, s.orders_store, s.orders_catalog, s.orders_phone, s.main_channel,
        s.opens, s.clicks, s.reading_hour, s.survey_recommend, s.survey_experience, s.consent, s.loyal_indicator,
        s.refunds, s.discounts, s.margin, s.historical_clv, s.predicted_clv,
@@ -573,11 +595,10 @@ SELECT s.customer_id, s.recency_days, s.frequency, s.monetary, s.r_score, s.f_sc
 FROM (
  SELECT s.*, {_stage_code_sql()} AS stage_code
  FROM (
-  SELECT u.*, {_segment_sql("u")} AS segment
-  FROM (
     SELECT c.id AS customer_id,
            CASE WHEN COALESCE(a.frequency, 0) > 0 THEN 1 ELSE 0 END AS buyer,
            {r_score} AS r_score, {f_score} AS f_score, {m_score} AS m_score, {top_share} AS clv_top_share,
+           sg.rfm AS rfm, sg.segment AS segment,
            CASE WHEN a.frequency > 0 THEN {recency} END AS recency_days,
            COALESCE(a.frequency, 0) AS frequency,
            COALESCE(a.revenue, 0) AS monetary,
@@ -603,11 +624,10 @@ FROM (
     LEFT JOIN {source} a ON a.customer_id = c.id
     {rank_join}
     {pred_join}
+    LEFT JOIN {_rfm_lookup_sql()} ON sg.code = {rfm_code}
     {joins}
     WHERE c.erased_at IS NULL {missing}
     {fence}
-  ) u
-  {fence}
  ) s
  {fence}
 ) s
@@ -647,8 +667,8 @@ class _Fit:
 
 
 #: The model input columns and their numpy types (integers stay exact as int64).
-_MODEL_INPUT = {"customer_id": "i8", "last_day": "i8", "frequency": "i8", "revenue": "i8", "historical": "i8",
-                "x": "f8", "t_x": "f8", "big_t": "f8", "m": "f8", "rate": "f8"}
+_MODEL_INPUT = {"customer_id": "i4", "first_day": "i4", "last_day": "i4", "days": "i4", "frequency": "i4",
+                "revenue": "i8", "historical": "i8", "m": "f8", "rate": "f8"}
 
 
 def _ranks(data: Any, predicted: Any) -> dict[str, Any]:
@@ -662,7 +682,7 @@ def _ranks(data: Any, predicted: Any) -> dict[str, Any]:
     """
     import numpy as np
 
-    buyers = len(data)
+    buyers = len(data["customer_id"])
 
     def below(values: Any) -> Any:
         # one sort; within a run of equal values every element gets the run's first position
@@ -677,69 +697,73 @@ def _ranks(data: Any, predicted: Any) -> dict[str, Any]:
 
     total = data["historical"] + predicted
     above = below(-total)
-    return {"r_score": 1 + (5 * below(data["last_day"])) // max(buyers, 1),
-            "f_score": 1 + (5 * below(data["frequency"])) // max(buyers, 1),
-            "m_score": 1 + (5 * below(data["revenue"])) // max(buyers, 1),
+    r_score = 1 + (5 * below(data["last_day"])) // max(buyers, 1)
+    f_score = 1 + (5 * below(data["frequency"])) // max(buyers, 1)
+    m_score = 1 + (5 * below(data["revenue"])) // max(buyers, 1)
+    return {"rfm_code": r_score * 100 + f_score * 10 + m_score,
             "clv_top_share": above / float(max(buyers, 1))}
 
 
-def _read_model_input(state: LoyaltyState, dialect: str, source: str, now_day: int, margin: float) -> Any:
-    """The buyers' model inputs as a numpy structured array (packed binary columns on PostgreSQL)."""
+def _read_model_input(state: LoyaltyState, dialect: str, source: str, now_day: int, margin: float) -> dict[str, Any]:
+    """The buyers' model inputs: name -> numpy array (read as packed binary columns on PostgreSQL).
+
+    Besides the columns of :data:`_MODEL_INPUT`: the BG/NBD inputs ``x``
+    (repeat purchase days), ``t_x`` (days from the first to the last) and
+    ``big_t`` (days from the first to ``now_day``, at least ``t_x``), as floats.
+    """
     import numpy as np
 
-    # the two parameters are an int and a float we computed: inlined as literals (COPY takes no parameters)
-    literal = _model_input_sql(source).replace(":now_day", str(int(now_day))).replace(":margin", repr(float(margin)))
+    # the parameter is a float we computed: inlined as a literal (COPY takes no parameters)
+    literal = _model_input_sql(source).replace(":margin", repr(float(margin)))
     names = list(_MODEL_INPUT)
+    data: dict[str, Any] = {}
+    raw = state.session.connection().connection.dbapi_connection
+    assert raw is not None
     if dialect == "postgresql":
         # one row holding each column as a bytea of packed big-endian values: a binary COPY hands
         # every row to Python separately (a million generator steps), this is a few large buffers;
         # the aggregates of one query consume the rows in the same order, so the columns line up
-        kinds = {name: ("float8send", ">f8") if kind == "f8" else ("int8send", ">i8")
-                 for name, kind in _MODEL_INPUT.items()}
-        packed = ", ".join(f"string_agg({send}(i.{name}), ''::bytea) AS {name}"
-                           for name, (send, _) in kinds.items())
-        raw = state.session.connection().connection.dbapi_connection
-        assert raw is not None
+        sends = {"i4": "int4send", "i8": "int8send", "f8": "float8send"}
+        packed = ", ".join(f"string_agg({sends[kind]}(i.{name}), ''::bytea) AS {name}"
+                           for name, kind in _MODEL_INPUT.items())
         with raw.cursor() as cur:  # type: ignore[attr-defined]
             cur.execute(f"SELECT {packed} FROM ({literal}) i", binary=True)
             row = cur.fetchone()
         assert row is not None
-        columns = [np.frombuffer(value or b"", dtype=kinds[name][1]) for name, value in zip(names, row, strict=True)]
-        out = np.zeros(len(columns[0]), dtype=list(_MODEL_INPUT.items()))
-        for name, values in zip(names, columns, strict=True):
-            out[name] = values
-        return out
-    raw = state.session.connection().connection.dbapi_connection
-    assert raw is not None
-    cursor = raw.cursor()
-    try:
-        cursor.execute(literal)
-        chunks = []
-        while True:
-            batch = cursor.fetchmany(100000)
-            if not batch:
-                break
-            # float64 holds the integer columns exactly (money in raw units stays far below 2**53)
-            chunks.append(np.array(batch, dtype=np.float64))
-    finally:
-        cursor.close()
-    matrix = np.concatenate(chunks) if chunks else np.zeros((0, len(names)))
-    out = np.zeros(len(matrix), dtype=list(_MODEL_INPUT.items()))
-    for i, n in enumerate(names):
-        out[n] = matrix[:, i]
-    return out
+        for name, value in zip(names, row, strict=True):
+            kind = _MODEL_INPUT[name]
+            data[name] = np.frombuffer(value or b"", dtype=">" + kind).astype(kind)
+    else:
+        cursor = raw.cursor()
+        try:
+            cursor.execute(literal)
+            chunks = []
+            while True:
+                batch = cursor.fetchmany(100000)
+                if not batch:
+                    break
+                # float64 holds the integer columns exactly (money in raw units stays far below 2**53)
+                chunks.append(np.array(batch, dtype=np.float64))
+        finally:
+            cursor.close()
+        matrix = np.concatenate(chunks) if chunks else np.zeros((0, len(names)))
+        for i, name in enumerate(names):
+            data[name] = matrix[:, i].astype(_MODEL_INPUT[name])
+    first, last = data["first_day"].astype(np.float64), data["last_day"].astype(np.float64)
+    data["x"] = data["days"].astype(np.float64) - 1.0
+    data["t_x"] = last - first
+    data["big_t"] = np.maximum(float(now_day) - first, data["t_x"])
+    return data
 
 
 #: The predictions table: column -> (PostgreSQL type, SQLite type, binary COPY type).
 _PREDICTIONS = {
-    "customer_id": ("BIGINT NOT NULL", "INTEGER PRIMARY KEY", ">i8"),
+    "customer_id": ("INTEGER NOT NULL", "INTEGER PRIMARY KEY", ">i4"),
     "p_alive": ("DOUBLE PRECISION", "REAL", ">f8"),
     "expected_purchases": ("DOUBLE PRECISION", "REAL", ">f8"),
     "expected_order_value": ("BIGINT", "INTEGER", ">i8"),
     "predicted_clv": ("BIGINT", "INTEGER", ">i8"),
-    "r_score": ("BIGINT", "INTEGER", ">i8"),
-    "f_score": ("BIGINT", "INTEGER", ">i8"),
-    "m_score": ("BIGINT", "INTEGER", ">i8"),
+    "rfm_code": ("INTEGER", "INTEGER", ">i4"),     # R * 100 + F * 10 + M
     "clv_top_share": ("DOUBLE PRECISION", "REAL", ">f8"),
 }
 
@@ -755,13 +779,18 @@ def _write_predictions(state: LoyaltyState, dialect: str, columns: dict[str, Any
         # hash-joins this table, so an index would only be built to be ignored
         session.execute(text(f"CREATE TEMP TABLE {_PRED} ("
                              + ", ".join(f"{n} {_PREDICTIONS[n][0]}" for n in names) + ") ON COMMIT DROP"))
+        # binary COPY rows: a field count, then each field's byte length and big-endian value
         fields: list[tuple[str, str]] = [("n", ">i2")]
         for name in names:
             fields += [(f"len_{name}", ">i4"), (name, _PREDICTIONS[name][2])]
-        rows = np.zeros(len(columns["customer_id"]), dtype=np.dtype(fields))
-        rows["n"] = len(names)
+        record = np.dtype(fields)
+        header = np.zeros((), dtype=record)
+        header["n"] = len(names)
         for name in names:
-            rows[f"len_{name}"] = 8
+            header[f"len_{name}"] = np.dtype(_PREDICTIONS[name][2]).itemsize
+        rows = np.empty(len(columns["customer_id"]), dtype=record)
+        rows[...] = header          # the counts and lengths in one pass
+        for name in names:
             rows[name] = columns[name]
         payload = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8 + rows.tobytes() + b"\xff\xff"
         raw = session.connection().connection.dbapi_connection
@@ -795,7 +824,7 @@ def _fit_model(state: LoyaltyState, dialect: str, source: str, settings: _Settin
         return _Fit("heuristic", "numpy/scipy are not installed: pip install 'flask-loyalty[value]'",
                     None, 0, 0, None)
     data = _read_model_input(state, dialect, source, now_day, settings.margin)
-    buyers = len(data)
+    buyers = len(data["customer_id"])
     repeat = int(np.count_nonzero(data["x"] > 0)) if buyers else 0
     if buyers < settings.min_customers or repeat < settings.min_repeat:
         return _Fit("heuristic", f"too little history: {buyers} buyers ({settings.min_customers} needed), "
