@@ -66,6 +66,12 @@ def move_sequences(conn: Any) -> None:
                           f"(SELECT COALESCE(max(id), 0) + 1 FROM {table}), false)"))
 
 
+def vacuum(db: SQLAlchemy, what: str) -> None:
+    """PostgreSQL: ``VACUUM what`` (e.g. ``ANALYZE loyalty_purchase``), outside a transaction."""
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f"VACUUM {what}"))
+
+
 def generate_postgres(db: SQLAlchemy, customers: int, purchases: int) -> None:
     with db.engine.begin() as conn:
         conn.execute(text("SET LOCAL synchronous_commit = off"))
@@ -101,8 +107,7 @@ def generate_postgres(db: SQLAlchemy, customers: int, purchases: int) -> None:
             SELECT p.id, 'SKU', 'Item', 1, p.total, p.total * 6 / 10
             FROM loyalty_purchase p WHERE p.id % 5 = 0"""))
         move_sequences(conn)
-    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM ANALYZE"))
+    vacuum(db, "ANALYZE")
 
 
 def generate_sqlite(db: SQLAlchemy, customers: int, purchases: int) -> None:
@@ -157,12 +162,6 @@ def record_a_day(loyalty: Loyalty, db: SQLAlchemy, orders: int, day: int) -> int
 
 
 BARE = "SELECT customer_id, SUM(total) AS s FROM loyalty_purchase GROUP BY customer_id"
-
-
-def vacuum(db: SQLAlchemy, table: str) -> None:
-    """``VACUUM table`` (outside a transaction)."""
-    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text(f"VACUUM {table}"))
 
 
 def bare_runs(conn: Any, times: int = 3) -> list[float]:
@@ -235,8 +234,7 @@ def main() -> None:
                 counts = conn.execute(text("SELECT (SELECT count(*) FROM loyalty_customer), "
                                            "(SELECT count(*) FROM loyalty_purchase)")).one()
             if dialect == "postgresql":
-                with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                    conn.execute(text("VACUUM ANALYZE loyalty_purchase"))
+                vacuum(db, "ANALYZE loyalty_purchase")
             print(f"reusing {counts[0]:,} customers and {counts[1]:,} purchases on {dialect} "
                   "(profiles, purchase summary and model fits of earlier runs deleted)")
         print("load average: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))

@@ -270,11 +270,9 @@ def _day(dialect: str, column: str) -> str:
     return f"CAST(julianday({column}) - 2440587.5 AS INTEGER)"
 
 
-#: The purchase aggregates per customer, in the order of :class:`~flask_loyalty.models.PurchaseSummary`
-#: (the summary adds ``version``).
-_AGGREGATES = ("customer_id", "frequency", "revenue", "refunds", "kept_known_margin", "kept_uncosted",
-               "discounts", "first_day", "last_day", "days", "first_day_value", "orders_online", "orders_store",
-               "orders_catalog", "orders_phone", "first_at", "last_at")
+#: The purchase aggregates per customer: the columns of :class:`~flask_loyalty.models.PurchaseSummary`
+#: but the ``version`` it was computed from.
+_AGGREGATES = tuple(c.name for c in table_of(PurchaseSummary).columns if c.name != "version")
 
 
 def _aggregate_sql(dialect: str, *, until_now: bool = False, customers: str | None = None,
@@ -451,6 +449,15 @@ def _stage_code_sql() -> str:
     return "CASE " + " ".join(parts) + " END"
 
 
+def _lookup_sql(alias: str, columns: tuple[str, ...], rows: list[str]) -> str:
+    """A ``VALUES`` list of SQL row literals as the relation ``alias`` with named ``columns``.
+
+    ``column1``, ``column2`` ... are the names both PostgreSQL and SQLite give a ``VALUES`` list's columns.
+    """
+    names = ", ".join(f"v.column{i} AS {name}" for i, name in enumerate(columns, start=1))
+    return f"(SELECT {names} FROM (VALUES {', '.join(rows)}) AS v) {alias}"
+
+
 def _stage_lookup_sql(dialect: str) -> str:
     """``sr (code, stage, reasons)``: every possible stage code with its stage and reasons (a ``VALUES`` list)."""
     rows = []
@@ -460,8 +467,7 @@ def _stage_lookup_sql(dialect: str) -> str:
             array = "[" + ",".join(f'"{code}"' for code in codes) + "]"
             value = f"CAST('{array}' AS JSON)" if dialect == "postgresql" else f"'{array}'"
             rows.append(f"({index * _STAGE_SPAN + mask}, '{name}', {value})")
-    return (f"(SELECT v.column1 AS code, v.column2 AS stage, v.column3 AS reasons "
-            f"FROM (VALUES {', '.join(rows)}) AS v) sr")
+    return _lookup_sql("sr", ("code", "stage", "reasons"), rows)
 
 
 def rfm_segment(r_score: int, f_score: int, m_score: int) -> str:
@@ -496,10 +502,9 @@ def _rfm_lookup_sql() -> str:
     Joined once per customer instead of a ``CASE`` over the scores and a
     string concatenation for every one of them.
     """
-    rows = ", ".join(f"({r * 100 + f * 10 + m}, {r}, {f}, {m}, '{r}{f}{m}', '{rfm_segment(r, f, m)}')"
-                     for r in range(1, 6) for f in range(1, 6) for m in range(1, 6))
-    return ("(SELECT v.column1 AS code, v.column2 AS r_score, v.column3 AS f_score, v.column4 AS m_score, "
-            f"v.column5 AS rfm, v.column6 AS segment FROM (VALUES {rows}) AS v) sg")
+    rows = [f"({r * 100 + f * 10 + m}, {r}, {f}, {m}, '{r}{f}{m}', '{rfm_segment(r, f, m)}')"
+            for r in range(1, 6) for f in range(1, 6) for m in range(1, 6)]
+    return _lookup_sql("sg", ("code", "r_score", "f_score", "m_score", "rfm", "segment"), rows)
 
 
 def _score(column: str) -> str:
@@ -863,10 +868,9 @@ _DIRTY = "loyalty_tmp_value_dirty"
 #: PostgreSQL: up to this many changed customers (or a fifth of all) are read through the customer index.
 _FEW_CUSTOMERS = 200
 
-#: The summary columns that are never NULL, and their value for a customer without purchases.
-_ZERO_WITHOUT_PURCHASES = ("frequency", "revenue", "refunds", "kept_known_margin", "kept_uncosted", "discounts",
-                           "days", "first_day_value", "orders_online", "orders_store", "orders_catalog",
-                           "orders_phone")
+#: The aggregates that are never NULL (0 for a customer without purchases).
+_ZERO_WITHOUT_PURCHASES = tuple(c.name for c in table_of(PurchaseSummary).columns
+                                if not c.nullable and c.name in _AGGREGATES and c.name != "customer_id")
 
 
 @dataclass(frozen=True)
