@@ -16,7 +16,8 @@ import pytest
 from conftest import run_together
 from sqlalchemy import select, text
 
-from flask_loyalty.models import Customer, CustomerProfile, PurchaseSummary
+from flask_loyalty.errors import LoyaltyError
+from flask_loyalty.models import Customer, CustomerProfile, PurchaseSummary, metadata
 from flask_loyalty.services import analytics
 
 NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -182,6 +183,41 @@ def test_lost_model_fit_records_only_cost_a_rebuild(shop):
     lo = seeded_then_edited_in_sql(shop, "DELETE FROM loyalty_model_fit")
     lo.analytics.recompute(now=NOW)
     assert fit(shop) == ("rebuilt", 3)
+
+
+def test_rows_of_customers_deleted_outside_the_library_are_dropped_by_the_next_run(shop):
+    """The derived tables have no foreign key: what a hard delete leaves behind is never read and is then dropped."""
+    seed(shop)
+    lo = shop.loyalty
+    lo.analytics.recompute(now=NOW)
+    session = shop.db.session
+    ids = dict(session.execute(select(Customer.ref, Customer.id)).all())
+    gone = ids["D"]
+    # as if D had bought like C and then been deleted by hand (SQLite: with foreign keys enforced)
+    columns = [c.name for c in metadata.tables["loyalty_purchase_summary"].columns if c.name != "customer_id"]
+    session.execute(text(f"INSERT INTO loyalty_purchase_summary (customer_id, {', '.join(columns)}) "
+                         f"SELECT {gone}, {', '.join(columns)} FROM loyalty_purchase_summary "
+                         f"WHERE customer_id = {ids['C']}"))
+    session.execute(text("DELETE FROM loyalty_customer WHERE ref = 'D'"))
+    session.commit()
+    assert lo.upsert_customer("E").id not in ids.values()              # SQLite too: no id is handed out twice
+    stored = set(session.execute(select(CustomerProfile.customer_id)).scalars())
+    assert gone in stored and len(stored) == 4                      # A, B, C and the deleted D
+    assert set(profiles(shop)) == {"A", "B", "C"}                   # the ORM reads through the customer
+    assert set(lo.segments.members("new")) <= {"A", "B", "C"}
+    with pytest.raises(LoyaltyError):
+        lo.analytics.profile("D")
+
+    refreshed = assert_same_as_rebuild(shop)
+    assert set(refreshed) == {"A", "B", "C", "E"}
+    assert gone not in summary_rows(shop)
+    assert set(session.execute(select(CustomerProfile.customer_id)).scalars()) == {
+        customer_id for customer_id, in session.execute(select(Customer.id))}
+    assert lo.analytics.model().customers == 3
+    session.execute(text("DELETE FROM loyalty_customer WHERE ref = 'E'"))     # and a run on a later day
+    session.commit()
+    lo.analytics.recompute(now=NOW + timedelta(days=1))
+    assert set(session.execute(select(CustomerProfile.customer_id)).scalars()) == {ids[r] for r in "ABC"}
 
 
 @pytest.mark.parametrize("rounds", [3])

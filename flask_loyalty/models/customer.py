@@ -25,6 +25,9 @@ class Customer(CreatedAt, Base):
         CheckConstraint("orders_count >= 0", name="orders_count_non_negative"),
         CheckConstraint("points_balance >= 0", name="points_non_negative"),
         CheckConstraint("total_spent >= 0", name="total_spent_non_negative"),
+        # SQLite: never hand out the id of a deleted customer again (the derived tables refer to ids
+        # without a foreign key until the next recompute drops their rows)
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -1,4 +1,19 @@
-"""Customer profiles computed by ``loyalty.analytics.recompute()`` and the fitted value model."""
+"""Customer profiles computed by ``loyalty.analytics.recompute()`` and the fitted value model.
+
+Derived tables have no foreign key to the customer
+--------------------------------------------------
+:class:`CustomerProfile` and :class:`PurchaseSummary` hold derived data
+that ``analytics.recompute()`` writes in bulk: a million rows each for a
+million customers on a first run or a rebuild.  A foreign key would make
+PostgreSQL check every written row by locking the customer's row
+(``SELECT ... FOR KEY SHARE``), which dirties every page of the customer
+table: measured at 7 to 20 seconds per million rows, close to half of a
+first run.  Nothing depends on it: every recompute deletes the profiles it
+did not compute and drops the summary rows of customers who no longer
+exist, erasure deletes both rows of the customer, and the profile's
+``customer`` relationship is an inner join, so a row left behind by a
+customer deleted outside the library is never read through it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +21,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import DDL, JSON, BigInteger, Boolean, Float, ForeignKey, Integer, SmallInteger, String, event
+from sqlalchemy import DDL, JSON, BigInteger, Boolean, Float, Integer, SmallInteger, String, event
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .base import Base, CreatedAt
@@ -27,6 +42,7 @@ class CustomerProfile(Base):
     # No secondary indexes on purpose: the table is rewritten as a whole by every recompute (each
     # index would slow that down), and segment queries read a large share of it anyway.
     # PostgreSQL: the table's fillfactor is 45 (see PROFILE_FILLFACTOR below).
+    # No foreign key to the customer either (nor on the purchase summary): see the module docstring.
 
     # Column order matters on PostgreSQL: what a nightly recompute leaves unchanged comes first, what
     # changes every night (the day counts, scores, predictions, computed_at) next, and the rarely
@@ -34,8 +50,8 @@ class CustomerProfile(Base):
     # bytes between an unchanged prefix and an unchanged suffix to the write-ahead log: about a
     # third less log per recompute than with the changing columns at both ends.
 
-    customer_id: Mapped[int] = mapped_column(
-        ForeignKey("loyalty_customer.id", ondelete="CASCADE"), primary_key=True)
+    #: ``Customer.id`` (no foreign key: see the module docstring).
+    customer_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     #: Orders kept (not fully refunded).
     frequency: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     #: Net revenue: order totals minus refunds.
@@ -102,7 +118,9 @@ class CustomerProfile(Base):
     #: Reason codes behind the stage (see ``analytics.STAGE_REASONS``).
     stage_reasons: Mapped[list[str]] = mapped_column(JSON, nullable=False)
 
-    customer: Mapped[Customer] = relationship(lazy="joined", innerjoin=True)
+    customer: Mapped[Customer] = relationship(
+        primaryjoin=lambda: CustomerProfile.customer_id == Customer.id,
+        foreign_keys=lambda: [CustomerProfile.customer_id], lazy="joined", innerjoin=True, viewonly=True)
 
     @property
     def customer_ref(self) -> str:
@@ -159,8 +177,8 @@ class PurchaseSummary(Base):
 
     __tablename__ = "loyalty_purchase_summary"
 
-    customer_id: Mapped[int] = mapped_column(
-        ForeignKey("loyalty_customer.id", ondelete="CASCADE"), primary_key=True)
+    #: ``Customer.id`` (no foreign key: see the module docstring).
+    customer_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     #: The ``Customer.activity_version`` these aggregates were computed from.
     version: Mapped[int] = mapped_column(BigInteger, nullable=False)
     #: Orders kept (not fully refunded).

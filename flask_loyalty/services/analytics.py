@@ -59,7 +59,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from marshmallow import Schema, fields, validate
-from sqlalchemy import Float, Integer, bindparam, delete, desc, func, select, text
+from sqlalchemy import Float, Integer, bindparam, delete, desc, func, or_, select, text
 from sqlalchemy.sql.elements import TextClause
 
 from ..clock import resolve_now
@@ -913,6 +913,7 @@ def _aggregate(state: LoyaltyState, dialect: str, moment: datetime, *, rebuild: 
       customer index.  The versions are read before the purchases, so an
       order committed in between is at worst aggregated twice (its version
       moved, so the next run refreshes the customer again), never missed.
+      The rows of customers deleted outside the library are dropped.
     """
     session = state.session
     purchases = table_of(Purchase)
@@ -937,11 +938,20 @@ def _aggregate(state: LoyaltyState, dialect: str, moment: datetime, *, rebuild: 
         if dialect == "postgresql":
             session.execute(text(f"ANALYZE {_SUMMARY}"))
         return _Aggregates(_source_sql(_SUMMARY), "rebuilt", count)
-    dirty = session.execute(text(
-        f"CREATE TEMP TABLE {_DIRTY} AS SELECT c.id AS customer_id, c.activity_version AS version "
-        f"FROM loyalty_customer c LEFT JOIN {_SUMMARY} s ON s.customer_id = c.id "
-        "WHERE c.erased_at IS NULL AND c.activity_version <> COALESCE(s.version, 0)")
-    ).rowcount  # type: ignore[attr-defined]
+    # The changed customers, and (version NULL) the summary rows of customers deleted outside the
+    # library (the summary has no foreign key): PostgreSQL finds both in one full join, about 0.2 s
+    # more than the left join for a million customers; SQLite before 3.39 has no full join.
+    changed = "c.erased_at IS NULL AND c.activity_version <> COALESCE(s.version, 0)"
+    if dialect == "postgresql":
+        dirty_sql = (f"SELECT COALESCE(c.id, s.customer_id) AS customer_id, c.activity_version AS version "
+                     f"FROM loyalty_customer c FULL JOIN {_SUMMARY} s ON s.customer_id = c.id "
+                     f"WHERE c.id IS NULL OR ({changed})")
+    else:
+        dirty_sql = (f"SELECT c.id AS customer_id, c.activity_version AS version "
+                     f"FROM loyalty_customer c LEFT JOIN {_SUMMARY} s ON s.customer_id = c.id WHERE {changed} "
+                     f"UNION ALL SELECT s.customer_id, NULL FROM {_SUMMARY} s "
+                     "WHERE NOT EXISTS (SELECT 1 FROM loyalty_customer c WHERE c.id = s.customer_id)")
+    dirty = session.execute(text(f"CREATE TEMP TABLE {_DIRTY} AS {dirty_sql}")).rowcount  # type: ignore[attr-defined]
     few = True
     if dialect == "postgresql":
         session.execute(text(f"ANALYZE {_DIRTY}"))
@@ -955,7 +965,7 @@ def _aggregate(state: LoyaltyState, dialect: str, moment: datetime, *, rebuild: 
     count = int(session.execute(text(
         f"INSERT INTO {_SUMMARY} ({aggregates}, version) SELECT d.customer_id, {values}, d.version "
         f"FROM {_DIRTY} d LEFT JOIN ({_aggregate_sql(dialect, customers=_DIRTY, few=few)}) a "
-        "ON a.customer_id = d.customer_id")).rowcount or 0)  # type: ignore[attr-defined]
+        "ON a.customer_id = d.customer_id WHERE d.version IS NOT NULL")).rowcount or 0)  # type: ignore[attr-defined]
     return _Aggregates(_source_sql(_SUMMARY), "refreshed", count)
 
 
@@ -1009,6 +1019,7 @@ def recompute(state: LoyaltyState, *, now: datetime | None = None, rebuild: bool
 
     for name in (_AGG, _PRED, _DIRTY):
         session.execute(text(f"DROP TABLE IF EXISTS {name}"))
+    previous = session.execute(select(ModelFit.fitted_at).order_by(ModelFit.id.desc()).limit(1)).scalar()
     jit = "off"
     if dialect == "postgresql":
         # the statements after the full aggregate handle one row per customer, where compiling
@@ -1026,7 +1037,12 @@ def recompute(state: LoyaltyState, *, now: datetime | None = None, rebuild: bool
     scored = _write_profiles(state, dialect, aggregates.source, with_model=fit.params is not None, params=params)
     step("profiles")
     profile = table_of(CustomerProfile)
-    session.execute(delete(profile).where(profile.c.computed_at != moment))
+    stale = profile.c.computed_at != moment
+    if previous is None or previous == moment:
+        # Rows of customers deleted outside the library (the table has no foreign key) still carry
+        # the moment of the run before; only when that was this same moment do they need a lookup.
+        stale = or_(stale, profile.c.customer_id.not_in(select(table_of(Customer).c.id)))
+    session.execute(delete(profile).where(stale))
     for name in (_AGG, _PRED, _DIRTY):
         session.execute(text(f"DROP TABLE IF EXISTS {name}"))
     session.add(ModelFit(method=fit.method, reason=fit.reason, params=fit.params, customers=fit.customers,
