@@ -91,6 +91,18 @@ def test_first_run_builds_the_summary_then_only_changed_customers_are_aggregated
     assert_same_as_rebuild(shop)
 
 
+def test_the_first_run_inserting_into_the_empty_table_equals_the_runs_that_update_it(shop):
+    lo = shop.loyalty
+    seed(shop)
+    lo.analytics.recompute(now=NOW)                # a plain INSERT: no profile yet
+    inserted = profiles(shop)
+    assert len(inserted) == 4
+    lo.analytics.recompute(now=NOW)                # PostgreSQL: an UPDATE; SQLite: the upsert
+    assert profiles(shop) == inserted
+    lo.analytics.recompute(now=NOW, rebuild=True)
+    assert profiles(shop) == inserted
+
+
 @pytest.mark.parametrize("few", [True, False], ids=["index", "scan"])
 def test_refunds_backdated_orders_and_coupons_refresh_the_right_customers(shop, monkeypatch, few):
     """Both ways of reading the changed customers' purchases (PostgreSQL: per customer, or by the planner)."""

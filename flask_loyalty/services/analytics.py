@@ -516,9 +516,10 @@ def _profile_sql(dialect: str, source: str, *, with_model: bool, write: str = "u
     """The statement computing and writing every profile.
 
     ``write`` is ``"upsert"`` (``INSERT ... SELECT ... ON CONFLICT DO
-    UPDATE``: every customer), ``"update"`` (PostgreSQL: ``UPDATE ... FROM``
-    the computed rows: the customers who have a profile) or ``"missing"``
-    (the upsert of the customers who have none).
+    UPDATE``: every customer), ``"insert"`` (the same without the conflict
+    clause, into an empty table), ``"update"`` (PostgreSQL: ``UPDATE ...
+    FROM`` the computed rows: the customers who have a profile) or
+    ``"missing"`` (the upsert of the customers who have none).
     """
     joins, src = _sources(dialect)
     greatest_tenure = ("CASE WHEN :now_day - a.first_day > :horizon THEN :now_day - a.first_day "
@@ -647,10 +648,13 @@ WHERE 1 = 1
         assignments = ", ".join(f"{c} = v.{c}" for c in PROFILE_COLUMNS if c != "customer_id")
         return (f"UPDATE loyalty_customer_profile AS p SET {assignments} "
                 f"FROM ({select}) AS v ({', '.join(PROFILE_COLUMNS)}) WHERE p.customer_id = v.customer_id")
+    # "insert": the table is empty (and only a recompute, one at a time, writes it), so no conflict
+    # handling: a million profiles, 1-2 s less than the upsert's speculative insertion
+    conflict = "" if write == "insert" else f"ON CONFLICT (customer_id) DO UPDATE SET {updates}"
     return f"""
 INSERT INTO loyalty_customer_profile ({", ".join(PROFILE_COLUMNS)})
 {select}
-ON CONFLICT (customer_id) DO UPDATE SET {updates}
+{conflict}
 """
 
 
@@ -930,11 +934,16 @@ def _aggregate(state: LoyaltyState, dialect: str, moment: datetime, *, rebuild: 
         select(ModelFit.id).where(ModelFit.aggregates.in_(("rebuilt", "refreshed"))).limit(1)).first() is not None
     if not built:
         session.execute(delete(table_of(PurchaseSummary)))
-        count = _full_scan(state, dialect, text(
-            f"INSERT INTO {_SUMMARY} ({aggregates}, version) "
-            f"SELECT {', '.join('a.' + c for c in _AGGREGATES)}, c.activity_version "
-            f"FROM ({_aggregate_sql(dialect)}) a JOIN loyalty_customer c ON c.id = a.customer_id "
-            "WHERE c.erased_at IS NULL"), {}, jit)
+        rows = (f"SELECT {', '.join('a.' + c for c in _AGGREGATES)}, c.activity_version AS version "
+                f"FROM ({_aggregate_sql(dialect)}) a JOIN loyalty_customer c ON c.id = a.customer_id "
+                "WHERE c.erased_at IS NULL")
+        if dialect == "postgresql":
+            # PostgreSQL 15 plans no INSERT ... SELECT in parallel, but a CREATE TABLE ... AS: the scan
+            # and sort of every purchase then run in the parallel workers (1-2 s less for five million)
+            _full_scan(state, dialect, text(f"CREATE TEMP TABLE {_AGG} AS {rows}"), {}, jit)
+            rows = f"SELECT {aggregates}, version FROM {_AGG}"
+        result = session.execute(text(f"INSERT INTO {_SUMMARY} ({aggregates}, version) {rows}"))
+        count = int(result.rowcount or 0)  # type: ignore[attr-defined]
         if dialect == "postgresql":
             session.execute(text(f"ANALYZE {_SUMMARY}"))
         return _Aggregates(_source_sql(_SUMMARY), "rebuilt", count)
@@ -970,12 +979,13 @@ def _aggregate(state: LoyaltyState, dialect: str, moment: datetime, *, rebuild: 
 
 
 def _write_profiles(state: LoyaltyState, dialect: str, source: str, *, with_model: bool,
-                    params: dict[str, Any]) -> int:
-    """Compute and write every profile; how many were written.
+                    params: dict[str, Any]) -> tuple[int, bool]:
+    """Compute and write every profile; how many were written, and whether the table was empty before.
 
-    PostgreSQL with profiles already there: an ``UPDATE`` of those, then the
-    upsert of the customers who have none yet (skipped when the update
-    reached every customer who is not erased).  Otherwise one upsert.
+    No profiles yet: one plain ``INSERT``.  PostgreSQL with profiles
+    already there: an ``UPDATE`` of those, then the upsert of the customers
+    who have none yet (skipped when the update reached every customer who is
+    not erased).  SQLite with profiles there: one upsert.
     """
     session = state.session
 
@@ -987,13 +997,15 @@ def _write_profiles(state: LoyaltyState, dialect: str, source: str, *, with_mode
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     profile = table_of(CustomerProfile)
-    if dialect != "postgresql" or session.execute(select(profile.c.customer_id).limit(1)).first() is None:
-        return run("upsert")
+    if session.execute(select(profile.c.customer_id).limit(1)).first() is None:
+        return run("insert"), True
+    if dialect != "postgresql":
+        return run("upsert"), False
     updated = run("update")
     customers = table_of(Customer)
     living = session.execute(select(func.count()).select_from(customers)
                              .where(customers.c.erased_at.is_(None))).scalar_one()
-    return updated + (run("missing") if updated < living else 0)
+    return updated + (run("missing") if updated < living else 0), False
 
 
 # --- the service ------------------------------------------------------------
@@ -1034,15 +1046,17 @@ def recompute(state: LoyaltyState, *, now: datetime | None = None, rebuild: bool
     params = {"now": moment, "now_day": now_day, "margin": settings.margin, "horizon": settings.horizon,
               "half_discount": half_discount, "top_share": settings.top_share, "computed_at": moment,
               "loyal_cutoff": moment - timedelta(days=settings.loyal_days)}
-    scored = _write_profiles(state, dialect, aggregates.source, with_model=fit.params is not None, params=params)
+    scored, fresh = _write_profiles(state, dialect, aggregates.source, with_model=fit.params is not None,
+                                    params=params)
     step("profiles")
-    profile = table_of(CustomerProfile)
-    stale = profile.c.computed_at != moment
-    if previous is None or previous == moment:
-        # Rows of customers deleted outside the library (the table has no foreign key) still carry
-        # the moment of the run before; only when that was this same moment do they need a lookup.
-        stale = or_(stale, profile.c.customer_id.not_in(select(table_of(Customer).c.id)))
-    session.execute(delete(profile).where(stale))
+    if not fresh:       # the profiles of customers erased or deleted since the last run
+        profile = table_of(CustomerProfile)
+        stale = profile.c.computed_at != moment
+        if previous is None or previous == moment:
+            # Rows of customers deleted outside the library (the table has no foreign key) still carry
+            # the moment of the run before; only when that was this same moment do they need a lookup.
+            stale = or_(stale, profile.c.customer_id.not_in(select(table_of(Customer).c.id)))
+        session.execute(delete(profile).where(stale))
     for name in (_AGG, _PRED, _DIRTY):
         session.execute(text(f"DROP TABLE IF EXISTS {name}"))
     session.add(ModelFit(method=fit.method, reason=fit.reason, params=fit.params, customers=fit.customers,
