@@ -675,7 +675,7 @@ class _Fit:
     log_likelihood: float | None
 
 
-#: The model input columns and their numpy types (integers stay exact as int64).
+#: The model input columns and their numpy types (integers stay exact).
 _MODEL_INPUT = {"customer_id": "i4", "first_day": "i4", "last_day": "i4", "days": "i4", "frequency": "i4",
                 "revenue": "i8", "historical": "i8", "m": "f8", "rate": "f8"}
 
@@ -979,13 +979,15 @@ def _aggregate(state: LoyaltyState, dialect: str, moment: datetime, *, rebuild: 
 
 
 def _write_profiles(state: LoyaltyState, dialect: str, source: str, *, with_model: bool,
-                    params: dict[str, Any]) -> tuple[int, bool]:
-    """Compute and write every profile; how many were written, and whether the table was empty before.
+                    params: dict[str, Any], previous: datetime | None) -> int:
+    """Compute and write every profile, delete the stale ones; how many were written.
 
     No profiles yet: one plain ``INSERT``.  PostgreSQL with profiles
     already there: an ``UPDATE`` of those, then the upsert of the customers
     who have none yet (skipped when the update reached every customer who is
-    not erased).  SQLite with profiles there: one upsert.
+    not erased).  SQLite with profiles there: one upsert.  Then the profiles
+    this run did not write (customers erased or deleted since) are deleted;
+    ``previous`` is the moment of the run before.
     """
     session = state.session
 
@@ -998,14 +1000,23 @@ def _write_profiles(state: LoyaltyState, dialect: str, source: str, *, with_mode
 
     profile = table_of(CustomerProfile)
     if session.execute(select(profile.c.customer_id).limit(1)).first() is None:
-        return run("insert"), True
-    if dialect != "postgresql":
-        return run("upsert"), False
-    updated = run("update")
+        return run("insert")            # nothing stale in a table that was empty
     customers = table_of(Customer)
-    living = session.execute(select(func.count()).select_from(customers)
-                             .where(customers.c.erased_at.is_(None))).scalar_one()
-    return updated + (run("missing") if updated < living else 0), False
+    if dialect != "postgresql":
+        written = run("upsert")
+    else:
+        written = run("update")
+        living = session.execute(select(func.count()).select_from(customers)
+                                 .where(customers.c.erased_at.is_(None))).scalar_one()
+        written += run("missing") if written < living else 0
+    moment = params["computed_at"]
+    stale = profile.c.computed_at != moment
+    if previous is None or previous == moment:
+        # Rows of customers deleted outside the library (the table has no foreign key) still carry
+        # the moment of the run before; only when that was this same moment do they need a lookup.
+        stale = or_(stale, profile.c.customer_id.not_in(select(customers.c.id)))
+    session.execute(delete(profile).where(stale))
+    return written
 
 
 # --- the service ------------------------------------------------------------
@@ -1031,7 +1042,8 @@ def recompute(state: LoyaltyState, *, now: datetime | None = None, rebuild: bool
 
     for name in (_AGG, _PRED, _DIRTY):
         session.execute(text(f"DROP TABLE IF EXISTS {name}"))
-    previous = session.execute(select(ModelFit.fitted_at).order_by(ModelFit.id.desc()).limit(1)).scalar()
+    last = latest_fit(state)
+    previous = last.fitted_at if last is not None else None
     jit = "off"
     if dialect == "postgresql":
         # the statements after the full aggregate handle one row per customer, where compiling
@@ -1046,17 +1058,9 @@ def recompute(state: LoyaltyState, *, now: datetime | None = None, rebuild: bool
     params = {"now": moment, "now_day": now_day, "margin": settings.margin, "horizon": settings.horizon,
               "half_discount": half_discount, "top_share": settings.top_share, "computed_at": moment,
               "loyal_cutoff": moment - timedelta(days=settings.loyal_days)}
-    scored, fresh = _write_profiles(state, dialect, aggregates.source, with_model=fit.params is not None,
-                                    params=params)
+    scored = _write_profiles(state, dialect, aggregates.source, with_model=fit.params is not None,
+                             params=params, previous=previous)
     step("profiles")
-    if not fresh:       # the profiles of customers erased or deleted since the last run
-        profile = table_of(CustomerProfile)
-        stale = profile.c.computed_at != moment
-        if previous is None or previous == moment:
-            # Rows of customers deleted outside the library (the table has no foreign key) still carry
-            # the moment of the run before; only when that was this same moment do they need a lookup.
-            stale = or_(stale, profile.c.customer_id.not_in(select(table_of(Customer).c.id)))
-        session.execute(delete(profile).where(stale))
     for name in (_AGG, _PRED, _DIRTY):
         session.execute(text(f"DROP TABLE IF EXISTS {name}"))
     session.add(ModelFit(method=fit.method, reason=fit.reason, params=fit.params, customers=fit.customers,
