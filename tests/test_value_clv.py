@@ -184,6 +184,7 @@ def test_without_numpy_the_heuristic_is_used(shop, monkeypatch):
 @pytest.mark.parametrize("key,value", [
     ("LOYALTY_DEFAULT_MARGIN", "1.5"), ("LOYALTY_DEFAULT_MARGIN", "abc"), ("LOYALTY_CLV_HORIZON_DAYS", 0),
     ("LOYALTY_CLV_DISCOUNT_RATE", "-0.1"), ("LOYALTY_RECOMPUTE_WORK_MEM", "1'; DROP TABLE x; --"),
+    ("LOYALTY_RECOMPUTE_CONNECTIONS", 0), ("LOYALTY_RECOMPUTE_CONNECTIONS", "2"),
 ])
 def test_bad_settings_are_refused(shop, key, value):
     from flask_loyalty import InvalidInput

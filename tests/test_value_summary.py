@@ -103,6 +103,55 @@ def test_the_first_run_inserting_into_the_empty_table_equals_the_runs_that_updat
     assert profiles(shop) == inserted
 
 
+def summary_table(shop: Any) -> dict[int, tuple[Any, ...]]:
+    """Every summary row, all columns, by customer id."""
+    shop.db.session.expire_all()
+    rows = shop.db.session.execute(select(metadata.tables["loyalty_purchase_summary"])).all()
+    return {row[0]: tuple(row) for row in rows}
+
+
+def test_a_summary_rebuilt_over_several_connections_equals_one_rebuilt_in_the_run(shop):
+    """PostgreSQL rebuilds the summary by remainder of the customer id over several connections."""
+    lo = shop.loyalty
+    seed(shop)
+    for i in range(7):          # customers enough for every remainder of 2 and 3 to hold some
+        lo.record_purchase(f"e{i}", f"E{i}", str(20 + i), placed_at=at(3 + i), channel="phone")
+    lo.record_refund("e2")
+    shop.app.config["LOYALTY_RECOMPUTE_CONNECTIONS"] = 1
+    lo.analytics.recompute(now=NOW)
+    assert fit(shop) == ("rebuilt", 10)
+    expected_profiles, expected_summary = profiles(shop), summary_table(shop)
+    assert len(expected_summary) == 10
+    for connections in (2, 3, 8):
+        shop.app.config["LOYALTY_RECOMPUTE_CONNECTIONS"] = connections
+        lo.analytics.recompute(now=NOW, rebuild=True)
+        assert fit(shop) == ("rebuilt", 10)
+        assert summary_table(shop) == expected_summary
+        assert profiles(shop) == expected_profiles
+    # a stale row of a customer deleted by hand is dropped by the part that holds its remainder
+    shop.db.session.execute(text("DELETE FROM loyalty_customer_profile WHERE customer_id IN "
+                                 "(SELECT id FROM loyalty_customer WHERE ref = 'D')"))
+    shop.db.session.execute(text("DELETE FROM loyalty_customer WHERE ref = 'D'"))
+    shop.db.session.execute(text("INSERT INTO loyalty_purchase_summary SELECT 1000 + customer_id, "
+                                 + ", ".join(c.name for c in metadata.tables["loyalty_purchase_summary"].columns
+                                             if c.name != "customer_id")
+                                 + " FROM loyalty_purchase_summary"))
+    shop.db.session.commit()
+    lo.analytics.recompute(now=NOW, rebuild=True)
+    assert summary_table(shop) == expected_summary
+
+
+def test_a_run_in_a_transaction_that_has_written_aggregates_what_it_wrote(shop):
+    """Other connections would not see uncommitted rows: the summary is then rebuilt in the run itself."""
+    lo = shop.loyalty
+    seed(shop)
+    lo.record_purchase("z0", "Z", "30", placed_at=at(5), commit=False)
+    assert lo.analytics.recompute(now=NOW) == 5
+    assert fit(shop) == ("rebuilt", 4)
+    assert lo.analytics.profile("Z").frequency == 1
+    assert summary_table(shop)[lo.analytics.profile("Z").customer_id][2] == 1     # frequency
+
+
 @pytest.mark.parametrize("few", [True, False], ids=["index", "scan"])
 def test_refunds_backdated_orders_and_coupons_refresh_the_right_customers(shop, monkeypatch, few):
     """Both ways of reading the changed customers' purchases (PostgreSQL: per customer, or by the planner)."""

@@ -10,7 +10,8 @@
    distinct purchase days, the value of the first day and orders per channel.
    The result is kept in :class:`~flask_loyalty.models.PurchaseSummary`;
    after the first run only the customers whose ``activity_version`` moved
-   are aggregated again (see :func:`_aggregate`).
+   are aggregated again (see :func:`_aggregate`; on PostgreSQL a first run
+   or a rebuild shares the work between connections, :func:`_rebuild_in_parts`).
 2. **Fit the value model** (when numpy/scipy are installed and there is
    enough history): one pass over the aggregated rows (not one query per
    customer) fits BG/NBD and Gamma-Gamma and computes each buyer's
@@ -53,6 +54,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -238,6 +240,7 @@ class _Settings:
     top_share: float
     loyal_days: int
     work_mem: str | None
+    connections: int
 
 
 def _settings(state: LoyaltyState) -> _Settings:
@@ -254,6 +257,7 @@ def _settings(state: LoyaltyState) -> _Settings:
         top_share=_fraction(state, "LOYALTY_REWARD_TOP_SHARE"),
         loyal_days=_positive_int(state, "LOYALTY_LOYAL_SUBSCRIBED_DAYS"),
         work_mem=work_mem,
+        connections=_positive_int(state, "LOYALTY_RECOMPUTE_CONNECTIONS"),
     )
 
 
@@ -276,13 +280,14 @@ _AGGREGATES = tuple(c.name for c in table_of(PurchaseSummary).columns if c.name 
 
 
 def _aggregate_sql(dialect: str, *, until_now: bool = False, customers: str | None = None,
-                   few: bool = True) -> str:
+                   few: bool = True, part: tuple[int, int] | None = None) -> str:
     """SELECT of one row of purchase aggregates per customer (the columns of :data:`_AGGREGATES`).
 
     ``until_now`` leaves out the purchases placed after ``:now``; ``customers``
     names a table whose ``customer_id`` column limits the customers; ``few``
     says they are few enough to read their purchases through the customer
-    index (PostgreSQL; else the planner chooses).
+    index (PostgreSQL; else the planner chooses); ``part`` ``(k, n)`` keeps
+    the customers whose id is ``k`` modulo ``n``.
     """
     kept = "(p.refunded_total < p.total OR p.total = 0)"
     day = _day(dialect, "p.placed_at")
@@ -306,6 +311,8 @@ def _aggregate_sql(dialect: str, *, until_now: bool = False, customers: str | No
     purchases = "loyalty_purchase p"
     if until_now:
         conditions.append("p.placed_at <= :now")
+    if part is not None:
+        conditions.append(f"p.customer_id % {int(part[1])} = {int(part[0])}")
     if customers is not None and dialect == "postgresql" and few:
         # each customer's purchases through the customer index (OFFSET 0 keeps the planner from
         # turning this back into a join that scans every purchase, which it prices as cheaper)
@@ -905,13 +912,70 @@ def _full_scan(state: LoyaltyState, dialect: str, statement: TextClause, params:
     return rows
 
 
-def _aggregate(state: LoyaltyState, dialect: str, moment: datetime, *, rebuild: bool, jit: str) -> _Aggregates:
+def _summary_rows_sql(dialect: str, part: tuple[int, int] | None = None) -> str:
+    """The summary rows (aggregates and version) of every customer who is not erased, or of ``part``."""
+    return (f"SELECT {', '.join('a.' + c for c in _AGGREGATES)}, c.activity_version AS version "
+            f"FROM ({_aggregate_sql(dialect, part=part)}) a JOIN loyalty_customer c ON c.id = a.customer_id "
+            "WHERE c.erased_at IS NULL")
+
+
+def _has_written(state: LoyaltyState) -> bool:
+    """PostgreSQL: whether the current transaction has written anything yet (it has a transaction id)."""
+    return bool(state.session.execute(text("SELECT pg_current_xact_id_if_assigned() IS NOT NULL")).scalar_one())
+
+
+def _rebuild_in_parts(state: LoyaltyState, settings: _Settings, jit: str) -> int:
+    """PostgreSQL: rebuild the summary over ``settings.connections`` connections at once; the rows written.
+
+    PostgreSQL runs the window and the grouping of one statement in a single
+    process, whatever its parallel workers do below them; for five million
+    purchases that is most of the aggregation.  Here each connection takes
+    the customers whose id has one remainder modulo the number of
+    connections: it deletes their summary rows, aggregates their purchases
+    (a scan of every purchase, a sort of its share) and commits.  Two
+    connections on two cores: 12 s instead of 17.6 s for the aggregation of
+    five million purchases, and the summary rows are written at the same time.
+
+    The parts commit on their own, before the recompute does.  That is safe
+    because the summary is a cache: each row holds its customer's
+    ``activity_version`` read in the same statement as the purchases, and a
+    run that fails leaves no model record saying the summary was built, so
+    the next run rebuilds it.  The caller makes sure its own transaction has
+    written nothing yet (the other connections would not see it, and a row it
+    locked would make them wait for a commit that waits for them).
+    """
+    engine = state.session.connection().engine
+    parts = settings.connections
+    columns = f"{', '.join(_AGGREGATES)}, version"
+
+    def rebuild(part: int) -> int:
+        with engine.connect() as conn, conn.begin():
+            if settings.work_mem:
+                conn.execute(text(f"SET LOCAL work_mem = '{settings.work_mem}'"))
+            # as in _full_scan: a scan and a sort of every purchase, never a walk of the customer index
+            conn.execute(text("SELECT set_config('enable_indexscan', 'off', true), set_config('jit', :jit, true)"),
+                         {"jit": jit})
+            conn.execute(text(f"DELETE FROM {_SUMMARY} WHERE customer_id % {parts} = {part}"))
+            result = conn.execute(text(f"INSERT INTO {_SUMMARY} ({columns}) "
+                                       f"{_summary_rows_sql('postgresql', (part, parts))}"))
+            return int(result.rowcount or 0)
+
+    with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="loyalty-recompute") as pool:
+        futures = [pool.submit(rebuild, part) for part in range(parts)]
+        return sum(future.result() for future in futures)
+
+
+
+def _aggregate(state: LoyaltyState, dialect: str, moment: datetime, settings: _Settings, *, rebuild: bool,
+               jit: str) -> _Aggregates:
     """Bring the purchase aggregates up to ``moment`` and say where the profile reads them from.
 
     * A purchase placed after ``moment`` (a recompute "as of" a past date):
       every purchase up to ``moment`` is aggregated into a temporary table;
       the summary is not touched.
-    * No summary yet (or ``rebuild``): the summary is rebuilt from every purchase.
+    * No summary yet (or ``rebuild``): the summary is rebuilt from every
+      purchase (PostgreSQL: by ``LOYALTY_RECOMPUTE_CONNECTIONS`` connections
+      at once, see :func:`_rebuild_in_parts`).
     * Otherwise only the customers whose ``activity_version`` differs from
       their summary row's are aggregated again, through the purchases'
       customer index.  The versions are read before the purchases, so an
@@ -933,17 +997,18 @@ def _aggregate(state: LoyaltyState, dialect: str, moment: datetime, *, rebuild: 
     built = not rebuild and session.execute(
         select(ModelFit.id).where(ModelFit.aggregates.in_(("rebuilt", "refreshed"))).limit(1)).first() is not None
     if not built:
-        session.execute(delete(table_of(PurchaseSummary)))
-        rows = (f"SELECT {', '.join('a.' + c for c in _AGGREGATES)}, c.activity_version AS version "
-                f"FROM ({_aggregate_sql(dialect)}) a JOIN loyalty_customer c ON c.id = a.customer_id "
-                "WHERE c.erased_at IS NULL")
-        if dialect == "postgresql":
-            # PostgreSQL 15 plans no INSERT ... SELECT in parallel, but a CREATE TABLE ... AS: the scan
-            # and sort of every purchase then run in the parallel workers (1-2 s less for five million)
-            _full_scan(state, dialect, text(f"CREATE TEMP TABLE {_AGG} AS {rows}"), {}, jit)
-            rows = f"SELECT {aggregates}, version FROM {_AGG}"
-        result = session.execute(text(f"INSERT INTO {_SUMMARY} ({aggregates}, version) {rows}"))
-        count = int(result.rowcount or 0)  # type: ignore[attr-defined]
+        if dialect == "postgresql" and settings.connections > 1 and not _has_written(state):
+            count = _rebuild_in_parts(state, settings, jit)
+        else:
+            session.execute(delete(table_of(PurchaseSummary)))
+            rows = _summary_rows_sql(dialect)
+            if dialect == "postgresql":
+                # PostgreSQL 15 plans no INSERT ... SELECT in parallel, but a CREATE TABLE ... AS: the scan
+                # and sort of every purchase then run in the parallel workers (1-2 s less for five million)
+                _full_scan(state, dialect, text(f"CREATE TEMP TABLE {_AGG} AS {rows}"), {}, jit)
+                rows = f"SELECT {aggregates}, version FROM {_AGG}"
+            result = session.execute(text(f"INSERT INTO {_SUMMARY} ({aggregates}, version) {rows}"))
+            count = int(result.rowcount or 0)  # type: ignore[attr-defined]
         if dialect == "postgresql":
             session.execute(text(f"ANALYZE {_SUMMARY}"))
         return _Aggregates(_source_sql(_SUMMARY), "rebuilt", count)
@@ -1050,7 +1115,7 @@ def recompute(state: LoyaltyState, *, now: datetime | None = None, rebuild: bool
         # only costs time (1.2 s of it for the profile statement)
         jit = session.execute(text("SELECT current_setting('jit')")).scalar_one()
         session.execute(text("SET LOCAL jit = off"))
-    aggregates = _aggregate(state, dialect, moment, rebuild=data["rebuild"], jit=jit)
+    aggregates = _aggregate(state, dialect, moment, settings, rebuild=data["rebuild"], jit=jit)
     step(f"aggregate ({aggregates.how}, {aggregates.customers} customers)")
     fit = _fit_model(state, dialect, aggregates.source, settings, now_day)
     step("model")
