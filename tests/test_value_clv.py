@@ -169,6 +169,61 @@ def test_model_path_scores_equal_rank_definitions(shop):
         assert p.segment == rfm_segment(p.r_score, p.f_score, p.m_score)
 
 
+def test_a_first_run_over_several_connections_equals_one_in_the_run(make_shop, monkeypatch):
+    """PostgreSQL shares a first run's aggregation and profile inserts between connections: the same profiles."""
+    from sqlalchemy import delete, select
+
+    from flask_loyalty.models import CustomerProfile, ModelFit
+    from flask_loyalty.services import analytics, outbox, tracking
+
+    shop = make_shop(LOYALTY_DOUBLE_OPT_IN=False)
+    with shop.app.app_context():
+        now = datetime(2026, 6, 1, tzinfo=timezone.utc)
+        _simulate_into_db(shop, 1500, seed=5, now=now)
+        lo, state, session = shop.loyalty, shop.loyalty.state, shop.db.session
+        for i in range(6):          # consent, survey answers and mail engagement of both remainders
+            lo.consent.grant(f"sim{i}", "email_marketing", source="checkout", double_opt_in=False,
+                             now=now - timedelta(days=200 + i))
+        lo.surveys.answer("s1-0", {"recommend": 3, "experience": 2}, now=now - timedelta(days=1))
+        lo.surveys.answer("s2-0", {"recommend": 10}, now=now - timedelta(days=1))
+        for i in (3, 4):
+            message = outbox.enqueue(state, "thank_you", lo.customer(f"sim{i}"), dedupe_key=f"t{i}")
+            session.commit()
+            assert tracking.record_open(state, message.id, now=now - timedelta(days=2, hours=i))
+        shared: list[int] = []
+        real = analytics._insert_in_parts
+
+        def spy(*args, **kwargs):
+            shared.append(args[1].connections)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(analytics, "_insert_in_parts", spy)
+
+        def first_run(connections: int) -> dict[str, dict]:
+            session.execute(delete(CustomerProfile))
+            session.execute(delete(ModelFit))
+            session.commit()
+            shop.app.config["LOYALTY_RECOMPUTE_CONNECTIONS"] = connections
+            assert lo.analytics.recompute(now=now) == 1500
+            assert lo.analytics.model().method == "bgnbd_gamma_gamma"
+            session.expire_all()
+            out = {}
+            for row in session.execute(select(CustomerProfile)).unique().scalars():
+                data = row.as_dict()
+                data.pop("computed_at")
+                out[data["customer_ref"]] = {k: round(v, 9) if isinstance(v, float) else v for k, v in data.items()}
+            return out
+
+        expected = first_run(1)
+        assert shared == []
+        assert expected["sim0"]["consent"] is True and expected["sim6"]["consent"] is False
+        assert (expected["sim1"]["survey_recommend"], expected["sim2"]["survey_recommend"]) == (3, 10)
+        assert expected["sim3"]["opens"] == 1 and expected["sim4"]["opens"] == 1
+        for connections in (2, 3):
+            assert first_run(connections) == expected
+        assert shared == ([2, 3] if shop.dialect == "postgresql" else [])
+
+
 def test_without_numpy_the_heuristic_is_used(shop, monkeypatch):
     now = datetime(2026, 6, 1, tzinfo=timezone.utc)
     shop.loyalty.record_purchase("o1", "x", "10", placed_at=now - timedelta(days=10))
