@@ -141,6 +141,31 @@ def test_a_summary_rebuilt_over_several_connections_equals_one_rebuilt_in_the_ru
     assert summary_table(shop) == expected_summary
 
 
+def test_a_part_that_fails_fails_the_run_and_the_next_run_rebuilds(shop, monkeypatch):
+    """The other parts may have committed their share: a cache the next run rebuilds, never trusted."""
+    from sqlalchemy.exc import DBAPIError
+
+    lo = shop.loyalty
+    seed(shop)
+    real = analytics._summary_rows_sql
+
+    def broken(dialect: str, part: tuple[int, int] | None = None) -> str:
+        sql = real(dialect, part)
+        return sql.replace("FROM", "FROM no_such_table, ", 1) if part is not None and part[0] == 1 else sql
+
+    monkeypatch.setattr(analytics, "_summary_rows_sql", broken)
+    if shop.dialect == "postgresql":
+        with pytest.raises(DBAPIError, match="no_such_table"):
+            lo.analytics.recompute(now=NOW)
+        shop.db.session.rollback()
+        assert lo.analytics.model() is None
+        assert len(summary_rows(shop)) > 0          # part 0 committed its share
+    monkeypatch.undo()
+    lo.analytics.recompute(now=NOW)
+    assert fit(shop) == ("rebuilt", 3)
+    assert_same_as_rebuild(shop)
+
+
 def test_a_run_in_a_transaction_that_has_written_aggregates_what_it_wrote(shop):
     """Other connections would not see uncommitted rows: the summary is then rebuilt in the run itself."""
     lo = shop.loyalty
