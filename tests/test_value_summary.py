@@ -166,6 +166,25 @@ def test_a_part_that_fails_fails_the_run_and_the_next_run_rebuilds(shop, monkeyp
     assert_same_as_rebuild(shop)
 
 
+@pytest.mark.parametrize("isolation", ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"])
+def test_a_run_in_a_snapshot_transaction_does_all_its_work_itself(shop, monkeypatch, isolation):
+    """A snapshot taken before other connections commit would keep reading the summary as it was."""
+    if shop.dialect != "postgresql":
+        pytest.skip("other connections share the work on PostgreSQL only")
+    lo = shop.loyalty
+    seed(shop)
+    lo.analytics.recompute(now=NOW)
+    lo.record_purchase("c1", "C", "70", placed_at=at(1))
+    shared: list[int] = []
+    real = analytics._rebuild_in_parts
+    monkeypatch.setattr(analytics, "_rebuild_in_parts", lambda *a, **k: shared.append(1) or real(*a, **k))
+    shop.db.session.connection(execution_options={"isolation_level": isolation})
+    lo.analytics.recompute(now=NOW, rebuild=True)
+    assert shared == ([1] if isolation == "READ COMMITTED" else [])
+    assert lo.analytics.profile("C").frequency == 2
+    assert fit(shop) == ("rebuilt", 3)
+
+
 def test_a_run_in_a_transaction_that_has_written_aggregates_what_it_wrote(shop):
     """Other connections would not see uncommitted rows: the summary is then rebuilt in the run itself."""
     lo = shop.loyalty

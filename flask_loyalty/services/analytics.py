@@ -969,9 +969,18 @@ def _summary_rows_sql(dialect: str, part: tuple[int, int] | None = None) -> str:
             f"WHERE c.erased_at IS NULL{_part_filter('c.id', part)}")
 
 
-def _has_written(state: LoyaltyState) -> bool:
-    """PostgreSQL: whether the current transaction has written anything yet (it has a transaction id)."""
-    return bool(state.session.execute(text("SELECT pg_current_xact_id_if_assigned() IS NOT NULL")).scalar_one())
+def _can_share(state: LoyaltyState) -> bool:
+    """PostgreSQL: whether other connections may do part of this transaction's work.
+
+    Only while it has written nothing (it has no transaction id yet: they
+    would not see its rows, and a row it locked would make them wait for a
+    commit that waits for them), and only at ``READ COMMITTED`` (its later
+    statements then see what they committed; a ``REPEATABLE READ`` snapshot
+    would keep reading the summary as it was).
+    """
+    return bool(state.session.execute(text(
+        "SELECT pg_current_xact_id_if_assigned() IS NULL "
+        "AND current_setting('transaction_isolation') = 'read committed'")).scalar_one())
 
 
 def _rebuild_in_parts(state: LoyaltyState, settings: _Settings, jit: str) -> int:
@@ -1216,8 +1225,8 @@ def recompute(state: LoyaltyState, *, now: datetime | None = None, rebuild: bool
         jit = session.execute(text("SELECT current_setting('jit')")).scalar_one()
         session.execute(text("SET LOCAL jit = off"))
     # other connections share the full aggregation (and then a first run's profiles) only while this
-    # transaction has written nothing they would not see
-    parallel = dialect == "postgresql" and settings.connections > 1 and not _has_written(state)
+    # transaction has written nothing they would not see, and sees what they commit
+    parallel = dialect == "postgresql" and settings.connections > 1 and _can_share(state)
     aggregates = _aggregate(state, dialect, moment, settings, rebuild=data["rebuild"], jit=jit, parallel=parallel)
     step(f"aggregate ({aggregates.how}, {aggregates.customers} customers)")
     fit = _fit_model(state, dialect, aggregates.source, settings, now_day,
