@@ -798,7 +798,10 @@ def test_tracking_records_opens_and_clicks_and_never_redirects_elsewhere(plan_sh
     # a link index the message does not contain, a tampered or foreign token: no redirect
     assert client.get(track_url(plan_shop.loyalty.state, "c", m.id, 1).replace("https://shop.test", "")
                       ).status_code == 404
-    assert client.get(click[:-2] + "xx").status_code == 404
+    # the signature's first character carries six bits of it (its last may carry padding bits only)
+    head, _, signature = click.rpartition(".")
+    assert head and signature
+    assert client.get(f"{head}.{'B' if signature[0] == 'A' else 'A'}{signature[1:]}").status_code == 404
     survey_token = plan_shop.loyalty.links.survey("o1").rsplit("/", 1)[1]
     assert client.get(f"/loyalty/t/c/{survey_token}").status_code == 404
     assert client.get("/loyalty/t/o/garbage").status_code == 200   # a pixel never errors
