@@ -55,11 +55,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from marshmallow import Schema, fields, validate
 from sqlalchemy import Float, Integer, bindparam, delete, desc, func, or_, select, text
@@ -83,6 +84,8 @@ if TYPE_CHECKING:
     from ..models import Customer as CustomerModel
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 #: RFM segment -> (label, rule on R and FM = (F + M + 1) // 2), checked top to bottom.
 RFM_SEGMENTS: dict[str, tuple[str, str]] = {
@@ -315,7 +318,7 @@ def _aggregate_sql(dialect: str, *, until_now: bool = False, customers: str | No
     if until_now:
         conditions.append("p.placed_at <= :now")
     if part is not None:
-        conditions.append(f"p.customer_id % {int(part[1])} = {int(part[0])}")
+        conditions.append(_remainder("p.customer_id", part))
     if customers is not None and dialect == "postgresql" and few:
         # each customer's purchases through the customer index (OFFSET 0 keeps the planner from
         # turning this back into a join that scans every purchase, which it prices as cheaper)
@@ -360,9 +363,14 @@ GROUP BY o.customer_id
 """
 
 
+def _remainder(column: str, part: tuple[int, int]) -> str:
+    """``column % n = k`` for ``part`` ``(k, n)``: the customers of one remainder of the id."""
+    return f"{column} % {int(part[1])} = {int(part[0])}"
+
+
 def _part_filter(column: str, part: tuple[int, int] | None) -> str:
-    """`` AND column % n = k`` for ``part`` ``(k, n)`` (the customers of one remainder), or nothing."""
-    return "" if part is None else f" AND {column} % {int(part[1])} = {int(part[0])}"
+    """`` AND`` :func:`_remainder` for ``part``, or nothing."""
+    return "" if part is None else f" AND {_remainder(column, part)}"
 
 
 def _source_sql(table: str, part: tuple[int, int] | None = None) -> str:
@@ -762,15 +770,15 @@ def _read_packed(raw: Any, source: str, margin: float) -> dict[str, Any]:
 
 
 def _read_model_input(state: LoyaltyState, dialect: str, source: str, now_day: int, margin: float,
-                      parts: int | None = None) -> dict[str, Any]:
+                      shared: _Settings | None = None) -> dict[str, Any]:
     """The buyers' model inputs: name -> numpy array (read as packed binary columns on PostgreSQL).
 
     Besides the columns of :data:`_MODEL_INPUT`: the BG/NBD inputs ``x``
     (repeat purchase days), ``t_x`` (days from the first to the last) and
     ``big_t`` (days from the first to ``now_day``, at least ``t_x``), as
-    floats.  ``parts`` (PostgreSQL, a summary that other connections
-    committed): that many connections read one remainder of the customer id
-    each, at the same time.
+    floats.  ``shared`` (PostgreSQL, a summary that other connections
+    committed): its ``connections`` read one remainder of the customer id
+    each, at the same time (:func:`_in_parts`).
     """
     import numpy as np
 
@@ -778,16 +786,9 @@ def _read_model_input(state: LoyaltyState, dialect: str, source: str, now_day: i
     data: dict[str, Any] = {}
     raw = state.session.connection().connection.dbapi_connection
     assert raw is not None
-    if dialect == "postgresql" and parts is not None:
-        engine = state.session.connection().engine
-        count = parts
-
-        def read(part: int) -> dict[str, Any]:
-            with engine.connect() as conn:
-                return _read_packed(conn.connection.dbapi_connection, _source_sql(_SUMMARY, (part, count)), margin)
-
-        with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="loyalty-recompute") as pool:
-            pieces = list(pool.map(read, range(parts)))
+    if dialect == "postgresql" and shared is not None:
+        pieces = _in_parts(state, shared, lambda conn, part: _read_packed(
+            conn.connection.dbapi_connection, _source_sql(_SUMMARY, part), margin))
         data = {name: np.concatenate([piece[name] for piece in pieces]) for name in names}
     elif dialect == "postgresql":
         data = _read_packed(raw, source, margin)
@@ -842,7 +843,7 @@ def _write_predictions(conn: Connection, dialect: str, columns: dict[str, Any]) 
         # no primary key: the ids come from the aggregate, unique already, and the profile statement
         # hash-joins this table, so an index would only be built to be ignored
         conn.execute(text(f"CREATE TEMP TABLE {_PRED} ("
-                             + ", ".join(f"{n} {_PREDICTIONS[n][0]}" for n in names) + ") ON COMMIT DROP"))
+                          + ", ".join(f"{n} {_PREDICTIONS[n][0]}" for n in names) + ") ON COMMIT DROP"))
         # binary COPY rows: a field count, then each field's byte length and big-endian value
         fields: list[tuple[str, str]] = [("n", ">i2")]
         for name in names:
@@ -867,7 +868,7 @@ def _write_predictions(conn: Connection, dialect: str, columns: dict[str, Any]) 
         conn.execute(text(f"ANALYZE {_PRED}"))
         return
     conn.execute(text(f"CREATE TEMP TABLE {_PRED} ("
-                         + ", ".join(f"{n} {_PREDICTIONS[n][1]}" for n in names) + ")"))
+                      + ", ".join(f"{n} {_PREDICTIONS[n][1]}" for n in names) + ")"))
     raw = conn.connection.dbapi_connection
     assert raw is not None
     cursor = raw.cursor()
@@ -879,7 +880,7 @@ def _write_predictions(conn: Connection, dialect: str, columns: dict[str, Any]) 
 
 
 def _fit_model(state: LoyaltyState, dialect: str, source: str, settings: _Settings, now_day: int,
-               parts: int | None = None) -> _Fit:
+               shared: bool = False) -> _Fit:
     """Fit BG/NBD + Gamma-Gamma and predict every buyer (``predictions``), or say why the heuristic is used."""
     try:
         import numpy as np
@@ -888,7 +889,7 @@ def _fit_model(state: LoyaltyState, dialect: str, source: str, settings: _Settin
     except ImportError:
         return _Fit("heuristic", "numpy/scipy are not installed: pip install 'flask-loyalty[value]'",
                     None, 0, 0, None)
-    data = _read_model_input(state, dialect, source, now_day, settings.margin, parts)
+    data = _read_model_input(state, dialect, source, now_day, settings.margin, settings if shared else None)
     buyers = len(data["customer_id"])
     repeat = int(np.count_nonzero(data["x"] > 0)) if buyers else 0
     if buyers < settings.min_customers or repeat < settings.min_repeat:
@@ -983,6 +984,28 @@ def _can_share(state: LoyaltyState) -> bool:
         "AND current_setting('transaction_isolation') = 'read committed'")).scalar_one())
 
 
+def _in_parts(state: LoyaltyState, settings: _Settings, work: Callable[[Connection, tuple[int, int]], _T]) -> list[_T]:
+    """Run ``work(conn, (k, n))`` for each remainder ``k`` of ``n = settings.connections`` at once.
+
+    Each call gets a connection of its own from the session's engine, in a
+    transaction (with ``LOYALTY_RECOMPUTE_WORK_MEM``) that commits when it
+    returns; the results come back in the order of the remainders, and the
+    first error is raised once every call has ended.
+    """
+    engine = state.session.connection().engine
+    parts = settings.connections
+
+    def run(part: int) -> _T:
+        with engine.connect() as conn, conn.begin():
+            if settings.work_mem:
+                conn.execute(text(f"SET LOCAL work_mem = '{settings.work_mem}'"))
+            return work(conn, (part, parts))
+
+    with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="loyalty-recompute") as pool:
+        futures = [pool.submit(run, part) for part in range(parts)]
+        return [future.result() for future in futures]
+
+
 def _rebuild_in_parts(state: LoyaltyState, settings: _Settings, jit: str) -> int:
     """PostgreSQL: rebuild the summary over ``settings.connections`` connections at once; the rows written.
 
@@ -1003,28 +1026,19 @@ def _rebuild_in_parts(state: LoyaltyState, settings: _Settings, jit: str) -> int
     written nothing yet (the other connections would not see it, and a row it
     locked would make them wait for a commit that waits for them).
     """
-    engine = state.session.connection().engine
-    parts = settings.connections
     columns = f"{', '.join(_AGGREGATES)}, version"
 
-    def rebuild(part: int) -> int:
-        with engine.connect() as conn, conn.begin():
-            if settings.work_mem:
-                conn.execute(text(f"SET LOCAL work_mem = '{settings.work_mem}'"))
-            # as in _full_scan: a scan and a sort of every purchase, never a walk of the customer index;
-            # and no nested loop: PostgreSQL estimates "customer_id % n = k" at 0.5% of the rows, and
-            # would loop over the orders' coupon discounts once per purchase of a part it thinks is small
-            conn.execute(text("SELECT set_config('enable_indexscan', 'off', true), set_config('jit', :jit, true), "
-                              "set_config('enable_nestloop', 'off', true)"), {"jit": jit})
-            conn.execute(text(f"DELETE FROM {_SUMMARY} WHERE customer_id % {parts} = {part}"))
-            result = conn.execute(text(f"INSERT INTO {_SUMMARY} ({columns}) "
-                                       f"{_summary_rows_sql('postgresql', (part, parts))}"))
-            return int(result.rowcount or 0)
+    def rebuild(conn: Connection, part: tuple[int, int]) -> int:
+        # as in _full_scan: a scan and a sort of every purchase, never a walk of the customer index;
+        # and no nested loop: PostgreSQL estimates "customer_id % n = k" at 0.5% of the rows, and
+        # would loop over the orders' coupon discounts once per purchase of a part it thinks is small
+        conn.execute(text("SELECT set_config('enable_indexscan', 'off', true), set_config('jit', :jit, true), "
+                          "set_config('enable_nestloop', 'off', true)"), {"jit": jit})
+        conn.execute(text(f"DELETE FROM {_SUMMARY} WHERE {_remainder('customer_id', part)}"))
+        result = conn.execute(text(f"INSERT INTO {_SUMMARY} ({columns}) {_summary_rows_sql('postgresql', part)}"))
+        return int(result.rowcount or 0)
 
-    with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="loyalty-recompute") as pool:
-        futures = [pool.submit(rebuild, part) for part in range(parts)]
-        return sum(future.result() for future in futures)
-
+    return sum(_in_parts(state, settings, rebuild))
 
 
 def _aggregate(state: LoyaltyState, dialect: str, moment: datetime, settings: _Settings, *, rebuild: bool,
@@ -1126,25 +1140,16 @@ def _insert_in_parts(state: LoyaltyState, settings: _Settings, predictions: dict
     """
     import numpy as np
 
-    engine = state.session.connection().engine
-    parts = settings.connections
-    remainders = np.asarray(predictions["customer_id"]) % parts
+    remainders = np.asarray(predictions["customer_id"]) % settings.connections
 
-    def insert(part: int) -> int:
-        mine = remainders == part
-        columns = {name: np.asarray(values)[mine] for name, values in predictions.items()}
-        with engine.connect() as conn, conn.begin():
-            if settings.work_mem:
-                conn.execute(text(f"SET LOCAL work_mem = '{settings.work_mem}'"))
-            conn.execute(text("SET LOCAL jit = off"))
-            _write_predictions(conn, "postgresql", columns)
-            sql = _profile_sql("postgresql", _source_sql(_SUMMARY, (part, parts)), with_model=True,
-                               write="insert", part=(part, parts))
-            return int(conn.execute(_profile_statement(sql), params).rowcount or 0)
+    def insert(conn: Connection, part: tuple[int, int]) -> int:
+        mine = remainders == part[0]
+        conn.execute(text("SET LOCAL jit = off"))
+        _write_predictions(conn, "postgresql", {name: np.asarray(values)[mine] for name, values in predictions.items()})
+        sql = _profile_sql("postgresql", _source_sql(_SUMMARY, part), with_model=True, write="insert", part=part)
+        return int(conn.execute(_profile_statement(sql), params).rowcount or 0)
 
-    with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="loyalty-recompute") as pool:
-        futures = [pool.submit(insert, part) for part in range(parts)]
-        return sum(future.result() for future in futures)
+    return sum(_in_parts(state, settings, insert))
 
 
 def _write_profiles(state: LoyaltyState, dialect: str, aggregates: _Aggregates, fit: _Fit, settings: _Settings, *,
@@ -1229,8 +1234,7 @@ def recompute(state: LoyaltyState, *, now: datetime | None = None, rebuild: bool
     parallel = dialect == "postgresql" and settings.connections > 1 and _can_share(state)
     aggregates = _aggregate(state, dialect, moment, settings, rebuild=data["rebuild"], jit=jit, parallel=parallel)
     step(f"aggregate ({aggregates.how}, {aggregates.customers} customers)")
-    fit = _fit_model(state, dialect, aggregates.source, settings, now_day,
-                     settings.connections if aggregates.shared else None)
+    fit = _fit_model(state, dialect, aggregates.source, settings, now_day, shared=aggregates.shared)
     step("model")
     half_discount = (1.0 + settings.discount_rate) ** (-(settings.horizon / 365.0) / 2.0)
     params = {"now": moment, "now_day": now_day, "margin": settings.margin, "horizon": settings.horizon,
