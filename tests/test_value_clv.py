@@ -224,6 +224,37 @@ def test_a_first_run_over_several_connections_equals_one_in_the_run(make_shop, m
         assert shared == ([2, 3] if shop.dialect == "postgresql" else [])
 
 
+def test_the_model_is_imported_on_a_thread_of_its_own_while_the_database_works(shop, monkeypatch):
+    """A process that has not imported the model yet starts importing it when a recompute begins."""
+    import threading
+    import types
+
+    import flask_loyalty.services
+    from flask_loyalty.services import analytics
+
+    now = datetime(2026, 6, 1, tzinfo=timezone.utc)
+    _simulate_into_db(shop, 600, seed=7, now=now)
+    shop.loyalty.analytics.recompute(now=now)
+    expected = shop.loyalty.analytics.model_params()
+    assert expected is not None
+    # as in a new process: the module is neither loaded nor an attribute of its package
+    monkeypatch.delitem(sys.modules, "flask_loyalty.services.clv")
+    monkeypatch.delattr(flask_loyalty.services, "clv")
+    started: list[str] = []
+
+    def thread(*args, **kwargs):
+        started.append(kwargs.get("name", ""))
+        return threading.Thread(*args, **kwargs)
+
+    monkeypatch.setattr(analytics, "threading", types.SimpleNamespace(Thread=thread))
+    shop.loyalty.analytics.recompute(now=now, rebuild=True)
+    assert started == ["loyalty-import-model"]
+    assert sys.modules["flask_loyalty.services.clv"] is not clv       # imported again, by that thread or the fit
+    assert shop.loyalty.analytics.model_params() == expected
+    shop.loyalty.analytics.recompute(now=now)                          # imported now: no thread
+    assert started == ["loyalty-import-model"]
+
+
 def test_without_numpy_the_heuristic_is_used(shop, monkeypatch):
     now = datetime(2026, 6, 1, tzinfo=timezone.utc)
     shop.loyalty.record_purchase("o1", "x", "10", placed_at=now - timedelta(days=10))
