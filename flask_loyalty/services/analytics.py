@@ -1030,11 +1030,12 @@ def _in_parts(state: LoyaltyState, settings: _Settings, work: Callable[[Connecti
         return [future.result() for future in futures]
 
 
-def _rebuild_in_parts(state: LoyaltyState, settings: _Settings, jit: str) -> tuple[int, list[dict[str, Any]] | None]:
+def _rebuild_in_parts(state: LoyaltyState, settings: _Settings, jit: str, *,
+                      repair: bool) -> tuple[int, list[dict[str, Any]] | None]:
     """PostgreSQL: rebuild the summary over ``settings.connections`` connections at once.
 
-    Returns the rows written and the buyers' model input (one piece per
-    remainder, see :func:`_read_model_input`; None without numpy).
+    Returns the customers aggregated and the buyers' model input (one piece
+    per remainder, see :func:`_read_model_input`; None without numpy).
 
     PostgreSQL runs the window and the grouping of one statement in a single
     process, whatever its parallel workers do below them; for five million
@@ -1056,6 +1057,13 @@ def _rebuild_in_parts(state: LoyaltyState, settings: _Settings, jit: str) -> tup
     the next run rebuilds it.  The caller makes sure its own transaction has
     written nothing yet (the other connections would not see it, and a row it
     locked would make them wait for a commit that waits for them).
+
+    ``repair`` (the summary has rows: ``rebuild=True``, or the model records
+    were lost): each connection aggregates its customers into a temporary
+    table, then deletes, updates and inserts only the summary rows that
+    differ from it.  A summary that was right is then read, not rewritten:
+    a million customers' rebuild spends 2-3 s less here, and the profile
+    step after it reads rows that are not new.
     """
     columns = f"{', '.join(_AGGREGATES)}, version"
     try:
@@ -1071,17 +1079,56 @@ def _rebuild_in_parts(state: LoyaltyState, settings: _Settings, jit: str) -> tup
         # would loop over the orders' coupon discounts once per purchase of a part it thinks is small
         conn.execute(text("SELECT set_config('enable_indexscan', 'off', true), set_config('jit', :jit, true), "
                           "set_config('enable_nestloop', 'off', true)"), {"jit": jit})
-        conn.execute(text(f"DELETE FROM {_SUMMARY} WHERE {_remainder('customer_id', part)}"))
-        result = conn.execute(text(f"INSERT INTO {_SUMMARY} ({columns}) {_summary_rows_sql('postgresql', part)}"))
+        if repair:
+            count = _repair_summary(conn, part)
+            source = _source_sql(_FRESH)
+        else:   # the table is empty (a first run)
+            conn.execute(text(f"DELETE FROM {_SUMMARY} WHERE {_remainder('customer_id', part)}"))
+            count = int(conn.execute(text(
+                f"INSERT INTO {_SUMMARY} ({columns}) {_summary_rows_sql('postgresql', part)}")).rowcount or 0)
+            source = _source_sql(_SUMMARY, part)
         piece = None
         if read:
             conn.execute(text("SELECT set_config('jit', 'off', true)"))
-            piece = _read_packed(conn.connection.dbapi_connection, _source_sql(_SUMMARY, part), settings.margin)
-        return int(result.rowcount or 0), piece
+            piece = _read_packed(conn.connection.dbapi_connection, source, settings.margin)
+        return count, piece
 
     done = _in_parts(state, settings, rebuild)
     pieces = [piece for _, piece in done if piece is not None]
     return sum(count for count, _ in done), (pieces if read else None)
+
+
+_FRESH = "loyalty_tmp_value_fresh"
+_DIFF = "loyalty_tmp_value_diff"
+
+
+def _repair_summary(conn: Connection, part: tuple[int, int]) -> int:
+    """PostgreSQL: make the summary rows of ``part`` equal to a fresh aggregation; the customers aggregated.
+
+    The fresh rows go to a temporary table (dropped at commit), which the
+    caller may read from.  One full join with the summary rows of ``part``
+    finds the customers whose row differs, is missing or is left over; only
+    their rows are deleted and inserted again.
+    """
+    count = int(conn.execute(text(
+        f"CREATE TEMP TABLE {_FRESH} ON COMMIT DROP AS {_summary_rows_sql('postgresql', part)}")).rowcount or 0)
+    conn.execute(text(f"ANALYZE {_FRESH}"))
+    values = [c for c in (*_AGGREGATES, "version") if c != "customer_id"]
+    differs = (f"({', '.join('s.' + c for c in values)}) IS DISTINCT FROM "
+               f"({', '.join('f.' + c for c in values)})")
+    conn.execute(text(
+        f"CREATE TEMP TABLE {_DIFF} ON COMMIT DROP AS SELECT COALESCE(f.customer_id, s.customer_id) AS customer_id "
+        f"FROM {_FRESH} f FULL JOIN (SELECT * FROM {_SUMMARY} x WHERE {_remainder('x.customer_id', part)}) s "
+        f"ON s.customer_id = f.customer_id WHERE f.customer_id IS NULL OR s.customer_id IS NULL OR {differs}"))
+    changed = conn.execute(text(
+        f"DELETE FROM {_SUMMARY} WHERE customer_id IN (SELECT d.customer_id FROM {_DIFF} d)")).rowcount
+    written = conn.execute(text(
+        f"INSERT INTO {_SUMMARY} (customer_id, {', '.join(values)}) SELECT f.customer_id, "
+        f"{', '.join('f.' + c for c in values)} FROM {_FRESH} f "
+        f"WHERE f.customer_id IN (SELECT d.customer_id FROM {_DIFF} d)")).rowcount
+    log.debug("flask_loyalty recompute: summary of remainder %d/%d repaired: %d rows deleted, %d written",
+              part[0], part[1], changed, written)
+    return count
 
 
 def _aggregate(state: LoyaltyState, dialect: str, moment: datetime, settings: _Settings, *, rebuild: bool,
@@ -1117,7 +1164,8 @@ def _aggregate(state: LoyaltyState, dialect: str, moment: datetime, settings: _S
     if not built:
         model_input = None
         if parallel:
-            count, model_input = _rebuild_in_parts(state, settings, jit)
+            repair = session.execute(select(table_of(PurchaseSummary).c.customer_id).limit(1)).first() is not None
+            count, model_input = _rebuild_in_parts(state, settings, jit, repair=repair)
         else:
             session.execute(delete(table_of(PurchaseSummary)))
             rows = _summary_rows_sql(dialect)
