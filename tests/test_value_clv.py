@@ -51,6 +51,36 @@ def test_gamma_gamma_recovers_simulated_parameters():
     assert rel(fit.p * fit.gamma / (fit.q - 1), 30.0) < 0.05
 
 
+@pytest.mark.parametrize("unit", [1.0, 100.0, 100_000.0, 0.001])
+def test_gamma_gamma_fits_the_same_whatever_the_currency_unit(unit):
+    """Amounts in roubles, yen or dong are the same spend: p and q stay, gamma scales with the unit.
+
+    gamma is in money units (the mean spend is p * gamma / (q - 1)): its fit must not depend on
+    how large the unit is.
+    """
+    rng = np.random.default_rng(11)
+    counts = rng.integers(1, 8, 6000).astype(float)
+    means = np.array([v.mean() for v in clv.simulate_spend(TRUE_GG, counts, rng)])
+    base = clv.fit_gamma_gamma(counts, means)
+    fit = clv.fit_gamma_gamma(counts, means * unit)
+    assert rel(fit.p, base.p) < 1e-3 and rel(fit.q, base.q) < 1e-3
+    assert rel(fit.gamma, base.gamma * unit) < 1e-3
+    assert fit.log_likelihood == pytest.approx(base.log_likelihood - np.log(unit), abs=1e-4)
+
+
+def test_gamma_gamma_without_differences_between_customers_predicts_the_mean_spend():
+    """Every customer spends alike (q and gamma go to infinity): each prediction is the population mean."""
+    rng = np.random.default_rng(3)
+    counts = rng.integers(1, 8, 6000).astype(float)
+    means = np.array([rng.gamma(6.0, 3000.0 / 6.0, size=int(c)).mean() for c in counts])   # 3,000 roubles
+    fit = clv.fit_gamma_gamma(counts, means)
+    assert fit.q > 1000
+    population = fit.p * fit.gamma / (fit.q - 1)
+    assert rel(population, 3000.0) < 0.02
+    spend = clv.expected_spend(fit, np.array([0.0, 1.0, 7.0]), np.array([0.0, 6000.0, 1000.0]))
+    assert np.allclose(spend, population, rtol=0.01)
+
+
 def test_model_formulas_behave():
     params = TRUE_BG
     x = np.array([0.0, 3.0, 3.0])
@@ -91,6 +121,8 @@ def test_predictions_for_many_customers_match_one_at_a_time():
 def test_fit_refuses_degenerate_data():
     with pytest.raises(clv.FitError):
         clv.fit_gamma_gamma(np.zeros(10), np.zeros(10))
+    with pytest.raises(clv.FitError, match="edge"):     # every order the same amount: p cannot be identified
+        clv.fit_gamma_gamma(np.ones(100), np.full(100, 25.0))
 
 
 def _simulate_into_db(shop, n: int, seed: int, now: datetime) -> None:

@@ -179,7 +179,18 @@ def gamma_gamma_log_likelihood(params: tuple[float, float, float], x: FloatArray
 
 
 def fit_gamma_gamma(x: FloatArray, m: FloatArray) -> GammaGammaParams:
-    """Maximum-likelihood Gamma-Gamma fit over repeat customers (``x > 0``, ``m > 0``)."""
+    """Maximum-likelihood Gamma-Gamma fit over repeat customers (``x > 0``, ``m > 0``).
+
+    ``gamma`` is in money units (the mean spend is ``p * gamma / (q - 1)``),
+    so the spends are fitted in units of their mean and ``gamma`` scaled back:
+    the same purchases in roubles or in dong give the same ``p`` and ``q``,
+    and ``gamma`` never meets the bound of the search because the currency
+    unit is small.  When customers do not differ in what they spend beyond
+    chance, ``q`` and ``gamma`` grow together without limit; the search
+    stops where one of them meets its upper bound, where every prediction
+    is the population's mean spend (the model's own limit), instead of
+    failing.
+    """
     x = np.asarray(x, np.float64)
     m = np.asarray(m, np.float64)
     keep = (x > 0) & (m > 0)
@@ -187,8 +198,10 @@ def fit_gamma_gamma(x: FloatArray, m: FloatArray) -> GammaGammaParams:
     total = weights.sum()
     if total == 0:
         raise FitError("no repeat customers with a positive spend")
+    unit = _weighted_sum(weights * gx, gm) / float((weights * gx).sum())   # the mean spend per transaction
+    gm = gm / unit
     ux, index = np.unique(gx, return_inverse=True)
-    log_m, log_x, wx = np.log(gm), np.log(gx), weights * gx
+    log_m, log_x = np.log(gm), np.log(gx)
 
     def negative(log_params: FloatArray) -> tuple[float, FloatArray]:
         p, q, g = (float(v) for v in np.exp(log_params))
@@ -205,13 +218,16 @@ def fit_gamma_gamma(x: FloatArray, m: FloatArray) -> GammaGammaParams:
         grad = _weighted_sums(weights, d_p, d_q, d_g) * np.array([p, q, g])
         return value, -grad / total
 
-    mean = _weighted_sum(wx, gm) / float(wx.sum())
-    start = np.log(np.array([2.0, 3.0, mean]))
-    solution = _minimize(negative, start)
+    start = np.log(np.array([2.0, 3.0, 1.0]))     # mean spend p * gamma / (q - 1) = 1 unit
+    solution = _minimize(negative, start, free_edges=(1, 2))
+    if min(solution[1], solution[2]) <= -_BOUND + 0.01:
+        # only their upper edge is a limit of the model (spends alike); q or gamma near 0 is not
+        raise FitError("a parameter ran to the edge of its range (the data cannot identify it)")
     p, q, g = (float(v) for v in np.exp(solution))
     if q <= 1:
         raise FitError("Gamma-Gamma q <= 1: the expected spend is not finite")
-    return GammaGammaParams(p, q, g, float(-negative(solution)[0]))
+    # the likelihood of the spends in their own unit: each density is divided by the unit
+    return GammaGammaParams(p, q, g * unit, float(-negative(solution)[0]) - float(np.log(unit)))
 
 
 def probability_alive(params: BGNBDParams, x: FloatArray, t_x: FloatArray, T: FloatArray) -> FloatArray:  # noqa: N803
