@@ -59,7 +59,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -1328,6 +1328,7 @@ def recompute(state: LoyaltyState, *, now: datetime | None = None, rebuild: bool
     aggregates = _aggregate(state, dialect, moment, settings, rebuild=data["rebuild"], jit=jit, parallel=parallel)
     step(f"aggregate ({aggregates.how}, {aggregates.customers} customers)")
     fit = _fit_model(state, dialect, aggregates.source, settings, now_day, aggregates.model_input)
+    aggregates = replace(aggregates, model_input=None)   # read into the fit: not kept through the profile step
     step("model")
     half_discount = (1.0 + settings.discount_rate) ** (-(settings.horizon / 365.0) / 2.0)
     params = {"now": moment, "now_day": now_day, "margin": settings.margin, "horizon": settings.horizon,
