@@ -73,12 +73,14 @@ def test_gamma_gamma_without_differences_between_customers_predicts_the_mean_spe
     rng = np.random.default_rng(3)
     counts = rng.integers(1, 8, 6000).astype(float)
     means = np.array([rng.gamma(6.0, 3000.0 / 6.0, size=int(c)).mean() for c in counts])   # 3,000 roubles
-    fit = clv.fit_gamma_gamma(counts, means)
-    assert fit.q > 1000
+    fit = clv.fit_gamma_gamma(counts, means)        # raised "ran to the edge" before
+    # a finite sample shows some spread: q ends between about 340 and the bound (seeds 0-39), never small
+    assert fit.q > 200
     population = fit.p * fit.gamma / (fit.q - 1)
     assert rel(population, 3000.0) < 0.02
+    # each customer's own mean hardly counts: twice or a third of the mean still predicts about the mean
     spend = clv.expected_spend(fit, np.array([0.0, 1.0, 7.0]), np.array([0.0, 6000.0, 1000.0]))
-    assert np.allclose(spend, population, rtol=0.01)
+    assert np.allclose(spend, population, rtol=0.1)
 
 
 def test_model_formulas_behave():
@@ -121,8 +123,8 @@ def test_predictions_for_many_customers_match_one_at_a_time():
 def test_fit_refuses_degenerate_data():
     with pytest.raises(clv.FitError):
         clv.fit_gamma_gamma(np.zeros(10), np.zeros(10))
-    with pytest.raises(clv.FitError, match="edge"):     # every order the same amount: p cannot be identified
-        clv.fit_gamma_gamma(np.ones(100), np.full(100, 25.0))
+    with pytest.raises(clv.FitError, match="edge"):     # one repeat order each, all of the same amount:
+        clv.fit_gamma_gamma(np.ones(100), np.full(100, 25.0))   # no spread at all, p runs to its edge
 
 
 def _simulate_into_db(shop, n: int, seed: int, now: datetime) -> None:
@@ -258,7 +260,6 @@ def test_a_first_run_over_several_connections_equals_one_in_the_run(make_shop, m
 
 def test_the_model_is_imported_on_a_thread_of_its_own_while_the_database_works(shop, monkeypatch):
     """A process that has not imported the model yet starts importing it when a recompute begins."""
-    import threading
     import types
 
     import flask_loyalty.services
@@ -273,15 +274,25 @@ def test_the_model_is_imported_on_a_thread_of_its_own_while_the_database_works(s
     monkeypatch.delitem(sys.modules, "flask_loyalty.services.clv")
     monkeypatch.delattr(flask_loyalty.services, "clv")
     started: list[str] = []
+    imported: list[object] = []
 
-    def thread(*args, **kwargs):
-        started.append(kwargs.get("name", ""))
-        return threading.Thread(*args, **kwargs)
+    class InlineThread:
+        """Runs the thread's work when it is started, so the test sees what that work imported."""
 
-    monkeypatch.setattr(analytics, "threading", types.SimpleNamespace(Thread=thread))
+        def __init__(self, *, target, name, daemon):
+            assert daemon      # a process may end while it imports
+            self.target = target
+            started.append(name)
+
+        def start(self):
+            self.target()
+            imported.append(sys.modules.get("flask_loyalty.services.clv"))
+
+    monkeypatch.setattr(analytics, "threading", types.SimpleNamespace(Thread=InlineThread))
     shop.loyalty.analytics.recompute(now=now, rebuild=True)
     assert started == ["loyalty-import-model"]
-    assert sys.modules["flask_loyalty.services.clv"] is not clv       # imported again, by that thread or the fit
+    assert imported[0] is not None and imported[0] is not clv         # the thread's work imported it again
+    assert sys.modules["flask_loyalty.services.clv"] is imported[0]   # and the fit used that module
     assert shop.loyalty.analytics.model_params() == expected
     shop.loyalty.analytics.recompute(now=now)                          # imported now: no thread
     assert started == ["loyalty-import-model"]

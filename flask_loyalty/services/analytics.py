@@ -52,6 +52,7 @@ Definitions (all documented in ``docs/value.md``):
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import sys
@@ -1066,12 +1067,8 @@ def _rebuild_in_parts(state: LoyaltyState, settings: _Settings, jit: str, *,
     step after it reads rows that are not new.
     """
     columns = f"{', '.join(_AGGREGATES)}, version"
-    try:
-        import numpy  # noqa: F401  (the model input is read into numpy arrays)
-    except ImportError:
-        read = False
-    else:
-        read = True
+    # the model input is read into numpy arrays (without waiting here for the early import to finish)
+    read = importlib.util.find_spec("numpy") is not None
 
     def rebuild(conn: Connection, part: tuple[int, int]) -> tuple[int, dict[str, Any] | None]:
         # as in _full_scan: a scan and a sort of every purchase, never a walk of the customer index;
