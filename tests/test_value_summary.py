@@ -346,3 +346,34 @@ def test_checkouts_and_refunds_during_recomputes_are_never_missed(shop, rounds):
     shop.db.session.remove()
     assert_same_as_rebuild(shop)
     assert profiles(shop)["T1"]["frequency"] == 2 * rounds
+
+
+def test_the_first_purchase_days_value_by_hand(shop):
+    """The spend model leaves out the first purchase day: its kept orders' net value, by hand, also "as of"."""
+    from flask_loyalty.models.types import UTCDateTime
+
+    lo = shop.loyalty
+    day = datetime(2026, 2, 10, tzinfo=timezone.utc)
+    lo.record_purchase("x0", "X", "70", placed_at=day - timedelta(days=3))       # refunded in full: not kept
+    lo.record_refund("x0")
+    lo.record_purchase("x1", "X", "40", placed_at=day + timedelta(hours=9))
+    lo.record_purchase("x2", "X", "30", placed_at=day + timedelta(hours=23, minutes=59))
+    lo.record_refund("x2", amount=Decimal("10"))                                   # kept: 20 of it
+    lo.record_purchase("x3", "X", "25", placed_at=day + timedelta(days=1, minutes=1))
+    lo.record_purchase("y0", "Y", "15", placed_at=day)
+    lo.upsert_customer("Z")                                                        # no order
+    lo.analytics.recompute(now=NOW)
+    rows = {ref: row for ref, row in shop.db.session.execute(
+        select(Customer.ref, PurchaseSummary).join(PurchaseSummary, PurchaseSummary.customer_id == Customer.id)).all()}
+    x, y = rows["X"], rows["Y"]
+    assert (x.days, x.frequency, x.revenue, x.first_day_value) == (2, 3, Decimal("85"), Decimal("60"))
+    assert (y.days, y.first_day_value) == (1, Decimal("15"))
+    assert x.first_day == y.first_day == (day.date() - datetime(1970, 1, 1).date()).days
+    if "Z" in rows:
+        assert rows["Z"].first_day_value == 0
+    # "as of" noon of that day: the 23:59 order is not placed yet
+    statement = analytics._text(analytics._aggregate_sql(shop.dialect, until_now=True), now=UTCDateTime())
+    as_of = {row.customer_id: row for row in shop.db.session.execute(statement, {"now": day + timedelta(hours=12)})}
+    ids = dict(shop.db.session.execute(select(Customer.ref, Customer.id)).all())
+    assert (as_of[ids["X"]].days, as_of[ids["X"]].first_day_value) == (1, 40 * 10_000)
+    assert as_of[ids["Y"]].first_day_value == 15 * 10_000
