@@ -28,18 +28,34 @@ class SinkHandler:
         self.stall_after: int | None = None
         self.stalled = threading.Event()
         self.temp_fail = False
+        #: Client connections seen so far, and those whose further mails are refused (see refuse_open_sessions).
+        self.peers: set[Any] = set()
+        self.refused_peers: set[Any] = set()
+
+    def refuse_open_sessions(self) -> None:
+        """Refuse (451) any further mail on the connections opened so far, e.g. those of a killed client.
+
+        A client killed after sending a whole mail leaves it in the socket's buffer; the server may
+        read it later and would accept it, which is a delivery the client never saw confirmed.
+        """
+        with self.lock:
+            self.refused_peers |= self.peers
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                           rcpt_options: Any) -> str:
         if address.startswith("reject"):
             return "550 5.1.1 no such user"
         envelope.rcpt_tos.append(address)
+        with self.lock:
+            self.peers.add(session.peer)
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.temp_fail:
             return "451 4.3.0 try again later"
         with self.lock:
+            if session.peer in self.refused_peers:
+                return "451 4.3.0 aborted"
             stall = self.stall_after is not None and len(self.raw) >= self.stall_after
         if stall:
             self.stalled.set()
