@@ -214,11 +214,11 @@ def main() -> None:
     loyalty = Loyalty(app, db)
     with app.app_context():
         dialect = db.engine.dialect.name
-        if args.keep and not inspect(db.engine).has_table("loyalty_customer"):
-            args.keep = False               # nothing to reuse yet: generate it
-        if args.keep:
-            with db.engine.connect() as conn:
+        if args.keep and inspect(db.engine).has_table("loyalty_customer"):
+            with db.engine.connect() as conn:       # nothing to reuse yet: generate it
                 args.keep = conn.execute(text("SELECT count(*) FROM loyalty_customer")).scalar_one() > 0
+        else:
+            args.keep = False
         if not args.keep:
             metadata.drop_all(db.engine)
             loyalty.create_all()

@@ -298,7 +298,10 @@ def _aggregate_sql(dialect: str, *, until_now: bool = False, customers: str | No
     index (PostgreSQL; else the planner chooses); ``part`` ``(k, n)`` keeps
     the customers whose id is ``k`` modulo ``n``.
     """
-    kept = "(p.refunded_total < p.total OR p.total = 0)"
+    def kept_in(alias: str) -> str:
+        return f"({alias}.refunded_total < {alias}.total OR {alias}.total = 0)"
+
+    kept = kept_in("p")
     day = _day(dialect, "p.placed_at")
     kept_share = "CAST(p.total - p.refunded_total AS DOUBLE PRECISION) / p.total"
     discounts_join = ""
@@ -383,7 +386,7 @@ GROUP BY o.customer_id
 SELECT g.*, COALESCE((SELECT SUM(f.total - f.refunded_total) FROM loyalty_purchase f
                       WHERE f.customer_id = g.customer_id AND f.placed_at >= date(g.first_at)
                         AND f.placed_at < date(g.first_at, '+1 day')
-                        AND (f.refunded_total < f.total OR f.total = 0){until}), 0) AS first_day_value
+                        AND {kept_in("f")}{until}), 0) AS first_day_value
 FROM ({grouped}) g
 """
 
@@ -1102,7 +1105,6 @@ def _rebuild_in_parts(state: LoyaltyState, settings: _Settings, jit: str, *,
             count = _repair_summary(conn, part)
             source = _source_sql(_FRESH)
         else:   # the table is empty (a first run)
-            conn.execute(text(f"DELETE FROM {_SUMMARY} WHERE {_remainder('customer_id', part)}"))
             count = int(conn.execute(text(
                 f"INSERT INTO {_SUMMARY} ({columns}) {_summary_rows_sql('postgresql', part)}")).rowcount or 0)
             source = _source_sql(_SUMMARY, part)
