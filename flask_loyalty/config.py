@@ -99,7 +99,7 @@ SETTINGS: list[Setting] = [
     Setting("LOYALTY_REWARD_TOP_SHARE", "0.30", "Top share of buyers by lifetime value that the 'reward' stage and the built-in segment top_30_clv take."),
     Setting("LOYALTY_LOYAL_SUBSCRIBED_DAYS", 183, "Loyalty indicator: marketing consent held at least this many days and a purchase in that many last days."),
     Setting("LOYALTY_RECOMPUTE_WORK_MEM", "256MB", "PostgreSQL work_mem set for the recompute transaction only (SET LOCAL); None keeps the server's setting."),
-    Setting("LOYALTY_RECOMPUTE_CONNECTIONS", 2, "PostgreSQL: connections that rebuild the purchase summary at once on a first run or a rebuild, and insert a first run's profiles, each for a share of the customers (about the cores the database server can spare); 1 does it all in the recompute's own transaction."),
+    Setting("LOYALTY_RECOMPUTE_CONNECTIONS", 2, "PostgreSQL: connections that rebuild the purchase summary at once on a first run or a rebuild, and insert a first run's profiles, each for a share of the customers (about the cores the database server can spare); above 1, a nightly run also reads its model input on one more connection while it refreshes the summary; 1 does it all in the recompute's own transaction."),
     # rewards: points, tiers, referrals, raffles, campaigns (services/points.py, tiers.py, referrals.py ...)
     Setting("LOYALTY_POINTS_REDEMPTION", {"points": 100, "value": "5.00"}, "Points redemption rate: each multiple of 'points' turns into a personal fixed coupon worth 'value' (in LOYALTY_CURRENCY)."),
     Setting("LOYALTY_POINTS_COUPON_VALID_DAYS", 365, "Days a coupon bought with points stays valid (None: no expiry)."),

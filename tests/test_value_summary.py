@@ -377,3 +377,81 @@ def test_the_first_purchase_days_value_by_hand(shop):
     ids = dict(shop.db.session.execute(select(Customer.ref, Customer.id)).all())
     assert (as_of[ids["X"]].days, as_of[ids["X"]].first_day_value) == (1, 40 * 10_000)
     assert as_of[ids["Y"]].first_day_value == 15 * 10_000
+
+
+def model_inputs(monkeypatch: Any) -> list[tuple[bool, dict[str, Any]]]:
+    """Record what every recompute's model step reads: (whether it came in pieces, the columns)."""
+    seen: list[tuple[bool, dict[str, Any]]] = []
+    real = analytics._read_model_input
+
+    def spy(state: Any, dialect: str, source: str, now_day: int, margin: float, pieces: Any = None) -> Any:
+        data = real(state, dialect, source, now_day, margin, pieces)
+        seen.append((pieces is not None, {name: values.copy() for name, values in data.items()}))
+        return data
+
+    monkeypatch.setattr(analytics, "_read_model_input", spy)
+    return seen
+
+
+def test_a_nightly_runs_model_input_read_on_another_connection_equals_its_own_read(shop, monkeypatch):
+    """PostgreSQL reads a night's model input meanwhile, then replaces the rows of the customers it refreshed."""
+    pytest.importorskip("numpy")
+    lo = shop.loyalty
+    seed(shop)
+    for i in range(8):
+        lo.record_purchase(f"e{i}", f"E{i}", str(20 + i), placed_at=at(30 + i))
+        lo.record_purchase(f"e{i}-2", f"E{i}", str(30 + i), placed_at=at(10 + i))
+    lo.analytics.recompute(now=NOW)
+    seen = model_inputs(monkeypatch)
+    lo.record_purchase("a-new", "A", "45", placed_at=at(2))         # a changed buyer
+    lo.record_refund("c0")                                         # a buyer with no order kept any more
+    lo.record_purchase("f0", "F", "15", placed_at=at(1))            # a new buyer
+    lo.consent.erase("E3")                                         # gone before the run: in neither read
+    ids = dict(shop.db.session.execute(select(Customer.ref, Customer.id)).all())
+    # a summary row left by a buyer deleted by hand: in the other connection's read, not in the run's
+    columns = [c.name for c in metadata.tables["loyalty_purchase_summary"].columns if c.name != "customer_id"]
+    shop.db.session.execute(text(f"INSERT INTO loyalty_purchase_summary (customer_id, {', '.join(columns)}) "
+                                 f"SELECT {ids['D']}, {', '.join(columns)} FROM loyalty_purchase_summary "
+                                 f"WHERE customer_id = {ids['B']}"))
+    shop.db.session.execute(text(f"DELETE FROM loyalty_customer_profile WHERE customer_id = {ids['D']}"))
+    shop.db.session.execute(text(f"DELETE FROM loyalty_customer WHERE id = {ids['D']}"))
+    shop.db.session.commit()
+    lo.analytics.recompute(now=NOW)
+    assert fit(shop) == ("refreshed", 3)                            # A, C and F aggregated again; D dropped
+    shop.app.config["LOYALTY_RECOMPUTE_CONNECTIONS"] = 1             # the same night, read in the run itself
+    lo.analytics.recompute(now=NOW)
+    (early, merged), (own, expected) = seen
+    assert early is (shop.dialect == "postgresql") and not own
+    assert set(merged) == set(expected)
+    for name, values in expected.items():
+        assert merged[name].tolist() == values.tolist(), name
+    ids = dict(shop.db.session.execute(select(Customer.ref, Customer.id)).all())
+    buyers = set(merged["customer_id"].tolist())
+    assert {ids["A"], ids["F"], ids["B"]} <= buyers and ids["C"] not in buyers and len(buyers) == 10
+    assert len(merged["customer_id"]) == 10
+    assert lo.analytics.profile("A").frequency == 7
+
+
+def test_a_nightly_run_whose_early_read_fails_reads_its_model_input_itself(shop, monkeypatch, caplog):
+    from concurrent.futures import Future
+
+    pytest.importorskip("numpy")
+    if shop.dialect != "postgresql":
+        pytest.skip("other connections share the work on PostgreSQL only")
+    lo = shop.loyalty
+    seed(shop)
+    lo.analytics.recompute(now=NOW)
+    lo.record_purchase("a-new", "A", "45", placed_at=at(2))
+
+    def failed(*_: Any) -> Future:
+        future: Future = Future()
+        future.set_exception(RuntimeError("no connection to be had"))
+        return future
+
+    monkeypatch.setattr(analytics, "_read_early", failed)
+    seen = model_inputs(monkeypatch)
+    lo.analytics.recompute(now=NOW)
+    assert "reading it here" in caplog.text
+    [(pieces, data)] = seen
+    assert not pieces and len(data["customer_id"]) == 3
+    assert lo.analytics.profile("A").frequency == 7

@@ -59,7 +59,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -401,12 +401,17 @@ def _part_filter(column: str, part: tuple[int, int] | None) -> str:
     return "" if part is None else f" AND {_remainder(column, part)}"
 
 
-def _source_sql(table: str, part: tuple[int, int] | None = None) -> str:
-    """The aggregates of ``table`` (summary or temporary) as the profile reads them: the margin applied."""
+def _source_sql(table: str, part: tuple[int, int] | None = None, *, customers: str | None = None) -> str:
+    """The aggregates of ``table`` (summary or temporary) as the profile reads them: the margin applied.
+
+    ``part`` limits them to one remainder of the id (see :func:`_part_filter`),
+    ``customers`` to the ids in the ``customer_id`` column of that table.
+    """
     columns = ", ".join(f"x.{c} AS {c}" for c in _AGGREGATES
                         if c not in ("kept_known_margin", "kept_uncosted"))
+    among = "" if customers is None else f" AND x.customer_id IN (SELECT t.customer_id FROM {customers} t)"
     return (f"(SELECT {columns}, x.kept_known_margin + :margin * x.kept_uncosted AS margin FROM {table} x "
-            f"WHERE 1 = 1{_part_filter('x.customer_id', part)})")
+            f"WHERE 1 = 1{_part_filter('x.customer_id', part)}{among})")
 
 
 def _model_input_sql(source: str) -> str:
@@ -1152,6 +1157,59 @@ def _repair_summary(conn: Connection, part: tuple[int, int]) -> int:
     return count
 
 
+def _read_early(state: LoyaltyState, settings: _Settings) -> Future[dict[str, Any]]:
+    """PostgreSQL, a nightly run: start reading every buyer's model input from the committed summary.
+
+    The read (a million customers: 1.7 s of the database's time) runs on a
+    connection of its own while this transaction refreshes the summary rows
+    of the customers whose activity moved; :func:`_merge_early` then replaces
+    those customers' rows with what this transaction aggregated.
+    """
+    engine = state.session.connection().engine
+
+    def read() -> dict[str, Any]:
+        with engine.connect() as conn, conn.begin():
+            conn.execute(text("SET LOCAL jit = off"))
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            return _read_packed(raw, _source_sql(_SUMMARY), settings.margin)
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loyalty-recompute")
+    try:
+        return pool.submit(read)
+    finally:
+        pool.shutdown(wait=False)   # the thread ends with its read
+
+
+def _merge_early(state: LoyaltyState, early: Future[dict[str, Any]], margin: float) -> list[dict[str, Any]] | None:
+    """The model input of :func:`_read_early`, brought up to this transaction's summary; None if the read failed.
+
+    The rows of the customers in the dirty table (aggregated again, or
+    deleted) are dropped from what the other connection read, and this
+    transaction's rows of those customers are read instead.  The other rows
+    are what this transaction sees too: only a recompute writes the summary,
+    one at a time, and it had committed before the read began.  A customer
+    erased meanwhile may still count in this run's fit and ranks, as one
+    erased between the model step and the profile step always could; no
+    profile is written for them.
+    """
+    import numpy as np
+
+    try:
+        piece = early.result()
+    except Exception:   # e.g. no connection to be had: this transaction reads it all instead
+        log.warning("flask_loyalty recompute: reading the model input on another connection failed; "
+                    "reading it here", exc_info=True)
+        return None
+    packed = state.session.execute(text(
+        f"SELECT string_agg(int4send(d.customer_id), ''::bytea) FROM {_DIRTY} d")).scalar()
+    dirty = np.frombuffer(bytes(packed or b""), dtype=">i4").astype("i4")
+    kept = ~np.isin(piece["customer_id"], dirty)
+    raw = state.session.connection().connection.dbapi_connection
+    fresh = _read_packed(raw, _source_sql(_SUMMARY, customers=_DIRTY), margin)
+    return [{name: values[kept] for name, values in piece.items()}, fresh]
+
+
 def _aggregate(state: LoyaltyState, dialect: str, moment: datetime, settings: _Settings, *, rebuild: bool,
                jit: str, parallel: bool) -> _Aggregates:
     """Bring the purchase aggregates up to ``moment`` and say where the profile reads them from.
@@ -1167,7 +1225,9 @@ def _aggregate(state: LoyaltyState, dialect: str, moment: datetime, settings: _S
       customer index.  The versions are read before the purchases, so an
       order committed in between is at worst aggregated twice (its version
       moved, so the next run refreshes the customer again), never missed.
-      The rows of customers deleted outside the library are dropped.
+      The rows of customers deleted outside the library are dropped.  On
+      PostgreSQL (with ``parallel``) another connection reads every buyer's
+      model input meanwhile (:func:`_read_early`, :func:`_merge_early`).
     """
     session = state.session
     purchases = table_of(Purchase)
@@ -1200,6 +1260,10 @@ def _aggregate(state: LoyaltyState, dialect: str, moment: datetime, settings: _S
         if dialect == "postgresql":
             session.execute(text(f"ANALYZE {_SUMMARY}"))
         return _Aggregates(_source_sql(_SUMMARY), "rebuilt", count, shared=parallel, model_input=model_input)
+    # a nightly run on PostgreSQL reads the model input on another connection meanwhile (the same
+    # conditions as a shared rebuild: this transaction has written nothing, and sees what commits)
+    early = (_read_early(state, settings)
+             if parallel and importlib.util.find_spec("numpy") is not None else None)
     # The changed customers, and (version NULL) the summary rows of customers deleted outside the
     # library (the summary has no foreign key): PostgreSQL finds both in one full join, about 0.2 s
     # more than the left join for a million customers; SQLite before 3.39 has no full join.
@@ -1228,7 +1292,8 @@ def _aggregate(state: LoyaltyState, dialect: str, moment: datetime, settings: _S
         f"INSERT INTO {_SUMMARY} ({aggregates}, version) SELECT d.customer_id, {values}, d.version "
         f"FROM {_DIRTY} d LEFT JOIN ({_aggregate_sql(dialect, customers=_DIRTY, few=few)}) a "
         "ON a.customer_id = d.customer_id WHERE d.version IS NOT NULL")).rowcount or 0)  # type: ignore[attr-defined]
-    return _Aggregates(_source_sql(_SUMMARY), "refreshed", count)
+    model_input = _merge_early(state, early, settings.margin) if early is not None else None
+    return _Aggregates(_source_sql(_SUMMARY), "refreshed", count, model_input=model_input)
 
 
 def _profile_statement(sql: str) -> TextClause:
