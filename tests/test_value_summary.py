@@ -103,6 +103,12 @@ def test_the_first_run_inserting_into_the_empty_table_equals_the_runs_that_updat
     assert profiles(shop) == inserted
 
 
+def only_postgresql(shop: Any) -> None:
+    """Skip on SQLite: other connections share the work on PostgreSQL only."""
+    if shop.dialect != "postgresql":
+        pytest.skip("other connections share the work on PostgreSQL only")
+
+
 def summary_table(shop: Any) -> dict[int, tuple[Any, ...]]:
     """Every summary row, all columns, by customer id."""
     shop.db.session.expire_all()
@@ -169,8 +175,7 @@ def test_a_part_that_fails_fails_the_run_and_the_next_run_rebuilds(shop, monkeyp
 @pytest.mark.parametrize("isolation", ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"])
 def test_a_run_in_a_snapshot_transaction_does_all_its_work_itself(shop, monkeypatch, isolation):
     """A snapshot taken before other connections commit would keep reading the summary as it was."""
-    if shop.dialect != "postgresql":
-        pytest.skip("other connections share the work on PostgreSQL only")
+    only_postgresql(shop)
     lo = shop.loyalty
     seed(shop)
     lo.analytics.recompute(now=NOW)
@@ -436,8 +441,7 @@ def test_a_nightly_run_whose_early_read_fails_reads_its_model_input_itself(shop,
     from concurrent.futures import Future
 
     pytest.importorskip("numpy")
-    if shop.dialect != "postgresql":
-        pytest.skip("other connections share the work on PostgreSQL only")
+    only_postgresql(shop)
     lo = shop.loyalty
     seed(shop)
     lo.analytics.recompute(now=NOW)
@@ -455,3 +459,59 @@ def test_a_nightly_run_whose_early_read_fails_reads_its_model_input_itself(shop,
     [(pieces, data)] = seen
     assert not pieces and len(data["customer_id"]) == 3
     assert lo.analytics.profile("A").frequency == 7
+
+
+def test_a_nightly_run_in_a_transaction_that_has_written_reads_its_model_input_itself(shop, monkeypatch):
+    """Another connection would still see the summary row this transaction deleted (an erasure not committed)."""
+    pytest.importorskip("numpy")
+    lo = shop.loyalty
+    seed(shop)
+    lo.analytics.recompute(now=NOW)
+    early: list[int] = []
+    real = analytics._read_early
+    monkeypatch.setattr(analytics, "_read_early", lambda *a: early.append(1) or real(*a))
+    seen = model_inputs(monkeypatch)
+    lo.consent.erase("B", commit=False)
+    lo.analytics.recompute(now=NOW)
+    assert early == [] and lo.analytics.model().customers == 2
+    [(pieces, data)] = seen
+    assert not pieces and len(data["customer_id"]) == 2
+
+
+@pytest.mark.parametrize("poolclass", ["StaticPool", "AssertionPool"])
+def test_a_pool_of_one_shared_connection_never_shares_the_work(make_shop, monkeypatch, poolclass):
+    """Another "connection" would be the run's own: its commit would end the run's transaction."""
+    import sqlalchemy.pool
+
+    pytest.importorskip("numpy")
+    shop = make_shop(SQLALCHEMY_ENGINE_OPTIONS={"poolclass": getattr(sqlalchemy.pool, poolclass)})
+    with shop.app.app_context():
+        only_postgresql(shop)
+        lo = shop.loyalty
+        seed(shop)
+        shared: list[str] = []
+        for name in ("_in_parts", "_read_early"):
+            monkeypatch.setattr(analytics, name, lambda *a, name=name: shared.append(name))
+        lo.analytics.recompute(now=NOW)
+        lo.record_purchase("a-new", "A", "45", placed_at=at(2))
+        assert_same_as_rebuild(shop)
+        assert shared == [] and lo.analytics.profile("A").frequency == 7
+
+
+def test_a_nightly_run_without_a_free_connection_reads_its_model_input_itself(make_shop, caplog):
+    """The pool's timeout passes, the run logs a warning and reads everything itself."""
+    pytest.importorskip("numpy")
+    shop = make_shop(SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0, "pool_timeout": 1},
+                     LOYALTY_RECOMPUTE_CONNECTIONS=1)
+    with shop.app.app_context():
+        only_postgresql(shop)
+        lo = shop.loyalty
+        seed(shop)
+        lo.analytics.recompute(now=NOW)
+        lo.record_purchase("a-new", "A", "45", placed_at=at(2))
+        shop.app.config["LOYALTY_RECOMPUTE_CONNECTIONS"] = 2
+        lo.analytics.recompute(now=NOW)
+        assert "reading it here" in caplog.text
+        assert fit(shop) == ("refreshed", 1) and lo.analytics.model().customers == 3
+        assert lo.analytics.profile("A").frequency == 7
+        assert shop.db.engine.pool.checkedout() == 1            # the run's own, and no other left behind

@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from marshmallow import Schema, fields, validate
 from sqlalchemy import Float, Integer, bindparam, delete, desc, func, or_, select, text
+from sqlalchemy.pool import AssertionPool, SingletonThreadPool, StaticPool
 from sqlalchemy.sql.elements import TextClause
 
 from ..clock import resolve_now
@@ -1032,8 +1033,14 @@ def _can_share(state: LoyaltyState) -> bool:
     would not see its rows, and a row it locked would make them wait for a
     commit that waits for them), and only at ``READ COMMITTED`` (its later
     statements then see what they committed; a ``REPEATABLE READ`` snapshot
-    would keep reading the summary as it was).
+    would keep reading the summary as it was).  Never with a pool that hands
+    out one shared connection (``StaticPool``, ``SingletonThreadPool``,
+    ``AssertionPool``): another "connection" would then be this one, and its
+    commit would end this transaction, advisory lock included.
     """
+    pool = state.session.connection().engine.pool
+    if isinstance(pool, (StaticPool, SingletonThreadPool, AssertionPool)):
+        return False
     return bool(state.session.execute(text(
         "SELECT pg_current_xact_id_if_assigned() IS NULL "
         "AND current_setting('transaction_isolation') = 'read committed'")).scalar_one())
@@ -1098,7 +1105,7 @@ def _rebuild_in_parts(state: LoyaltyState, settings: _Settings, jit: str, *,
     """
     columns = f"{', '.join(_AGGREGATES)}, version"
     # the model input is read into numpy arrays (without waiting here for the early import to finish)
-    read = importlib.util.find_spec("numpy") is not None
+    read = _model_installed()
 
     def rebuild(conn: Connection, part: tuple[int, int]) -> tuple[int, dict[str, Any] | None]:
         # as in _full_scan: a scan and a sort of every purchase, never a walk of the customer index;
@@ -1157,6 +1164,11 @@ def _repair_summary(conn: Connection, part: tuple[int, int]) -> int:
     return count
 
 
+def _model_installed() -> bool:
+    """Whether the value model's libraries (numpy, scipy) can be imported, without importing them."""
+    return all(importlib.util.find_spec(name) is not None for name in ("numpy", "scipy"))
+
+
 def _read_early(state: LoyaltyState, settings: _Settings) -> Future[dict[str, Any]]:
     """PostgreSQL, a nightly run: start reading every buyer's model input from the committed summary.
 
@@ -1169,7 +1181,11 @@ def _read_early(state: LoyaltyState, settings: _Settings) -> Future[dict[str, An
 
     def read() -> dict[str, Any]:
         with engine.connect() as conn, conn.begin():
-            conn.execute(text("SET LOCAL jit = off"))
+            # The run waits for this read while it holds a lock on the summary.  Should a statement
+            # wanting the summary to itself (ALTER TABLE, VACUUM FULL ...) queue up between the two,
+            # this read would wait for it, and it for the run, unseen by PostgreSQL's deadlock
+            # detector: give up after a second instead (the run then reads the input itself).
+            conn.execute(text("SELECT set_config('jit', 'off', true), set_config('lock_timeout', '1s', true)"))
             raw = conn.connection.dbapi_connection
             assert raw is not None
             return _read_packed(raw, _source_sql(_SUMMARY), settings.margin)
@@ -1262,8 +1278,7 @@ def _aggregate(state: LoyaltyState, dialect: str, moment: datetime, settings: _S
         return _Aggregates(_source_sql(_SUMMARY), "rebuilt", count, shared=parallel, model_input=model_input)
     # a nightly run on PostgreSQL reads the model input on another connection meanwhile (the same
     # conditions as a shared rebuild: this transaction has written nothing, and sees what commits)
-    early = (_read_early(state, settings)
-             if parallel and importlib.util.find_spec("numpy") is not None else None)
+    early = _read_early(state, settings) if parallel and _model_installed() else None
     # The changed customers, and (version NULL) the summary rows of customers deleted outside the
     # library (the summary has no foreign key): PostgreSQL finds both in one full join, about 0.2 s
     # more than the left join for a million customers; SQLite before 3.39 has no full join.
