@@ -109,6 +109,13 @@ def only_postgresql(shop: Any) -> None:
         pytest.skip("other connections share the work on PostgreSQL only")
 
 
+def copy_summary_row(session: Any, to_id: int, from_id: int) -> None:
+    """Give ``to_id`` a summary row equal to ``from_id``'s: what a buyer deleted by hand leaves behind."""
+    columns = ", ".join(c.name for c in metadata.tables["loyalty_purchase_summary"].columns if c.name != "customer_id")
+    session.execute(text(f"INSERT INTO loyalty_purchase_summary (customer_id, {columns}) "
+                         f"SELECT {to_id}, {columns} FROM loyalty_purchase_summary WHERE customer_id = {from_id}"))
+
+
 def summary_table(shop: Any) -> dict[int, tuple[Any, ...]]:
     """Every summary row, all columns, by customer id."""
     shop.db.session.expire_all()
@@ -304,10 +311,7 @@ def test_rows_of_customers_deleted_outside_the_library_are_dropped_by_the_next_r
     ids = dict(session.execute(select(Customer.ref, Customer.id)).all())
     gone = ids["D"]
     # as if D had bought like C and then been deleted by hand (SQLite: with foreign keys enforced)
-    columns = [c.name for c in metadata.tables["loyalty_purchase_summary"].columns if c.name != "customer_id"]
-    session.execute(text(f"INSERT INTO loyalty_purchase_summary (customer_id, {', '.join(columns)}) "
-                         f"SELECT {gone}, {', '.join(columns)} FROM loyalty_purchase_summary "
-                         f"WHERE customer_id = {ids['C']}"))
+    copy_summary_row(session, gone, ids["C"])
     session.execute(text("DELETE FROM loyalty_customer WHERE ref = 'D'"))
     session.commit()
     assert lo.upsert_customer("E").id not in ids.values()              # SQLite too: no id is handed out twice
@@ -414,10 +418,7 @@ def test_a_nightly_runs_model_input_read_on_another_connection_equals_its_own_re
     lo.consent.erase("E3")                                         # gone before the run: in neither read
     ids = dict(shop.db.session.execute(select(Customer.ref, Customer.id)).all())
     # a summary row left by a buyer deleted by hand: in the other connection's read, not in the run's
-    columns = [c.name for c in metadata.tables["loyalty_purchase_summary"].columns if c.name != "customer_id"]
-    shop.db.session.execute(text(f"INSERT INTO loyalty_purchase_summary (customer_id, {', '.join(columns)}) "
-                                 f"SELECT {ids['D']}, {', '.join(columns)} FROM loyalty_purchase_summary "
-                                 f"WHERE customer_id = {ids['B']}"))
+    copy_summary_row(shop.db.session, ids["D"], ids["B"])
     shop.db.session.execute(text(f"DELETE FROM loyalty_customer_profile WHERE customer_id = {ids['D']}"))
     shop.db.session.execute(text(f"DELETE FROM loyalty_customer WHERE id = {ids['D']}"))
     shop.db.session.commit()
@@ -430,7 +431,6 @@ def test_a_nightly_runs_model_input_read_on_another_connection_equals_its_own_re
     assert set(merged) == set(expected)
     for name, values in expected.items():
         assert merged[name].tolist() == values.tolist(), name
-    ids = dict(shop.db.session.execute(select(Customer.ref, Customer.id)).all())
     buyers = set(merged["customer_id"].tolist())
     assert {ids["A"], ids["F"], ids["B"]} <= buyers and ids["C"] not in buyers and len(buyers) == 10
     assert len(merged["customer_id"]) == 10

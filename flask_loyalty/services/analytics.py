@@ -1073,7 +1073,7 @@ def _rebuild_in_parts(state: LoyaltyState, settings: _Settings, jit: str, *,
     """PostgreSQL: rebuild the summary over ``settings.connections`` connections at once.
 
     Returns the customers aggregated and the buyers' model input (one piece
-    per remainder, see :func:`_read_model_input`; None without numpy).
+    per remainder, see :func:`_read_model_input`; None without numpy and scipy).
 
     PostgreSQL runs the window and the grouping of one statement in a single
     process, whatever its parallel workers do below them; for five million
